@@ -1,0 +1,52 @@
+"""Host-side initialisers: seeded NumPy draws, sent to the device afterwards so every backend starts alike."""
+import numpy as np
+
+__all__ = ["INITS", "initial_weight"]
+
+
+def he(rng, fan_in, fan_out):
+    """He et al. (2015) normal: std ``sqrt(2 / fan_in)``, for ReLU networks."""
+    return rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / fan_in)
+
+
+def xavier(rng, fan_in, fan_out):
+    """Glorot & Bengio (2010) uniform on ``+-sqrt(6 / (fan_in + fan_out))``, for sigmoid/tanh."""
+    bound = np.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-bound, bound, (fan_in, fan_out))
+
+
+def xavier_normal(rng, fan_in, fan_out):
+    """Glorot normal: std ``sqrt(2 / (fan_in + fan_out))``."""
+    return rng.standard_normal((fan_in, fan_out)) * np.sqrt(2.0 / (fan_in + fan_out))
+
+
+def small(rng, fan_in, fan_out):
+    """The CS231n case study's ``0.01 * randn``."""
+    return 0.01 * rng.standard_normal((fan_in, fan_out))
+
+
+def cmu(rng, fan_in, fan_out):
+    """CMU 10-714 hw0's ``randn(fan_in, fan_out) / sqrt(fan_out)``."""
+    return rng.standard_normal((fan_in, fan_out)) / np.sqrt(fan_out)
+
+
+def zeros(rng, fan_in, fan_out):
+    """All zeros (fine for a linear softmax classifier, useless for hidden layers)."""
+    return np.zeros((fan_in, fan_out))
+
+
+INITS = {"he": he, "xavier": xavier, "glorot": xavier, "xavier_normal": xavier_normal,
+         "small": small, "cmu": cmu, "zeros": zeros}
+
+
+def initial_weight(init, rng, fan_in, fan_out):
+    """A float64 host array of shape ``(fan_in, fan_out)`` drawn by the initialiser named ``init``."""
+    if callable(init):
+        w = np.asarray(init(rng, fan_in, fan_out), dtype=np.float64)
+    elif init in INITS:
+        w = INITS[init](rng, fan_in, fan_out)
+    else:
+        raise ValueError(f"unknown init {init!r}; expected one of {', '.join(sorted(INITS))} or a callable")
+    if w.shape != (fan_in, fan_out):
+        raise ValueError(f"init {init!r} returned shape {w.shape}, expected {(fan_in, fan_out)}")
+    return w

@@ -1,0 +1,93 @@
+"""Generic Array API kernels for the hot path: the reference that every backend fast path must match."""
+
+
+class Kernels:
+    """The hot-path operations, written once against the Array API standard.
+
+    Layers, the loss and the optimizers call these instead of composing ``xp`` calls themselves, so
+    a backend can replace one with a faster twin (``kernels_numpy``, ``kernels_cupy``) without
+    touching the model code. Every method here is the definition of what its twin computes.
+    ``out`` arguments are buffers a twin *may* write into; the generic version ignores them.
+    """
+
+    def __init__(self, xp):
+        self.xp = xp
+
+    def matmul(self, a, b, out=None):
+        """``(m, k) @ (k, n) -> (m, n)``."""
+        return a @ b
+
+    def linear(self, x, weight, bias, out=None):
+        """``(batch, in) @ (in, out) + (out,) -> (batch, out)``; ``bias`` may be None."""
+        y = x @ weight
+        return y if bias is None else y + bias
+
+    def sum_rows(self, g, out=None):
+        """``(batch, n) -> (n,)``: the bias gradient."""
+        return self.xp.sum(g, axis=0)
+
+    def relu(self, x):
+        """``max(x, 0)`` elementwise; may overwrite ``x`` in a fast twin (callers pass a fresh array)."""
+        return self.xp.maximum(x, 0.0)
+
+    def relu_backward(self, grad_output, output):
+        """``grad_output * (output > 0)``; may overwrite ``grad_output`` in a fast twin."""
+        return self.xp.where(output > 0, grad_output, 0.0)
+
+    def softmax_xent(self, logits, onehot, labels, scale):
+        """Fused softmax cross-entropy over a minibatch.
+
+        Parameters
+        ----------
+        logits : array of shape (batch, classes)
+        onehot : array of shape (batch, classes), same dtype as ``logits``
+        labels : integer array of shape (batch,)
+        scale : float
+            Folded into the gradient: ``lr / batch`` for plain SGD, ``1 / batch`` otherwise.
+
+        Returns
+        -------
+        grad : array of shape (batch, classes)
+            ``(softmax(logits) - onehot) * scale``.
+        loss_sum : 0-d array
+            Sum over the batch of ``-log softmax(logits)[label]`` (stable for huge logits).
+        wrong : 0-d array
+            Number of rows whose arg-max is not the label, in ``logits.dtype``.
+        """
+        xp = self.xp
+        shifted = logits - xp.max(logits, axis=1, keepdims=True)
+        exp = xp.exp(shifted)
+        total = xp.sum(exp, axis=1, keepdims=True)
+        grad = (exp / total - onehot) * scale
+        loss_sum = xp.sum(xp.log(total)) - xp.sum(shifted * onehot)
+        wrong = xp.sum(xp.astype(xp.argmax(logits, axis=1) != labels, logits.dtype))
+        return grad, loss_sum, wrong
+
+    def sq_sum(self, w):
+        """``sum(w ** 2)`` as a 0-d array."""
+        return self.xp.sum(w * w)
+
+    def sgd_(self, param, grad, decay):
+        """In place: ``param = param * (1 - decay) - grad`` (``grad`` already holds the lr)."""
+        if decay:
+            param *= 1.0 - decay
+        param -= grad
+
+    def momentum_(self, param, velocity, grad, momentum, decay, nesterov):
+        """In place, PyTorch's SGD momentum with lr folded into ``grad`` and ``decay = lr * l2``."""
+        if decay:
+            grad = grad + decay * param
+        velocity *= momentum
+        velocity += grad
+        param -= (grad + momentum * velocity) if nesterov else velocity
+
+    def adam_(self, param, m, v, grad, beta1, beta2, step_size, eps_hat, l2):
+        """In place, PyTorch's Adam: ``param -= step_size * m / (sqrt(v) + eps_hat)``."""
+        xp = self.xp
+        if l2:
+            grad = grad + l2 * param
+        m *= beta1
+        m += (1.0 - beta1) * grad
+        v *= beta2
+        v += (1.0 - beta2) * (grad * grad)
+        param -= step_size * (m / (xp.sqrt(v) + eps_hat))

@@ -1,0 +1,198 @@
+"""Layers with hand-written backward passes: Linear, ReLU, Sigmoid, Tanh and the Sequential container."""
+import numpy as np
+
+from . import backend
+from .init import initial_weight
+
+__all__ = ["Module", "Linear", "ReLU", "Sigmoid", "Tanh", "Sequential"]
+
+
+class Module:
+    """Base of every layer: ``params``/``grads`` dicts of device arrays and the device they live on.
+
+    A layer implements ``forward(x)`` (caching what backward needs) and ``backward(grad_output,
+    input_grad=True)``, which fills ``grads`` and returns the gradient with respect to its input
+    (or None when ``input_grad`` is False: the first layer never needs it in training).
+    """
+
+    def __init__(self):
+        self.params = {}
+        self.grads = {}
+        self._bind(backend.device("cpu"))
+
+    def _bind(self, device):
+        self.device = device
+        self.xp = device.xp
+        self.kernels = device.kernels
+
+    def __call__(self, x):
+        return self.forward(x)
+
+    def __repr__(self):
+        return f"{type(self).__name__}()"
+
+
+class Linear(Module):
+    """Affine map ``y = x @ weight + bias`` with weight of shape ``(in_features, out_features)``.
+
+    Parameters
+    ----------
+    in_features, out_features : int
+    bias : bool
+        Add a bias vector of shape ``(out_features,)`` (initialised to zero).
+    init : str or callable
+        Weight initialiser from ``portablenn.init.INITS`` (``"he"``, ``"xavier"``, ``"small"``, ...).
+    rng : numpy.random.Generator or int, optional
+        Host random source (or its seed) for the initial weight.
+    dtype : str
+        "float32" or "float64".
+    """
+
+    def __init__(self, in_features, out_features, bias=True, *, init="he", rng=None, dtype="float32"):
+        super().__init__()
+        self.in_features, self.out_features = int(in_features), int(out_features)
+        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng or 0)
+        self.params["weight"] = initial_weight(init, rng, self.in_features, self.out_features).astype(dtype)
+        if bias:
+            self.params["bias"] = np.zeros(self.out_features, dtype=dtype)
+
+    def forward(self, x):  # (batch, in) -> (batch, out)
+        self._x = x  # cached for backward
+        return self.kernels.linear(x, self.params["weight"], self.params.get("bias"))
+
+    def backward(self, grad_output, input_grad=True):  # (batch, out) -> (batch, in)
+        k = self.kernels
+        self.grads["weight"] = k.matmul(self._x.T, grad_output, out=self.grads.get("weight"))
+        if "bias" in self.params:
+            self.grads["bias"] = k.sum_rows(grad_output, out=self.grads.get("bias"))
+        return k.matmul(grad_output, self.params["weight"].T) if input_grad else None
+
+    def __repr__(self):
+        return f"Linear({self.in_features}, {self.out_features}, bias={'bias' in self.params})"
+
+
+class ReLU(Module):
+    """``max(x, 0)`` elementwise."""
+
+    def forward(self, x):  # (batch, n) -> (batch, n)
+        self._out = self.kernels.relu(x)
+        return self._out
+
+    def backward(self, grad_output, input_grad=True):
+        return self.kernels.relu_backward(grad_output, self._out) if input_grad else None
+
+
+class Sigmoid(Module):
+    """The logistic function ``1 / (1 + exp(-x))``, computed as ``(tanh(x/2) + 1) / 2`` (no overflow)."""
+
+    def forward(self, x):  # (batch, n) -> (batch, n)
+        self._out = 0.5 * (self.xp.tanh(0.5 * x) + 1.0)
+        return self._out
+
+    def backward(self, grad_output, input_grad=True):
+        # d sigmoid/dx = s (1 - s), from the cached output
+        return grad_output * (self._out * (1.0 - self._out)) if input_grad else None
+
+
+class Tanh(Module):
+    """Hyperbolic tangent elementwise."""
+
+    def forward(self, x):  # (batch, n) -> (batch, n)
+        self._out = self.xp.tanh(x)
+        return self._out
+
+    def backward(self, grad_output, input_grad=True):
+        # d tanh/dx = 1 - tanh^2, from the cached output
+        return grad_output * (1.0 - self._out * self._out) if input_grad else None
+
+
+class Sequential(Module):
+    """Layers applied in order; parameters are keyed ``"<index>.<name>"`` as in PyTorch."""
+
+    def __init__(self, *layers):
+        self.layers = list(layers[0]) if len(layers) == 1 and isinstance(layers[0], (list, tuple)) else list(layers)
+        self.dtype = next((str(p.dtype) for l in self.layers for p in l.params.values()), "float32")
+        super().__init__()
+
+    def forward(self, x):  # (batch, in_features) -> (batch, out_features)
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, grad_output, input_grad=True):  # (batch, out_features) -> (batch, in_features)
+        last = len(self.layers) - 1
+        for i in range(last, -1, -1):
+            grad_output = self.layers[i].backward(grad_output, input_grad=input_grad or i > 0)
+        return grad_output
+
+    def __len__(self):
+        return len(self.layers)
+
+    def __getitem__(self, i):
+        return self.layers[i]
+
+    def __repr__(self):
+        inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Sequential({inner}\n)"
+
+    @property
+    def linears(self):
+        return [l for l in self.layers if isinstance(l, Linear)]
+
+    @property
+    def in_features(self):
+        return self.linears[0].in_features
+
+    @property
+    def out_features(self):
+        return self.linears[-1].out_features
+
+    def named_parameters(self):
+        """``[(key, layer, name), ...]`` in layer order, e.g. ``("0.weight", layer0, "weight")``."""
+        return [(f"{i}.{name}", layer, name) for i, layer in enumerate(self.layers) for name in layer.params]
+
+    def to(self, device=None, dtype=None):
+        """Move (copy) every parameter to ``device`` (a spec or Device) and/or cast it to ``dtype``."""
+        dev = backend.device(device) if device is not None else self.device
+        dtype = dtype or self.dtype
+        dev.dtype(dtype)  # DeviceError if the device lacks it
+        if dev == self.device and dtype == self.dtype:
+            return self
+        for layer in self.layers + [self]:
+            for name, p in layer.params.items():
+                layer.params[name] = dev.asarray(self.device.to_numpy(p), dtype=dtype)
+            layer.grads = {}
+            layer._bind(dev)
+        self.dtype = dtype
+        return self
+
+    def state_dict(self):
+        """Host NumPy copies of every parameter, keyed ``"0.weight"``, ``"0.bias"``, ``"2.weight"``, ..."""
+        return {key: np.array(self.device.to_numpy(layer.params[name]), copy=True)
+                for key, layer, name in self.named_parameters()}
+
+    def load_state_dict(self, state):
+        """Copy host arrays into the parameters; biases may be ``(out,)`` or ``(1, out)``.
+
+        Raises
+        ------
+        ValueError
+            Naming missing or unexpected keys, or the first shape that does not match.
+        """
+        expected = {key: (layer, name) for key, layer, name in self.named_parameters()}
+        missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
+        if missing or unexpected:
+            raise ValueError(f"state dict does not match the model: missing {missing}, unexpected {unexpected}")
+        new = {}
+        for key, (layer, name) in expected.items():
+            value = np.asarray(backend._host(state[key]))
+            shape = tuple(layer.params[name].shape)
+            if name == "bias" and value.shape == (1,) + shape:
+                value = value.reshape(shape)
+            if value.shape != shape:
+                raise ValueError(f"state dict entry {key!r} has shape {value.shape}, the model expects {shape}")
+            new[key] = value
+        for key, (layer, name) in expected.items():
+            layer.params[name] = self.device.asarray(new[key], dtype=self.dtype)
+            layer.grads = {}
+        return self

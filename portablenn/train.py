@@ -1,0 +1,199 @@
+"""fit / evaluate / predict: the one training loop, identical on every device."""
+import time
+
+import numpy as np
+
+from . import backend
+from .losses import l2_penalty
+from .validation import check_batch_size, check_epochs, check_features, check_l2, check_labels
+
+__all__ = ["History", "fit", "evaluate", "predict", "predict_proba"]
+
+_EVAL_CHUNK = 8192  # rows per forward pass when evaluating, to bound activation memory
+
+
+class History:
+    """Per-epoch records ``{"epoch", "loss", "error", "val_loss", "val_error", "seconds"}``.
+
+    ``history["loss"]`` is the list of one field over the epochs, as Keras' ``History.history``.
+    ``loss``/``error`` are means over the epoch's minibatches as they were trained (the running
+    average Keras reports); ``val_*`` are measured on the validation set after the epoch.
+    """
+
+    def __init__(self):
+        self.records = []
+
+    def __getitem__(self, key):
+        return [r[key] for r in self.records]
+
+    def __len__(self):
+        return len(self.records)
+
+    def __iter__(self):
+        return iter(self.records)
+
+    def __repr__(self):
+        return f"History({len(self)} epochs{', last ' + repr(self.records[-1]) if self.records else ''})"
+
+
+class _DeviceData:
+    """A labelled dataset held once on the device: X, integer labels and one-hot rows."""
+
+    def __init__(self, device, X, y, model, name="X"):
+        n = check_features(X, model.in_features, name)
+        labels = check_labels(y, n, model.out_features, "y" if name == "X" else f"{name} labels")
+        self.n, self.xp = n, device.xp
+        self.X = device.asarray(X, dtype=model.dtype)
+        self.y = device.asarray(labels, dtype=device.index_dtype)
+        classes = device.arange(model.out_features, dtype=device.index_dtype)
+        self.onehot = device.xp.astype(self.y[:, None] == classes[None, :], device.dtype(model.dtype))
+
+    def rows(self, start, stop, index=None):
+        """Rows ``start:stop`` in order, or at positions ``index[start:stop]`` (a device permutation)."""
+        if index is None:
+            return self.X[start:stop, :], self.y[start:stop], self.onehot[start:stop, :]
+        take, idx = self.xp.take, index[start:stop]
+        return take(self.X, idx, axis=0), take(self.y, idx, axis=0), take(self.onehot, idx, axis=0)
+
+
+def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.0, device=None, seed=0,
+        validation=None, callback=None, log_every=1):
+    """Train ``model`` in place with minibatch gradient descent on softmax cross-entropy.
+
+    Parameters
+    ----------
+    model : Sequential
+    X : array of shape (n_samples, in_features)
+        NumPy or any Array API array; copied to the device once.
+    y : integer array of shape (n_samples,)
+    optimizer : Optimizer
+        ``SGD(lr, ...)`` or ``Adam(lr, ...)``; bound to the model here.
+    epochs : int
+    batch_size : int or None
+        None is full-batch gradient descent (the CS231n loop).
+    shuffle : bool
+        Draw a new permutation each epoch from ``seed``; False takes minibatches in order (CMU 10-714).
+    l2 : float
+        Adds ``0.5 * l2 * sum(W ** 2)`` over weight matrices to the loss, ``l2 * W`` to their gradients.
+    device : str or Device, optional
+        Where to train; default the model's device. The model is moved there.
+    seed : int
+        Seed of the host NumPy Generator for the shuffling permutations.
+    validation : tuple (X_val, y_val), optional
+        Evaluated after every epoch.
+    callback : callable(record) -> None, optional
+        Called with each epoch's record every ``log_every`` epochs and after the last one.
+    log_every : int
+        Metrics stay on the device and are read in one transfer every ``log_every`` epochs (and at
+        the end): nothing is read back from the device inside an epoch.
+
+    Returns
+    -------
+    History
+    """
+    epochs, l2 = check_epochs(epochs), check_l2(l2)
+    dev = model.device if device is None else backend.device(device)
+    model.to(dev)
+    data = _DeviceData(dev, X, y, model)
+    val = _DeviceData(dev, validation[0], validation[1], model, "validation X") if validation else None
+    batch = check_batch_size(batch_size, data.n)
+    optimizer.bind(model)
+    xp, kernels, rng = dev.xp, dev.kernels, np.random.default_rng(seed)
+    starts = range(0, data.n, batch)
+    history, pending = History(), []
+    log_every = max(1, int(log_every))
+    with dev.activate():
+        for epoch in range(1, epochs + 1):
+            began = time.perf_counter()
+            order = dev.asarray(rng.permutation(data.n), dtype=dev.index_dtype) if shuffle and batch < data.n else None
+            loss_sum = wrong = 0.0
+            for start in starts:
+                xb, yb, onehot = data.rows(start, min(start + batch, data.n), order)
+                rows = xb.shape[0]
+                logits = model.forward(xb)
+                grad, step_loss, step_wrong = kernels.softmax_xent(logits, onehot, yb, optimizer.grad_scale / rows)
+                if l2:
+                    step_loss = step_loss + rows * l2_penalty(model, l2)
+                model.backward(grad, input_grad=False)
+                optimizer.step(l2)
+                loss_sum, wrong = loss_sum + step_loss, wrong + step_wrong
+            metrics = [loss_sum / data.n, wrong / data.n]
+            if val is not None:
+                metrics += list(_sums(model, val, l2))
+            pending.append((epoch, xp.stack(metrics), time.perf_counter() - began))
+            if epoch % log_every == 0 or epoch == epochs:
+                _flush(dev, pending, history, callback)
+    return history
+
+
+def _flush(dev, pending, history, callback):
+    """Read the pending epochs' metrics in one device->host transfer and record them."""
+    xp = dev.xp
+    values = dev.to_numpy(xp.stack([m for _, m, _ in pending])).astype(float)
+    for (epoch, _, seconds), row in zip(pending, values):
+        record = {"epoch": epoch, "loss": row[0], "error": row[1], "seconds": seconds}
+        if row.shape[0] > 2:
+            record.update(val_loss=row[2], val_error=row[3])
+        record = {k: (float(v) if k != "epoch" else v) for k, v in record.items()}
+        history.records.append(record)
+        if callback is not None:
+            callback(record)
+    pending.clear()
+
+
+def _sums(model, data, l2):
+    """Mean loss (with the L2 term) and error rate of ``model`` on device data, as 0-d device arrays."""
+    kernels = model.device.kernels
+    loss_sum = wrong = 0.0
+    for start in range(0, data.n, _EVAL_CHUNK):
+        xb, yb, onehot = data.rows(start, min(start + _EVAL_CHUNK, data.n))
+        _, step_loss, step_wrong = kernels.softmax_xent(model.forward(xb), onehot, yb, 1.0)
+        loss_sum, wrong = loss_sum + step_loss, wrong + step_wrong
+    loss = loss_sum / data.n
+    if l2:
+        loss = loss + l2_penalty(model, l2)
+    return loss, wrong / data.n
+
+
+def evaluate(model, X, y, *, l2=0.0, device=None):
+    """Mean softmax cross-entropy (plus the L2 term) and error rate.
+
+    Parameters
+    ----------
+    X : array of shape (n_samples, in_features)
+    y : integer array of shape (n_samples,)
+
+    Returns
+    -------
+    (loss, error) : tuple of float
+    """
+    dev = model.device if device is None else backend.device(device)
+    model.to(dev)
+    with dev.activate():
+        data = _DeviceData(dev, X, y, model)
+        loss, error = _sums(model, data, check_l2(l2))
+        values = dev.to_numpy(dev.xp.stack([loss, error]))
+    return float(values[0]), float(values[1])
+
+
+def _forward_all(model, X, device, head):
+    dev = model.device if device is None else backend.device(device)
+    model.to(dev)
+    n = check_features(X, model.in_features)
+    with dev.activate():
+        Xd = dev.asarray(X, dtype=model.dtype)
+        parts = [head(dev.xp, model.forward(Xd[s:s + _EVAL_CHUNK, :])) for s in range(0, n, _EVAL_CHUNK)]
+        return dev.to_numpy(dev.xp.concat(parts, axis=0))
+
+
+def predict(model, X, *, device=None):
+    """Class indices ``(n_samples,)`` (host NumPy int64) of the largest logit for each row of ``X``."""
+    return _forward_all(model, X, device, lambda xp, logits: xp.argmax(logits, axis=1)).astype(np.int64)
+
+
+def predict_proba(model, X, *, device=None):
+    """Softmax probabilities ``(n_samples, classes)`` as a host NumPy array."""
+    def softmax(xp, logits):
+        exp = xp.exp(logits - xp.max(logits, axis=1, keepdims=True))
+        return exp / xp.sum(exp, axis=1, keepdims=True)
+    return _forward_all(model, X, device, softmax)

@@ -1,0 +1,321 @@
+"""Tests for the host-side dataset loaders in portablenn.datasets."""
+
+import gzip
+import struct
+import sys
+
+import numpy as np
+import pytest
+
+from portablenn.datasets import (
+    DatasetError,
+    MnistNotFoundError,
+    lines,
+    mnist,
+    spiral,
+)
+from portablenn.datasets.mnist import find_mnist_dir, read_idx
+
+MNIST_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+# ---------------------------------------------------------------- spiral
+
+
+def _cs231n_spiral_original():
+    """The CS231n case-study code, verbatim, after np.random.seed(0)."""
+    np.random.seed(0)
+    N = 100  # number of points per class
+    D = 2  # dimensionality
+    K = 3  # number of classes
+    X = np.zeros((N * K, D))  # data matrix (each row = single example)
+    y = np.zeros(N * K, dtype="uint8")  # class labels
+    for j in range(K):
+        ix = range(N * j, N * (j + 1))
+        r = np.linspace(0.0, 1, N)  # radius
+        t = np.linspace(j * 4, (j + 1) * 4, N) + np.random.randn(N) * 0.2  # theta
+        X[ix] = np.c_[r * np.sin(t), r * np.cos(t)]
+        y[ix] = j
+    return X, y
+
+
+def test_spiral_matches_cs231n_original():
+    saved = np.random.get_state()
+    try:
+        X_ref, y_ref = _cs231n_spiral_original()
+    finally:
+        np.random.set_state(saved)
+    X, y = spiral()
+    assert X.dtype == np.float64 and X.shape == (300, 2)
+    assert y.dtype == np.uint8 and y.shape == (300,)
+    np.testing.assert_array_equal(X, X_ref)
+    np.testing.assert_array_equal(y, y_ref)
+
+
+def test_spiral_leaves_global_state_alone():
+    np.random.seed(123)
+    expected = np.random.rand(3)
+    np.random.seed(123)
+    spiral(points_per_class=10, num_classes=4, seed=7)
+    np.testing.assert_array_equal(np.random.rand(3), expected)
+
+
+def test_spiral_shapes_and_seed():
+    X, y = spiral(points_per_class=7, num_classes=5, seed=3)
+    assert X.shape == (35, 2)
+    np.testing.assert_array_equal(np.bincount(y), [7] * 5)
+    np.testing.assert_array_equal(X, spiral(7, 5, 3)[0])
+    assert not np.array_equal(X, spiral(7, 5, 4)[0])
+
+
+# ---------------------------------------------------------------- lines
+
+
+def _rule(X):
+    """Label 1 (horizontal) iff row sums vary more than column sums."""
+    images = X.reshape(-1, 3, 3)
+    row_var = images.sum(axis=2).var(axis=1)
+    col_var = images.sum(axis=1).var(axis=1)
+    return (row_var > col_var).astype(np.uint8)
+
+
+def test_lines_keys_shapes_counts_range():
+    data = lines()
+    assert set(data) == {"train", "val_dim", "val_noise"}
+    sizes = {"train": 24, "val_dim": 18, "val_noise": 24}
+    for name, (X, y) in data.items():
+        n = sizes[name]
+        assert X.shape == (n, 9) and X.dtype == np.float64
+        assert y.shape == (n,) and y.dtype == np.uint8
+        np.testing.assert_array_equal(np.bincount(y, minlength=2), [n // 2, n // 2])
+        assert X.min() >= 0.0 and X.max() <= 1.0
+
+
+def test_lines_dimmed_line_pixels_are_04():
+    X, y = lines()["val_dim"]
+    images = X.reshape(-1, 3, 3)
+    for image, label in zip(images, y):
+        sums = image.sum(axis=0) if label == 0 else image.sum(axis=1)
+        position = int(np.argmax(sums))
+        line = image[:, position] if label == 0 else image[position, :]
+        np.testing.assert_allclose(line, 0.4)
+        off = np.delete(image, position, axis=1 if label == 0 else 0)
+        assert off.max() <= 0.1
+
+
+def test_lines_train_clean_images():
+    X, y = lines()["train"]
+    clean = X[np.isin(X, (0.0, 1.0)).all(axis=1)]
+    assert len(clean) == 6  # one clean image per position and orientation
+    np.testing.assert_array_equal(clean.sum(axis=1), 3.0)
+    np.testing.assert_array_equal(np.unique(clean.reshape(-1, 9), axis=0).shape, (6, 9))
+
+
+def test_lines_determinism_by_seed():
+    a, b, c = lines(0), lines(0), lines(1)
+    for name in ("train", "val_dim", "val_noise"):
+        np.testing.assert_array_equal(a[name][0], b[name][0])
+        np.testing.assert_array_equal(a[name][1], b[name][1])
+    np.testing.assert_array_equal(a["train"][0], c["train"][0])
+    np.testing.assert_array_equal(a["val_dim"][0], c["val_dim"][0])
+    assert not np.array_equal(a["val_noise"][0], c["val_noise"][0])
+
+
+def test_lines_noise_split_is_noisy_train():
+    data = lines()
+    X_train, y_train = data["train"]
+    X_noise, y_noise = data["val_noise"]
+    np.testing.assert_array_equal(y_noise, y_train)
+    diff = X_noise - X_train
+    assert 0.05 < np.abs(diff).mean() < 0.3
+
+
+@pytest.mark.parametrize("name", ["train", "val_dim", "val_noise"])
+def test_lines_trivial_rule_classifies_all(name):
+    X, y = lines(0)[name]
+    np.testing.assert_array_equal(_rule(X), y)
+
+
+# ---------------------------------------------------------------- mnist
+
+
+def _idx_bytes(array, code=0x08):
+    """Encode ``array`` as an IDX file (big-endian header)."""
+    header = struct.pack(">BBBB", 0, 0, code, array.ndim)
+    header += struct.pack(">" + "I" * array.ndim, *array.shape)
+    return header + array.tobytes()
+
+
+def _write(path, payload, gz):
+    if gz:
+        path = path.with_name(path.name + ".gz")
+        with gzip.open(path, "wb") as fh:
+            fh.write(payload)
+    else:
+        path.write_bytes(payload)
+    return path
+
+
+def _fake_mnist(directory, gz, n_train=5, n_test=3, seed=0):
+    """Write a tiny MNIST-shaped dataset and return its arrays."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, n, (img, lab) in (
+        ("train", n_train, MNIST_FILES[:2]),
+        ("test", n_test, MNIST_FILES[2:]),
+    ):
+        images = rng.integers(0, 256, size=(n, 28, 28), dtype=np.uint8)
+        labels = rng.integers(0, 10, size=n, dtype=np.uint8)
+        _write(directory / img, _idx_bytes(images), gz)
+        _write(directory / lab, _idx_bytes(labels), gz)
+        arrays[split] = (images, labels)
+    return arrays
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_mnist_round_trip(tmp_path, gz):
+    arrays = _fake_mnist(tmp_path, gz)
+    for split in ("train", "test"):
+        X, y = mnist(root=tmp_path, split=split)
+        images, labels = arrays[split]
+        assert X.dtype == np.float32 and X.shape == (len(labels), 784)
+        assert y.dtype == np.uint8
+        np.testing.assert_array_equal(y, labels)
+        np.testing.assert_allclose(X * 255, images.reshape(len(labels), 784), atol=1e-3)
+        assert X.min() >= 0.0 and X.max() <= 1.0
+
+
+@pytest.mark.parametrize(
+    ("code", "dtype"),
+    [
+        (0x08, "u1"),
+        (0x09, "i1"),
+        (0x0B, ">i2"),
+        (0x0C, ">i4"),
+        (0x0D, ">f4"),
+        (0x0E, ">f8"),
+    ],
+)
+def test_read_idx_type_codes(tmp_path, code, dtype):
+    array = np.arange(24).reshape(2, 3, 4).astype(dtype)
+    path = _write(tmp_path / "a-idx3", _idx_bytes(array, code), gz=False)
+    out = read_idx(path)
+    assert out.shape == (2, 3, 4)
+    assert out.dtype.isnative
+    np.testing.assert_array_equal(out, array)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_truncated(tmp_path, gz):
+    payload = _idx_bytes(np.zeros((5, 28, 28), dtype=np.uint8))[:-10]
+    path = _write(tmp_path / "train-images-idx3-ubyte", payload, gz)
+    with pytest.raises(DatasetError, match=r"expected 3920 bytes, found 3910") as info:
+        read_idx(path)
+    assert path.name in str(info.value)
+
+
+def test_read_idx_oversized(tmp_path):
+    payload = _idx_bytes(np.zeros(5, dtype=np.uint8)) + b"\x00"
+    path = _write(tmp_path / "labels", payload, gz=False)
+    with pytest.raises(DatasetError, match=r"expected 5 bytes, found 6"):
+        read_idx(path)
+
+
+def test_read_idx_bad_magic(tmp_path):
+    payload = b"\x01\x00" + _idx_bytes(np.zeros(5, dtype=np.uint8))[2:]
+    path = _write(tmp_path / "labels", payload, gz=False)
+    with pytest.raises(DatasetError, match="magic"):
+        read_idx(path)
+    path.write_bytes(struct.pack(">BBBBI", 0, 0, 0x07, 1, 0))
+    with pytest.raises(DatasetError, match="type code"):
+        read_idx(path)
+
+
+def test_read_idx_truncated_header(tmp_path):
+    path = _write(tmp_path / "imgs", struct.pack(">BBBBI", 0, 0, 8, 3, 5), gz=False)
+    with pytest.raises(DatasetError, match="header"):
+        read_idx(path)
+
+
+def test_mnist_count_mismatch(tmp_path):
+    _fake_mnist(tmp_path, gz=False)
+    (tmp_path / MNIST_FILES[1]).write_bytes(_idx_bytes(np.zeros(4, dtype=np.uint8)))
+    with pytest.raises(DatasetError, match="5 images but .* 4 labels"):
+        mnist(root=tmp_path, split="train")
+
+
+def test_mnist_bad_split(tmp_path):
+    _fake_mnist(tmp_path, gz=False)
+    with pytest.raises(ValueError, match="split"):
+        mnist(root=tmp_path, split="validation")
+
+
+def test_mnist_missing_dir_message(tmp_path):
+    missing = tmp_path / "nowhere"
+    with pytest.raises(MnistNotFoundError) as info:
+        mnist(root=missing)
+    message = str(info.value)
+    assert str(missing) in message
+    for name in MNIST_FILES:
+        assert name in message
+    assert isinstance(info.value, DatasetError)
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, FileNotFoundError)
+
+
+def test_mnist_prefers_existing_variant(tmp_path):
+    arrays = _fake_mnist(tmp_path, gz=True)
+    # A raw copy alongside the .gz of one file is also fine.
+    (tmp_path / MNIST_FILES[1]).write_bytes(_idx_bytes(arrays["train"][1]))
+    np.testing.assert_array_equal(mnist(root=tmp_path)[1], arrays["train"][1])
+
+
+@pytest.mark.parametrize("nested", [False, True])
+def test_mnist_env_var(tmp_path, monkeypatch, nested):
+    data_dir = tmp_path / "data"
+    target = data_dir / "mnist" if nested else data_dir
+    target.mkdir(parents=True)
+    arrays = _fake_mnist(target, gz=nested)
+    monkeypatch.setenv("PORTABLENN_DATA", str(data_dir))
+    monkeypatch.chdir(tmp_path)
+    assert find_mnist_dir() == target
+    X, y = mnist(split="test")
+    np.testing.assert_array_equal(y, arrays["test"][1])
+    assert X.shape == (3, 784)
+
+
+def test_mnist_cache_dir(tmp_path, monkeypatch):
+    # The package re-exports the function ``mnist``, which shadows the
+    # submodule attribute, so fetch the module itself from sys.modules.
+    mod = sys.modules["portablenn.datasets.mnist"]
+    cache = tmp_path / "cache"
+    target = cache / "portablenn" / "mnist"
+    target.mkdir(parents=True)
+    _fake_mnist(target, gz=False)
+    monkeypatch.delenv("PORTABLENN_DATA", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    monkeypatch.chdir(tmp_path)
+    # Hide the repository-relative candidate so the cache is reached.
+    monkeypatch.setattr(mod, "__file__", str(tmp_path / "a" / "b" / "c" / "mnist.py"))
+    assert find_mnist_dir() == target
+
+
+def test_mnist_real_data():
+    try:
+        find_mnist_dir()
+    except MnistNotFoundError:
+        pytest.skip("real MNIST files not available")
+    X, y = mnist(split="train")
+    X_test, y_test = mnist(split="test")
+    assert X.shape == (60000, 784) and y.shape == (60000,)
+    assert X_test.shape == (10000, 784) and y_test.shape == (10000,)
+    for images, labels in ((X, y), (X_test, y_test)):
+        assert images.dtype == np.float32 and labels.dtype == np.uint8
+        assert images.min() == 0.0 and images.max() == 1.0
+        np.testing.assert_array_equal(np.unique(labels), np.arange(10))
+    assert y[0] == 5
