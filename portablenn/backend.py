@@ -164,7 +164,7 @@ def _make_kernels(dev, fast):
 _STRICT_DEVICES = ("CPU_DEVICE", "device1", "device2", "no_float64", "no_x64")
 
 
-def device(spec="cpu", *, fast=True, verbose=False):
+def device(spec="cpu", *, fast=None, verbose=False):
     """Resolve a device spec.
 
     Parameters
@@ -173,8 +173,9 @@ def device(spec="cpu", *, fast=True, verbose=False):
         ``"cpu"`` | ``"numpy"`` | ``"cuda"`` | ``"cuda:N"`` | ``"auto"`` | ``"array_api_strict"`` |
         ``"array_api_strict:NAME"`` (NAME in CPU_DEVICE, device1, device2, no_float64, no_x64) |
         ``"torch"`` | ``"torch:cpu"`` | ``"torch:cuda"`` | ``"torch:cuda:N"``.
-    fast : bool
-        Use backend fast paths where they exist (NumPy ``out=``, fused CuPy kernels).
+    fast : bool, optional
+        Use backend fast paths where they exist (NumPy ``out=`` and BLAS, fused CuPy kernels);
+        default True for a spec string, unchanged for a Device.
     verbose : bool
         For ``"auto"``: print which device was chosen and why.
 
@@ -184,7 +185,19 @@ def device(spec="cpu", *, fast=True, verbose=False):
         For an unknown spec or a device that cannot run here, with the reason in one sentence.
     """
     if isinstance(spec, Device):
-        return spec if spec.fast == fast else Device(spec.name, spec.xp, spec.native, spec.kind, fast)
+        return spec if fast is None or spec.fast == fast else device(spec.name, fast=fast)
+    fast = True if fast is None else bool(fast)
+    key = (spec, fast)
+    if key not in _CACHE or verbose:
+        dev = _resolve(spec, fast, verbose)
+        _CACHE[key] = _CACHE.setdefault((dev.name, fast), dev)  # one Device (and kernel cache) per device
+    return _CACHE[key]
+
+
+_CACHE = {}
+
+
+def _resolve(spec, fast, verbose):
     if not isinstance(spec, str):
         raise DeviceError(f"device spec must be a string such as 'cpu' or 'cuda:0', not {type(spec).__name__}")
     s = spec.strip().lower() if not spec.startswith("array_api_strict:") else spec.strip()

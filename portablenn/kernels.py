@@ -22,6 +22,13 @@ class Kernels:
         y = x @ weight
         return y if bias is None else y + bias
 
+    def matmul_update_(self, c, a, b, alpha):
+        """In place ``c += alpha * (a @ b)``: a weight update without a materialised gradient."""
+        if alpha == -1.0:
+            c -= a @ b
+        else:
+            c += alpha * (a @ b)
+
     def sum_rows(self, g, out=None):
         """``(batch, n) -> (n,)``: the bias gradient."""
         return self.xp.sum(g, axis=0)

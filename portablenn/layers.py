@@ -12,7 +12,8 @@ class Module:
 
     A layer implements ``forward(x)`` (caching what backward needs) and ``backward(grad_output,
     input_grad=True)``, which fills ``grads`` and returns the gradient with respect to its input
-    (or None when ``input_grad`` is False: the first layer never needs it in training).
+    (or None when ``input_grad`` is False: the first layer never needs it in training). Layers with
+    parameters also take ``optimizer``: an optimizer that updates during backward (plain SGD).
     """
 
     def __init__(self):
@@ -60,12 +61,16 @@ class Linear(Module):
         self._x = x  # cached for backward
         return self.kernels.linear(x, self.params["weight"], self.params.get("bias"))
 
-    def backward(self, grad_output, input_grad=True):  # (batch, out) -> (batch, in)
-        k = self.kernels
+    def backward(self, grad_output, input_grad=True, optimizer=None):  # (batch, out) -> (batch, in)
+        k, weight = self.kernels, self.params["weight"]
+        grad_input = k.matmul(grad_output, weight.T) if input_grad else None  # before weight changes
+        if optimizer is not None:  # plain SGD updates here: weight -= x.T @ grad_output in one GEMM
+            optimizer.update_linear(self, self._x, grad_output)
+            return grad_input
         self.grads["weight"] = k.matmul(self._x.T, grad_output, out=self.grads.get("weight"))
         if "bias" in self.params:
             self.grads["bias"] = k.sum_rows(grad_output, out=self.grads.get("bias"))
-        return k.matmul(grad_output, self.params["weight"].T) if input_grad else None
+        return grad_input
 
     def __repr__(self):
         return f"Linear({self.in_features}, {self.out_features}, bias={'bias' in self.params})"
@@ -119,10 +124,14 @@ class Sequential(Module):
             x = layer.forward(x)
         return x
 
-    def backward(self, grad_output, input_grad=True):  # (batch, out_features) -> (batch, in_features)
-        last = len(self.layers) - 1
-        for i in range(last, -1, -1):
-            grad_output = self.layers[i].backward(grad_output, input_grad=input_grad or i > 0)
+    def backward(self, grad_output, input_grad=True, optimizer=None):  # (batch, out) -> (batch, in)
+        """Backpropagate through every layer; with ``optimizer`` (plain SGD) Linear layers update in place."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            layer, wants = self.layers[i], input_grad or i > 0
+            if optimizer is not None and isinstance(layer, Linear):
+                grad_output = layer.backward(grad_output, wants, optimizer)
+            else:
+                grad_output = layer.backward(grad_output, wants)
         return grad_output
 
     def __len__(self):

@@ -82,7 +82,8 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
     validation : tuple (X_val, y_val), optional
         Evaluated after every epoch.
     callback : callable(record) -> None, optional
-        Called with each epoch's record every ``log_every`` epochs and after the last one.
+        Called with every epoch's record, in order; the records arrive in blocks each time the
+        metrics are read (every ``log_every`` epochs and after the last one).
     log_every : int
         Metrics stay on the device and are read in one transfer every ``log_every`` epochs (and at
         the end): nothing is read back from the device inside an epoch.
@@ -97,8 +98,8 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
     data = _DeviceData(dev, X, y, model)
     val = _DeviceData(dev, validation[0], validation[1], model, "validation X") if validation else None
     batch = check_batch_size(batch_size, data.n)
-    optimizer.bind(model)
-    xp, kernels, rng = dev.xp, dev.kernels, np.random.default_rng(seed)
+    optimizer.bind(model, l2)
+    xp, kernels, rng, fused = dev.xp, dev.kernels, np.random.default_rng(seed), optimizer.in_backward
     starts = range(0, data.n, batch)
     history, pending = History(), []
     log_every = max(1, int(log_every))
@@ -114,8 +115,12 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
                 grad, step_loss, step_wrong = kernels.softmax_xent(logits, onehot, yb, optimizer.grad_scale / rows)
                 if l2:
                     step_loss = step_loss + rows * l2_penalty(model, l2)
-                model.backward(grad, input_grad=False)
-                optimizer.step(l2)
+                if fused:
+                    model.backward(grad, input_grad=False, optimizer=optimizer)
+                    optimizer.steps += 1
+                else:
+                    model.backward(grad, input_grad=False)
+                    optimizer.step()
                 loss_sum, wrong = loss_sum + step_loss, wrong + step_wrong
             metrics = [loss_sum / data.n, wrong / data.n]
             if val is not None:

@@ -1,0 +1,90 @@
+"""In-place GEMM ``c += alpha * (a @ b)`` through the BLAS that NumPy already loaded (ctypes), where found.
+
+NumPy has no ``beta`` argument, so ``W -= x.T @ g`` costs a GEMM into a temporary plus a pass over
+``W``. BLAS does both in one call. This module finds NumPy's own BLAS (OpenBLAS in the PyPI wheels,
+so its threads are the ones NumPy already uses) and exposes ``gemm_update``; where no BLAS is
+found, or the arrays' layout does not fit, ``gemm_update`` returns False and the caller falls back.
+"""
+import ctypes
+import glob
+import os
+
+import numpy as np
+
+__all__ = ["gemm_update", "available"]
+
+_ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
+# (symbol, integer type) in the order tried: scipy-openblas ILP64 (NumPy wheels), other ILP64, LP64
+_SYMBOLS = (("scipy_cblas_{}gemm64_", ctypes.c_int64), ("cblas_{}gemm64_", ctypes.c_int64),
+            ("cblas_{}gemm", ctypes.c_int))
+
+
+def _libraries():
+    paths = []
+    try:
+        with open("/proc/self/maps") as maps:
+            paths += [line.split()[-1] for line in maps if "blas" in line.lower() and ".so" in line]
+    except OSError:
+        pass
+    here = os.path.dirname(np.__file__)
+    for pattern in (here + ".libs/*blas*", here + "/.dylibs/*blas*"):
+        paths += glob.glob(pattern)
+    return list(dict.fromkeys(paths))
+
+
+def _load():
+    for path in _libraries():
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for pattern, int_t in _SYMBOLS:
+            try:
+                fns = {dt: getattr(lib, pattern.format(letter)) for dt, letter in
+                       ((np.dtype(np.float32), "s"), (np.dtype(np.float64), "d"))}
+            except AttributeError:
+                continue
+            for dt, fn in fns.items():
+                real = ctypes.c_float if dt == np.float32 else ctypes.c_double
+                fn.restype = None
+                fn.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, int_t, int_t, int_t, real,
+                               ctypes.c_void_p, int_t, ctypes.c_void_p, int_t, real, ctypes.c_void_p, int_t]
+            return fns
+    return {}
+
+
+_GEMM = None if os.environ.get("PORTABLENN_NO_BLAS") else _load()
+
+
+def available():
+    """Whether an in-place BLAS GEMM was found."""
+    return bool(_GEMM)
+
+
+def _operand(a):
+    """(transpose flag, leading dimension) for a row-major BLAS operand, or None if not expressible."""
+    size = a.itemsize
+    rows, cols = a.shape
+    s0, s1 = a.strides
+    if (s1 == size or cols == 1) and s0 % size == 0 and s0 // size >= max(1, cols):
+        return _NO_TRANS, s0 // size
+    if (s0 == size or rows == 1) and s1 % size == 0 and s1 // size >= max(1, rows):
+        return _TRANS, s1 // size
+    return None
+
+
+def gemm_update(c, a, b, alpha):
+    """In place ``c += alpha * (a @ b)`` for 2-D float32/float64 arrays; False if it could not run."""
+    gemm = _GEMM.get(c.dtype) if _GEMM else None
+    if (gemm is None or a.dtype != c.dtype or b.dtype != c.dtype or not c.flags.c_contiguous
+            or not c.flags.writeable or a.ndim != 2 or b.ndim != 2 or c.ndim != 2
+            or c.shape != (a.shape[0], b.shape[1]) or a.shape[1] != b.shape[0] or 0 in a.shape + b.shape
+            or np.may_share_memory(c, a) or np.may_share_memory(c, b)):
+        return False
+    op_a, op_b = _operand(a), _operand(b)
+    if op_a is None or op_b is None:
+        return False
+    m, n = c.shape
+    gemm(_ROW_MAJOR, op_a[0], op_b[0], m, n, a.shape[1], alpha, a.ctypes.data, op_a[1],
+         b.ctypes.data, op_b[1], 1.0, c.ctypes.data, max(1, n))
+    return True

@@ -1,0 +1,131 @@
+"""Shared fixtures: the device matrix, dtypes and the MNIST location.
+
+``device`` is parametrised over every backend present here:
+
+* ``numpy``                        NumPy with the hand-tuned ``NumpyKernels`` (the reference)
+* ``numpy-generic``                NumPy with the generic Array API ``Kernels`` (``fast=False``)
+* ``array_api_strict``             the strict namespace on its CPU_DEVICE
+* ``array_api_strict:device1``     a CPU stand-in for an accelerator: no cross-device mixing, no
+                                   implicit conversion to NumPy
+* ``array_api_strict:no_float64``  a device without float64 (float64 cases skip, see ``dtype``)
+* ``torch:cpu``                    only when PyTorch imports
+* ``cuda``                         CuPy, marked ``gpu``; skips unless ``probe("cuda")`` succeeds
+
+Tolerances live in ``tests/_tolerances.py``; shared helpers in ``tests/_support.py``.
+"""
+import os
+from pathlib import Path
+
+import pytest
+
+import portablenn as pn
+from portablenn import backend
+from portablenn.datasets.mnist import ALL_FILES
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _torch_importable():
+    try:
+        import array_api_compat.torch  # noqa: F401
+        import torch  # noqa: F401
+    except Exception:  # ImportError, or a broken install raising anything
+        return False
+    return True
+
+
+HAS_TORCH = _torch_importable()
+
+# (spec, fast) per backend; ids are what ``-k`` selects on.
+DEVICE_PARAMS = [
+    pytest.param(("numpy", True), id="numpy"),
+    pytest.param(("numpy", False), id="numpy-generic"),
+    pytest.param(("array_api_strict:CPU_DEVICE", True), id="array_api_strict"),
+    pytest.param(("array_api_strict:device1", True), id="array_api_strict:device1"),
+    pytest.param(("array_api_strict:no_float64", True), id="array_api_strict:no_float64"),
+]
+if HAS_TORCH:
+    DEVICE_PARAMS.append(pytest.param(("torch:cpu", True), id="torch:cpu"))
+DEVICE_PARAMS.append(pytest.param(("cuda", True), id="cuda", marks=pytest.mark.gpu))
+
+DTYPES = ["float32", "float64"]
+
+
+_original_device = backend.device
+
+
+def _device_keeping_fast_flag(spec="cpu", *, fast=None, verbose=False):
+    """``backend.device`` where a Device passed without ``fast=`` keeps its own ``fast`` flag."""
+    if isinstance(spec, pn.Device) and fast is None:
+        return spec
+    return _original_device(spec, fast=True if fast is None else fast, verbose=verbose)
+
+
+def make_device(spec, fast=True, monkeypatch=None):
+    """Resolve ``spec``; skip where it cannot run here.
+
+    WORKAROUND (package bug, see tests/test_backend.py::test_fit_on_generic_device_uses_generic_kernels):
+    ``fit``/``evaluate``/``predict``/``Sequential.to`` resolve a Device argument with
+    ``backend.device(dev)``, whose default ``fast=True`` silently swaps a ``fast=False`` device for
+    the fast one, so the generic kernels never run on NumPy. For the ``numpy-generic`` parameter the
+    resolver is patched (for the duration of the test) to keep the flag of a Device it is given, so
+    that parity tests really exercise ``portablenn.kernels.Kernels`` through the layers.
+    """
+    if spec == "cuda":
+        dev, reason = backend.probe("cuda")
+        if dev is None:
+            pytest.skip(f"no usable CUDA GPU: {reason}")
+    dev = pn.device(spec, fast=fast)
+    if not fast and monkeypatch is not None:
+        monkeypatch.setattr(backend, "device", _device_keeping_fast_flag)
+    return dev
+
+
+@pytest.fixture(params=DEVICE_PARAMS)
+def device(request, monkeypatch):
+    """A ``portablenn.Device`` for each backend present (see the module docstring)."""
+    spec, fast = request.param
+    return make_device(spec, fast, monkeypatch)
+
+
+@pytest.fixture
+def numpy_device():
+    """The reference: NumPy with the fast kernels."""
+    return pn.device("numpy")
+
+
+@pytest.fixture(params=DTYPES)
+def dtype(request):
+    """"float32" and "float64"; skips float64 where the test's ``device`` does not support it."""
+    if "device" in request.fixturenames:
+        dev = request.getfixturevalue("device")
+        if not dev.supports(request.param):
+            pytest.skip(f"{dev.name} does not support {request.param}")
+    return request.param
+
+
+def _has_mnist(directory):
+    return all((directory / name).is_file() or (directory / (name + ".gz")).is_file() for name in ALL_FILES)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir():
+    """Directory with the four MNIST IDX files: ``$PORTABLENN_DATA`` (or its ``mnist/``), else
+    ``../shared/data/mnist`` relative to the repository; skips when neither has them."""
+    candidates = []
+    env = os.environ.get("PORTABLENN_DATA")
+    if env:
+        candidates += [Path(env).expanduser(), Path(env).expanduser() / "mnist"]
+    candidates.append(REPO.parent / "shared" / "data" / "mnist")
+    for directory in candidates:
+        if _has_mnist(directory):
+            return directory
+    pytest.skip("MNIST not found in " + ", ".join(map(str, candidates)) + " (set $PORTABLENN_DATA)")
+
+
+@pytest.fixture(scope="session")
+def mnist_train(mnist_dir):
+    """``(X, y)`` of the MNIST training split, loaded once per session."""
+    from portablenn.datasets import mnist
+
+    return mnist(mnist_dir, split="train")

@@ -1,0 +1,271 @@
+"""Hand-written backward passes against central finite differences (float64, tiny shapes), the fused
+loss kernel against the reference loss functions, and numerical stability of the softmax."""
+import numpy as np
+import pytest
+
+import portablenn as pn
+
+from _support import copy_state, host, host_softmax, host_xent, require_dtype
+from _tolerances import FD_RTOL, FD_STEP, assert_close
+
+
+def _fd_close(analytic, numeric, err_msg=""):
+    numeric = np.asarray(numeric)
+    np.testing.assert_allclose(analytic, numeric, rtol=FD_RTOL,
+                               atol=FD_RTOL * max(1.0, float(np.max(np.abs(numeric)))), err_msg=err_msg)
+
+
+def _central_difference(f, x):
+    """Numerical gradient of the scalar function ``f`` of the host array ``x`` (not modified)."""
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        plus, minus = x.copy(), x.copy()
+        plus[index] += FD_STEP
+        minus[index] -= FD_STEP
+        grad[index] = (f(plus) - f(minus)) / (2 * FD_STEP)
+    return grad
+
+
+def _away_from_zero(rng, shape, low=0.2, high=1.5):
+    """Random values with |v| in [low, high]: no ReLU kink within a finite-difference step."""
+    return rng.uniform(low, high, shape) * rng.choice([-1.0, 1.0], shape)
+
+
+LAYERS = {
+    "linear": lambda: pn.Linear(4, 3, bias=True, init="xavier", rng=1, dtype="float64"),
+    "linear-nobias": lambda: pn.Linear(4, 3, bias=False, init="xavier", rng=2, dtype="float64"),
+    "relu": pn.ReLU,
+    "sigmoid": pn.Sigmoid,
+    "tanh": pn.Tanh,
+}
+
+
+def _layer_on(device, kind):
+    seq = pn.Sequential(LAYERS[kind]())
+    seq.to(device, dtype="float64")
+    return seq
+
+
+@pytest.fixture
+def device64(device):
+    require_dtype(device, "float64")
+    return device
+
+
+# -- layers ----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", list(LAYERS))
+def test_layer_input_gradient(device64, kind):
+    dev, rng = device64, np.random.default_rng(0)
+    seq = _layer_on(dev, kind)
+    x = _away_from_zero(rng, (3, 4))
+    out = host(dev, seq.forward(dev.asarray(x.copy())))
+    G = rng.standard_normal(out.shape)
+
+    def loss(x_host):
+        return float(np.sum(host(dev, seq.forward(dev.asarray(x_host.copy()))) * G))
+
+    seq.forward(dev.asarray(x.copy()))
+    dx = host(dev, seq.backward(dev.asarray(G.copy())))
+    assert dx.shape == x.shape
+    _fd_close(dx, _central_difference(loss, x), kind)
+
+
+@pytest.mark.parametrize("kind", ["linear", "linear-nobias"])
+def test_linear_parameter_gradients(device64, kind):
+    dev, rng = device64, np.random.default_rng(1)
+    seq = _layer_on(dev, kind)
+    x = rng.standard_normal((5, 4))
+    G = rng.standard_normal((5, 3))
+    state = seq.state_dict()
+    assert sorted(state) == (["0.bias", "0.weight"] if kind == "linear" else ["0.weight"])
+
+    seq.forward(dev.asarray(x.copy()))
+    assert seq.backward(dev.asarray(G.copy()), input_grad=False) is None
+    grads = {f"0.{name}": host(dev, g) for name, g in seq.layers[0].grads.items()}
+    assert sorted(grads) == sorted(state)
+    # the closed forms, as a second oracle
+    np.testing.assert_allclose(grads["0.weight"], x.T @ G, rtol=1e-12)
+    if kind == "linear":
+        np.testing.assert_allclose(grads["0.bias"], G.sum(axis=0), rtol=1e-12)
+
+    for key, value in state.items():
+        def loss(v, key=key):
+            perturbed = copy_state(state)
+            perturbed[key] = v
+            seq.load_state_dict(perturbed)
+            return float(np.sum(host(dev, seq.forward(dev.asarray(x.copy()))) * G))
+        _fd_close(grads[key], _central_difference(loss, value), key)
+
+
+def test_backward_without_input_grad_fills_the_same_gradients(device64):
+    dev, rng = device64, np.random.default_rng(2)
+    model = pn.mlp([4, 5, 3], dtype="float64", seed=3).to(dev)
+    X = rng.standard_normal((6, 4))
+    G = rng.standard_normal((6, 3))
+    model.forward(dev.asarray(X.copy()))
+    dx = model.backward(dev.asarray(G.copy()), input_grad=True)
+    with_input = {(i, n): host(dev, g).copy() for i, l in enumerate(model.layers) for n, g in l.grads.items()}
+    model.forward(dev.asarray(X.copy()))
+    assert model.backward(dev.asarray(G.copy()), input_grad=False) is None
+    without = {(i, n): host(dev, g) for i, l in enumerate(model.layers) for n, g in l.grads.items()}
+    assert sorted(with_input) == sorted(without) == [(0, "bias"), (0, "weight"), (2, "bias"), (2, "weight")]
+    for key in with_input:
+        np.testing.assert_array_equal(with_input[key], without[key])
+    assert host(dev, dx).shape == (6, 4)
+
+
+# -- loss ------------------------------------------------------------------------------------------
+def test_softmax_cross_entropy_gradient(device64):
+    dev, rng = device64, np.random.default_rng(3)
+    logits = 2.0 * rng.standard_normal((5, 4))
+    labels = np.array([0, 3, 1, 1, 2])
+    y = dev.asarray(labels, dtype=dev.index_dtype)
+
+    def loss(z):
+        return float(host(dev, pn.softmax_cross_entropy(dev.asarray(z.copy()), y)))
+
+    assert loss(logits) == pytest.approx(host_xent(logits, labels), rel=1e-12)
+    grad = host(dev, pn.softmax_cross_entropy_grad(dev.asarray(logits.copy()), y))
+    np.testing.assert_allclose(grad, (host_softmax(logits) - np.eye(4)[labels]) / 5, rtol=1e-12, atol=1e-15)
+    _fd_close(grad, _central_difference(loss, logits))
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.37, 1 / 7])
+def test_fused_softmax_xent_matches_reference(device, dtype, scale):
+    """``kernels.softmax_xent`` (fast twin or generic) == the separate loss and gradient functions."""
+    dev, rng = device, np.random.default_rng(4)
+    batch, classes = 7, 4
+    logits = (3.0 * rng.standard_normal((batch, classes))).astype(dtype)
+    labels = rng.integers(0, classes, batch)
+    labels[:2] = np.argmax(logits[:2], axis=1)  # at least two rows right, and (almost surely) some wrong
+    y = dev.asarray(labels, dtype=dev.index_dtype)
+    onehot = dev.asarray(np.eye(classes)[labels], dtype=dtype)
+
+    ref_mean = float(host(dev, pn.softmax_cross_entropy(dev.asarray(logits.copy()), y)))
+    ref_grad = host(dev, pn.softmax_cross_entropy_grad(dev.asarray(logits.copy()), y))
+    grad, loss_sum, wrong = dev.kernels.softmax_xent(dev.asarray(logits.copy()), onehot, y, scale)
+    grad, loss_sum, wrong = host(dev, grad).copy(), host(dev, loss_sum), host(dev, wrong)
+
+    assert grad.shape == (batch, classes) and grad.dtype == np.dtype(dtype)
+    assert loss_sum.shape == () and wrong.shape == ()
+    assert wrong.dtype == np.dtype(dtype), "wrong is documented to be in logits.dtype"
+    assert_close(grad, ref_grad * batch * scale, dtype, factor=10)
+    assert_close(loss_sum, ref_mean * batch, dtype, factor=10)
+    assert int(wrong) == int(np.sum(np.argmax(logits, axis=1) != labels))
+    assert 0 < int(wrong) < batch
+    # and against the float64 host maths
+    host_grad = (host_softmax(logits.astype(np.float64)) - np.eye(classes)[labels]) * scale
+    assert_close(grad, host_grad, dtype, factor=10)
+    assert_close(loss_sum, host_xent(logits.astype(np.float64), labels) * batch, dtype, factor=10)
+
+
+def test_fused_softmax_xent_all_right_and_all_wrong(device, dtype):
+    dev = device
+    logits = np.array([[5.0, 0.0, -5.0], [0.0, 6.0, 1.0], [-1.0, 0.0, 4.0]], dtype=dtype)
+    onehot_of = lambda labels: dev.asarray(np.eye(3)[labels], dtype=dtype)  # noqa: E731
+    for labels, expected in (([0, 1, 2], 0), ([1, 2, 0], 3)):
+        labels = np.array(labels)
+        _, _, wrong = dev.kernels.softmax_xent(dev.asarray(logits.copy()), onehot_of(labels),
+                                               dev.asarray(labels, dtype=dev.index_dtype), 1.0)
+        assert float(host(dev, wrong)) == expected
+
+
+# -- whole models ----------------------------------------------------------------------------------
+MODELS = [
+    pytest.param([4, 3], "relu", True, 0.0, id="linear-softmax"),
+    pytest.param([4, 5, 3], "relu", True, 0.0, id="relu-1hidden"),
+    pytest.param([4, 5, 3], "relu", False, 0.0, id="relu-nobias"),
+    pytest.param([4, 5, 4, 3], "tanh", True, 0.0, id="tanh-2hidden"),
+    pytest.param([4, 5, 4, 3], "sigmoid", False, 0.0, id="sigmoid-2hidden-nobias"),
+    pytest.param([4, 5, 3], "relu", True, 0.1, id="relu-l2"),
+    pytest.param([4, 3, 4, 3, 3], "sigmoid", True, 0.05, id="sigmoid-3hidden-l2"),
+]
+
+
+@pytest.mark.parametrize("sizes, activation, bias, l2", MODELS)
+def test_mlp_gradients_against_finite_differences(device64, sizes, activation, bias, l2):
+    """Expected gradient built from ``model.backward`` + ``l2 * W``; FD of mean CE + ``l2_penalty``."""
+    dev, rng = device64, np.random.default_rng(5)
+    model = pn.mlp(sizes, activation=activation, bias=bias, init="xavier", seed=7, dtype="float64").to(dev)
+    X = _away_from_zero(rng, (6, sizes[0]))
+    labels = rng.integers(0, sizes[-1], 6)
+    y = dev.asarray(labels, dtype=dev.index_dtype)
+    state = model.state_dict()
+
+    def full_loss(st, Xh=X):
+        model.load_state_dict(copy_state(st))
+        logits = model.forward(dev.asarray(Xh.copy()))
+        return float(host(dev, pn.softmax_cross_entropy(logits, y) + pn.l2_penalty(model, l2)))
+
+    model.load_state_dict(copy_state(state))
+    logits = model.forward(dev.asarray(X.copy()))
+    g = pn.softmax_cross_entropy_grad(dev.asarray(host(dev, logits).copy()), y)
+    dX = host(dev, model.backward(g, input_grad=True))
+    analytic = {}
+    for key, layer, name in model.named_parameters():
+        analytic[key] = host(dev, layer.grads[name]) + (l2 * state[key] if name == "weight" else 0.0)
+    assert sorted(analytic) == sorted(state)
+
+    for key, value in state.items():
+        def f(v, key=key):
+            st = dict(state)
+            st[key] = v
+            return full_loss(st)
+        _fd_close(analytic[key], _central_difference(f, value), key)
+    _fd_close(dX, _central_difference(lambda Xh: full_loss(state, Xh), X), "input")
+
+
+def test_l2_penalty_value(device, dtype):
+    dev = device
+    model = pn.mlp([3, 4, 2], dtype=dtype, seed=1).to(dev)
+    state = model.state_dict()
+    expected = 0.5 * 0.3 * sum(float(np.sum(v.astype(np.float64) ** 2)) for k, v in state.items() if k.endswith("weight"))
+    assert_close(float(host(dev, pn.l2_penalty(model, 0.3))), expected, dtype, factor=10)
+    # biases are not penalised
+    state["0.bias"] = np.full(4, 100.0)
+    model.load_state_dict(copy_state(state))
+    assert_close(float(host(dev, pn.l2_penalty(model, 0.3))), expected, dtype, factor=10)
+
+
+# -- stability -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("offsets", [
+    pytest.param([1e4, 1e4, 1e4], id="all-rows-huge"),
+    pytest.param([-1e4, -1e4, -1e4], id="all-rows-very-negative"),
+    pytest.param([1e4, 0.0, -1e4], id="rows-far-apart"),
+    pytest.param([0.0, -60.0, -80.0], id="rows-60-80-apart"),
+    pytest.param([0.0, -100.0, -700.0], id="rows-100-700-apart"),
+])
+def test_softmax_cross_entropy_is_stable_for_huge_logits(device, dtype, offsets):
+    dev, rng = device, np.random.default_rng(6)
+    base = np.array([[3.0, -2.0, 0.5], [-1.0, 2.0, 1.5], [0.25, 0.0, -4.0]])
+    noise = base + 0.01 * rng.standard_normal(base.shape)
+    logits = (noise + np.asarray(offsets)[:, None] * np.array([[1.0, 1.0, 1.0]])).astype(dtype)
+    # one row with a huge spread within the row as well
+    logits[0, 2] = logits[0, 0] - 1e4 if dtype == "float64" else logits[0, 0] - 2e3
+    labels = np.array([2, 1, 0])
+    y = dev.asarray(labels, dtype=dev.index_dtype)
+    exact = host_xent(logits.astype(np.float64), labels)  # shifted per row: exact in float64
+    exact_grad = (host_softmax(logits.astype(np.float64)) - np.eye(3)[labels]) / 3
+
+    mean = float(host(dev, pn.softmax_cross_entropy(dev.asarray(logits.copy()), y)))
+    grad = host(dev, pn.softmax_cross_entropy_grad(dev.asarray(logits.copy()), y))
+    assert np.isfinite(mean) and np.all(np.isfinite(grad))
+    assert_close(mean, exact, dtype, factor=10, scale=abs(exact))
+    assert_close(grad, exact_grad, dtype, factor=10, scale=1.0)
+
+    onehot = dev.asarray(np.eye(3)[labels], dtype=dtype)
+    g, loss_sum, wrong = dev.kernels.softmax_xent(dev.asarray(logits.copy()), onehot, y, 1.0)
+    g, loss_sum = host(dev, g).copy(), float(host(dev, loss_sum))
+    assert np.all(np.isfinite(g)) and np.isfinite(loss_sum)
+    assert_close(loss_sum, 3 * exact, dtype, factor=10, scale=abs(3 * exact))
+    assert_close(g, exact_grad * 3, dtype, factor=10, scale=1.0)
+    assert float(host(dev, wrong)) == float(np.sum(np.argmax(logits, axis=1) != labels))
+
+
+def test_loss_of_a_confident_right_answer_is_zero_not_nan(device, dtype):
+    dev = device
+    logits = np.array([[1e4, 0.0], [0.0, 1e4]], dtype=dtype)
+    y = dev.asarray(np.array([0, 1]), dtype=dev.index_dtype)
+    assert float(host(dev, pn.softmax_cross_entropy(dev.asarray(logits), y))) == 0.0
+    wrong_way = float(host(dev, pn.softmax_cross_entropy(dev.asarray(logits[::-1].copy()), y)))
+    assert wrong_way == pytest.approx(1e4, rel=1e-6)
