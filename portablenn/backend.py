@@ -77,7 +77,7 @@ class Device:
             dtype = self.dtype(dtype)
         with self.activate():
             if self.library == "numpy":
-                return np.asarray(host_array, dtype=dtype)
+                return np.asarray(_host(host_array), dtype=dtype)
             if self.library == "cupy":
                 return self.xp.asarray(_host(host_array), dtype=dtype)
             if self.library == "torch" and not isinstance(host_array, np.ndarray):
@@ -157,11 +157,16 @@ def _make_kernels(dev, fast):
         from .kernels_numpy import NumpyKernels
 
         return NumpyKernels(dev.xp)
+    if fast and dev.library == "cupy":
+        from .kernels_cupy import CupyKernels
+
+        return CupyKernels(dev.xp)
     return kernels.Kernels(dev.xp)
 
 
 # -- spec resolution -----------------------------------------------------------------------------
-_STRICT_DEVICES = ("CPU_DEVICE", "device1", "device2", "no_float64", "no_x64")
+# not "no_x64": array-api-strict 2.6's argmax returns int64 there, which that device then refuses
+_STRICT_DEVICES = ("CPU_DEVICE", "device1", "device2", "no_float64")
 
 
 def device(spec="cpu", *, fast=None, verbose=False):
@@ -171,7 +176,7 @@ def device(spec="cpu", *, fast=None, verbose=False):
     ----------
     spec : str or Device
         ``"cpu"`` | ``"numpy"`` | ``"cuda"`` | ``"cuda:N"`` | ``"auto"`` | ``"array_api_strict"`` |
-        ``"array_api_strict:NAME"`` (NAME in CPU_DEVICE, device1, device2, no_float64, no_x64) |
+        ``"array_api_strict:NAME"`` (NAME in CPU_DEVICE, device1, device2, no_float64) |
         ``"torch"`` | ``"torch:cpu"`` | ``"torch:cuda"`` | ``"torch:cuda:N"``.
     fast : bool, optional
         Use backend fast paths where they exist (NumPy ``out=`` and BLAS, fused CuPy kernels);
@@ -186,20 +191,16 @@ def device(spec="cpu", *, fast=None, verbose=False):
     """
     if isinstance(spec, Device):
         return spec if fast is None or spec.fast == fast else device(spec.name, fast=fast)
-    fast = True if fast is None else bool(fast)
-    key = (spec, fast)
-    if key not in _CACHE or verbose:
-        dev = _resolve(spec, fast, verbose)
-        _CACHE[key] = _CACHE.setdefault((dev.name, fast), dev)  # one Device (and kernel cache) per device
-    return _CACHE[key]
+    if not isinstance(spec, str):
+        raise DeviceError(f"device spec must be a string such as 'cpu' or 'cuda:0', not {type(spec).__name__}")
+    dev = _resolve(spec, True if fast is None else bool(fast), verbose)  # checks availability every time
+    return _CACHE.setdefault((dev.name, dev.fast), dev)  # but one Device (and its kernels) per device
 
 
 _CACHE = {}
 
 
 def _resolve(spec, fast, verbose):
-    if not isinstance(spec, str):
-        raise DeviceError(f"device spec must be a string such as 'cpu' or 'cuda:0', not {type(spec).__name__}")
     s = spec.strip().lower() if not spec.startswith("array_api_strict:") else spec.strip()
     if s in ("cpu", "numpy", "numpy:cpu"):
         return _numpy_device(fast)

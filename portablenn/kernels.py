@@ -34,15 +34,15 @@ class Kernels:
         return self.xp.sum(g, axis=0)
 
     def relu(self, x):
-        """``max(x, 0)`` elementwise; may overwrite ``x`` in a fast twin (callers pass a fresh array)."""
+        """``max(x, 0)`` elementwise."""
         return self.xp.maximum(x, 0.0)
 
     def relu_backward(self, grad_output, output):
-        """``grad_output * (output > 0)``; may overwrite ``grad_output`` in a fast twin."""
+        """``grad_output * (output > 0)``."""
         return self.xp.where(output > 0, grad_output, 0.0)
 
     def softmax_xent(self, logits, onehot, labels, scale):
-        """Fused softmax cross-entropy over a minibatch.
+        """Fused softmax cross-entropy over a minibatch; a fast twin may overwrite ``logits``.
 
         Parameters
         ----------

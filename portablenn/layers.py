@@ -201,7 +201,7 @@ class Sequential(Module):
             if value.shape != shape:
                 raise ValueError(f"state dict entry {key!r} has shape {value.shape}, the model expects {shape}")
             new[key] = value
-        for key, (layer, name) in expected.items():
-            layer.params[name] = self.device.asarray(new[key], dtype=self.dtype)
+        for key, (layer, name) in expected.items():  # a copy: training updates parameters in place
+            layer.params[name] = self.device.asarray(np.array(new[key], dtype=self.dtype, copy=True))
             layer.grads = {}
         return self

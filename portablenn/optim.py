@@ -28,8 +28,8 @@ class Optimizer:
 
     def bind(self, model, l2=0.0):
         """Attach to ``model`` with L2 strength ``l2``; existing state follows the model to its device."""
-        if self.model is not model:
-            self.state = {}
+        if self.model is not model:  # a new model starts afresh
+            self.state, self.steps = {}, 0
         self.model, self.l2 = model, float(l2)
         self._params = model.named_parameters()
         if getattr(self, "_device", model.device) != model.device:

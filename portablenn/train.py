@@ -5,7 +5,7 @@ import numpy as np
 
 from . import backend
 from .losses import l2_penalty
-from .validation import check_batch_size, check_epochs, check_features, check_l2, check_labels
+from .validation import InputError, check_batch_size, check_epochs, check_features, check_l2, check_labels
 
 __all__ = ["History", "fit", "evaluate", "predict", "predict_proba"]
 
@@ -102,7 +102,8 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
     xp, kernels, rng, fused = dev.xp, dev.kernels, np.random.default_rng(seed), optimizer.in_backward
     starts = range(0, data.n, batch)
     history, pending = History(), []
-    log_every = max(1, int(log_every))
+    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
+        raise InputError(f"log_every must be a positive integer, got {log_every!r}")
     with dev.activate():
         for epoch in range(1, epochs + 1):
             began = time.perf_counter()
@@ -187,7 +188,7 @@ def _forward_all(model, X, device, head):
     n = check_features(X, model.in_features)
     with dev.activate():
         Xd = dev.asarray(X, dtype=model.dtype)
-        parts = [head(dev.xp, model.forward(Xd[s:s + _EVAL_CHUNK, :])) for s in range(0, n, _EVAL_CHUNK)]
+        parts = [head(dev.xp, model.forward(Xd[s:min(s + _EVAL_CHUNK, n), :])) for s in range(0, n, _EVAL_CHUNK)]
         return dev.to_numpy(dev.xp.concat(parts, axis=0))
 
 

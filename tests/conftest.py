@@ -9,7 +9,8 @@
                                    implicit conversion to NumPy
 * ``array_api_strict:no_float64``  a device without float64 (float64 cases skip, see ``dtype``)
 * ``torch:cpu``                    only when PyTorch imports
-* ``cuda``                         CuPy, marked ``gpu``; skips unless ``probe("cuda")`` succeeds
+* ``cuda``, ``cuda-generic``       CuPy with its fused kernels / with the generic ones, marked ``gpu``;
+                                   they skip unless ``probe("cuda")`` succeeds
 
 Tolerances live in ``tests/_tolerances.py``; shared helpers in ``tests/_support.py``.
 """
@@ -47,45 +48,25 @@ DEVICE_PARAMS = [
 if HAS_TORCH:
     DEVICE_PARAMS.append(pytest.param(("torch:cpu", True), id="torch:cpu"))
 DEVICE_PARAMS.append(pytest.param(("cuda", True), id="cuda", marks=pytest.mark.gpu))
+DEVICE_PARAMS.append(pytest.param(("cuda", False), id="cuda-generic", marks=pytest.mark.gpu))
 
 DTYPES = ["float32", "float64"]
 
 
-_original_device = backend.device
-
-
-def _device_keeping_fast_flag(spec="cpu", *, fast=None, verbose=False):
-    """``backend.device`` where a Device passed without ``fast=`` keeps its own ``fast`` flag."""
-    if isinstance(spec, pn.Device) and fast is None:
-        return spec
-    return _original_device(spec, fast=True if fast is None else fast, verbose=verbose)
-
-
-def make_device(spec, fast=True, monkeypatch=None):
-    """Resolve ``spec``; skip where it cannot run here.
-
-    WORKAROUND (package bug, see tests/test_backend.py::test_fit_on_generic_device_uses_generic_kernels):
-    ``fit``/``evaluate``/``predict``/``Sequential.to`` resolve a Device argument with
-    ``backend.device(dev)``, whose default ``fast=True`` silently swaps a ``fast=False`` device for
-    the fast one, so the generic kernels never run on NumPy. For the ``numpy-generic`` parameter the
-    resolver is patched (for the duration of the test) to keep the flag of a Device it is given, so
-    that parity tests really exercise ``portablenn.kernels.Kernels`` through the layers.
-    """
+def make_device(spec, fast=True):
+    """Resolve ``spec`` with the given ``fast`` flag; skip where it cannot run here."""
     if spec == "cuda":
         dev, reason = backend.probe("cuda")
         if dev is None:
             pytest.skip(f"no usable CUDA GPU: {reason}")
-    dev = pn.device(spec, fast=fast)
-    if not fast and monkeypatch is not None:
-        monkeypatch.setattr(backend, "device", _device_keeping_fast_flag)
-    return dev
+    return pn.device(spec, fast=fast)
 
 
 @pytest.fixture(params=DEVICE_PARAMS)
-def device(request, monkeypatch):
+def device(request):
     """A ``portablenn.Device`` for each backend present (see the module docstring)."""
     spec, fast = request.param
-    return make_device(spec, fast, monkeypatch)
+    return make_device(spec, fast)
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from portablenn.kernels_numpy import NumpyKernels
 
 from _support import classification_data
 
-STRICT_NAMES = ["CPU_DEVICE", "device1", "device2", "no_float64", "no_x64"]
+STRICT_NAMES = ["CPU_DEVICE", "device1", "device2", "no_float64"]
 
 
 def _cuda_usable():
@@ -31,6 +31,12 @@ def test_default_spec_is_cpu():
     assert pn.device() == pn.device("cpu")
 
 
+def test_auto_matches_cuda_availability(monkeypatch):
+    monkeypatch.delenv("PORTABLENN_DISABLE_CUDA", raising=False)
+    expected = "cupy:0" if _cuda_usable() else "numpy"
+    assert pn.device("auto").name == expected
+
+
 def test_auto_is_numpy_when_cuda_disabled(monkeypatch, capsys):
     monkeypatch.setenv("PORTABLENN_DISABLE_CUDA", "1")
     dev = pn.device("auto", verbose=True)
@@ -39,10 +45,21 @@ def test_auto_is_numpy_when_cuda_disabled(monkeypatch, capsys):
     assert out.startswith("device auto -> numpy") and "PORTABLENN_DISABLE_CUDA" in out
 
 
-def test_auto_matches_cuda_availability(monkeypatch):
+def test_auto_follows_cuda_availability_after_the_first_call(monkeypatch):
+    """Simulated GPU: 'auto' picks CuPy, then PORTABLENN_DISABLE_CUDA must make it pick NumPy."""
+    import os
+
+    monkeypatch.setattr(backend, "_CACHE", {}, raising=False)  # isolate the module cache, if there is one
     monkeypatch.delenv("PORTABLENN_DISABLE_CUDA", raising=False)
-    expected = "cupy:0" if _cuda_usable() else "numpy"
-    assert pn.device("auto").name == expected
+    fake_gpu = pn.Device("cupy:0", pn.device("numpy").xp, None, "cuda", False)
+    monkeypatch.setattr(backend, "_cuda_problem",
+                        lambda index: "disabled" if os.environ.get("PORTABLENN_DISABLE_CUDA") else None)
+    monkeypatch.setattr(backend, "_cupy_device", lambda index, fast: fake_gpu)
+    assert pn.device("auto", fast=False).name == "cupy:0"
+    monkeypatch.setenv("PORTABLENN_DISABLE_CUDA", "1")
+    assert pn.device("auto", fast=False).name == "numpy"
+    with pytest.raises(pn.DeviceError):
+        pn.device("cuda", fast=False)
 
 
 def test_auto_generic(monkeypatch):
@@ -196,11 +213,6 @@ def test_asarray_accepts_arrays_from_other_devices(device, request):
     x = np.arange(6, dtype=np.float32).reshape(2, 3)
     source = device.asarray(x)
     targets = ["numpy", "array_api_strict:CPU_DEVICE", "array_api_strict:device1"]
-    if (device.library == "array_api_strict" and device.name != "array_api_strict:CPU_DEVICE") or device.library == "cupy":
-        request.applymarker(pytest.mark.xfail(
-            device.library == "array_api_strict", strict=device.library == "array_api_strict",
-            reason="BUG: Device.asarray on NumPy calls np.asarray directly instead of _host(), so an "
-                   "array of a non-CPU device (strict device1/no_float64, CuPy) raises RuntimeError/TypeError"))
     for spec in targets:
         target = pn.device(spec)
         np.testing.assert_array_equal(target.to_numpy(target.asarray(source)), x, err_msg=spec)
@@ -243,32 +255,35 @@ def test_generic_devices_use_generic_kernels(spec):
 
 
 def test_fixture_devices_kernels(device):
-    expected = NumpyKernels if (device.library == "numpy" and device.fast) else Kernels
-    assert type(device.kernels) is expected
+    if not device.fast or device.library not in ("numpy", "cupy"):
+        assert type(device.kernels) is Kernels
+    elif device.library == "numpy":
+        assert type(device.kernels) is NumpyKernels
+    else:  # CuPy's fused twin
+        assert type(device.kernels) is not Kernels and isinstance(device.kernels, Kernels)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: Sequential.to(dev)/fit(device=dev) resolve dev with "
-                   "backend.device(dev), whose default fast=True replaces a fast=False device by the fast "
-                   "one: the generic kernels can never be used for training on NumPy")
 def test_model_to_generic_device_keeps_generic_kernels():
+    """Regression (in 89756fd): resolving a Device with the default fast=True swapped a fast=False device
+    for the fast one, so training on NumPy never used the generic kernels."""
     generic = pn.device("cpu", fast=False)
     model = pn.mlp([2, 4, 3]).to(generic)
     assert model.device.fast is False
     assert all(type(layer.kernels) is Kernels for layer in model.layers)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: fit(device=Device(fast=False)) trains with NumpyKernels "
-                   "(backend.device(dev) defaults to fast=True and rebuilds the device)")
 def test_fit_on_generic_device_uses_generic_kernels():
     X, y = classification_data(n=20, features=2)
     generic = pn.device("cpu", fast=False)
     model = pn.mlp([2, 4, 3])
-    pn.fit(model, X, y, optimizer=pn.SGD(0.1), device=generic, epochs=1)
-    assert type(model.layers[0].kernels) is Kernels
+    pn.fit(model, X, y, optimizer=pn.SGD(0.1), device=generic, epochs=1, batch_size=5)
+    assert model.device.fast is False
+    assert all(type(layer.kernels) is Kernels for layer in model.layers)
+    assert pn.device(generic) is generic and pn.device(generic, fast=True).fast is True
 
 
-def test_fixture_workaround_really_runs_generic_kernels(device):
-    """The conftest workaround for the bug above: on numpy-generic the layers use ``Kernels``."""
+def test_training_runs_the_devices_own_kernels(device):
+    """Every fixture device trains with its own kernels (numpy-generic really runs ``Kernels``)."""
     X, y = classification_data(n=20, features=2)
     model = pn.mlp([2, 4, 3]).to(device)
     pn.fit(model, X, y, optimizer=pn.SGD(0.1), epochs=1, batch_size=5)
@@ -276,17 +291,7 @@ def test_fixture_workaround_really_runs_generic_kernels(device):
     assert all(type(layer.kernels) is type(device.kernels) for layer in model.layers)
 
 
-def test_no_x64_device_uses_int32_indices():
-    dev = pn.device("array_api_strict:no_x64")
-    assert not dev.supports("float64") and not dev.supports("int64")
-    assert dev.index_dtype == dev.xp.int32
-
-
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="array_api_strict's argmax produces int64 on the no_x64 device, so the fused loss "
-                          "kernel (argmax for the error count) fails: no_x64 is advertised but cannot train")
-def test_fit_on_no_x64_device():
-    X, y = classification_data(n=20, features=2)
-    model = pn.mlp([2, 4, 3])
-    history = pn.fit(model, X, y, optimizer=pn.SGD(0.1), device="array_api_strict:no_x64", epochs=1)
-    assert len(history) == 1
+def test_no_x64_is_refused_with_the_reason():
+    """array-api-strict 2.6's argmax returns int64 on no_x64, which that device refuses: not offered."""
+    with pytest.raises(pn.DeviceError, match="unknown array_api_strict device 'no_x64'"):
+        pn.device("array_api_strict:no_x64")

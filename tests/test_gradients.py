@@ -269,3 +269,42 @@ def test_loss_of_a_confident_right_answer_is_zero_not_nan(device, dtype):
     assert float(host(dev, pn.softmax_cross_entropy(dev.asarray(logits), y))) == 0.0
     wrong_way = float(host(dev, pn.softmax_cross_entropy(dev.asarray(logits[::-1].copy()), y)))
     assert wrong_way == pytest.approx(1e4, rel=1e-6)
+
+
+@pytest.mark.parametrize("spread", [0.0, 20.0, 40.0])
+def test_fused_loss_of_confident_rows_is_accurate(device, dtype, spread):
+    """Small losses (a well-trained classifier) with row maxima ``spread`` apart: loss_sum to the dtype's
+    relative tolerance of the float64 value, like the per-row-shifted generic kernel.
+
+    Regression: the NumPy twin once shifted by the batch's global maximum, so sum(log(total)) and the
+    picked logits became two large sums that cancel; float32 losses lost ~3 digits (rel. error ~1e-3)."""
+    dev, rng = device, np.random.default_rng(8)
+    batch, classes = 100, 10
+    logits = 2.0 * rng.standard_normal((batch, classes)) + rng.uniform(-spread, 0.0, (batch, 1))
+    labels = np.argmax(logits, axis=1)
+    logits[np.arange(batch), labels] += 8.0
+    logits = logits.astype(dtype)
+    exact = host_xent(logits.astype(np.float64), labels) * batch
+    assert exact < 0.1  # ~1e-3 per row
+    _, loss_sum, wrong = dev.kernels.softmax_xent(
+        dev.asarray(logits.copy()), dev.asarray(np.eye(classes)[labels], dtype=dtype),
+        dev.asarray(labels, dtype=dev.index_dtype), 0.01)
+    assert float(host(dev, wrong)) == 0.0
+    assert_close(float(host(dev, loss_sum)), exact, dtype, factor=10)
+
+
+def test_fused_gradient_stays_valid_after_another_call(device):
+    """``softmax_xent`` returns its gradient; a second call (another minibatch or a validation pass of the
+    same shape) must not change an array the caller already holds.
+
+    Regression: the NumPy twin once returned a scratch buffer cached per shape (shared by every model on
+    the cached Device), which the next call overwrote."""
+    dev, rng = device, np.random.default_rng(9)
+    labels = np.array([0, 1, 2, 1])
+    y = dev.asarray(labels, dtype=dev.index_dtype)
+    onehot = dev.asarray(np.eye(3)[labels], dtype="float32")
+    first_logits, second_logits = rng.standard_normal((2, 4, 3)).astype(np.float32)
+    grad, _, _ = dev.kernels.softmax_xent(dev.asarray(first_logits.copy()), onehot, y, 1.0)
+    saved = host(dev, grad).copy()
+    dev.kernels.softmax_xent(dev.asarray(second_logits.copy()), onehot, y, 1.0)
+    np.testing.assert_array_equal(host(dev, grad), saved)

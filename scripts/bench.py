@@ -1,0 +1,343 @@
+"""Benchmark portablenn against hand-written loops, interleaved in one process so ratios are side by side.
+
+Workloads (float32 MNIST epoch of the CMU 10-714 setup; float64 CS231n spiral full-batch steps):
+  - reference: a hand-written NumPy loop of the same math (ratio 1.00)
+  - portablenn ``fit`` on every available device (NumPy fast path and generic Array API path, CuPy)
+  - the same loop through array-api-compat, PyTorch eager (manual gradients and autograd) when installed
+  - on a GPU: a hand-written CuPy loop and PyTorch CUDA eager
+  - the five GEMMs alone and the FLOP limit at the measured large-GEMM peak
+Prints a table of min/median times and ratios, and writes JSON (``--json``).
+
+    python scripts/bench.py                 # everything available here
+    python scripts/bench.py --quick         # fewer repetitions
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import portablenn as pn  # noqa: E402
+from portablenn import _blas, backend, datasets  # noqa: E402
+
+BATCH, HIDDEN, LR = 100, 100, 0.2
+
+
+# -- data and initial weights ---------------------------------------------------------------------
+def mnist_data():
+    try:
+        X, y = datasets.mnist(split="train")
+        return X, y.astype(np.int64), "MNIST train (60000)"
+    except Exception:
+        rng = np.random.default_rng(0)
+        X = rng.random((60000, 784), dtype=np.float32)
+        y = (X[:, :10].argmax(axis=1)).astype(np.int64)
+        return X, y, "synthetic 60000x784 (MNIST not found)"
+
+
+def initial_weights(dtype=np.float32):
+    rng = np.random.default_rng(0)
+    W1 = rng.standard_normal((784, HIDDEN)) / np.sqrt(HIDDEN)
+    W2 = rng.standard_normal((HIDDEN, 10)) / np.sqrt(10)
+    return W1.astype(dtype), W2.astype(dtype)
+
+
+# -- MNIST epoch variants: each returns a function that runs one epoch and returns the final weights --
+def numpy_loop(X, y, W1, W2):
+    """CMU 10-714 hw0 nn_epoch, vectorised NumPy, minibatches in order."""
+    W1, W2 = W1.copy(), W2.copy()
+    for i in range(0, X.shape[0], BATCH):
+        Xb, yb = X[i:i + BATCH], y[i:i + BATCH]
+        Z1 = np.maximum(Xb @ W1, 0)
+        logits = Z1 @ W2
+        E = np.exp(logits - logits.max(axis=1, keepdims=True))
+        S = E / E.sum(axis=1, keepdims=True)
+        S[np.arange(yb.size), yb] -= 1
+        G1 = (Z1 > 0) * (S @ W2.T)
+        W1 -= LR / BATCH * (Xb.T @ G1)
+        W2 -= LR / BATCH * (Z1.T @ S)
+    return W1, W2
+
+
+def xp_loop(xp, X, y, W1, W2, sync=lambda: None):
+    """The same math written once against an Array API namespace (array-api-compat)."""
+    W1, W2 = xp.asarray(W1, copy=True), xp.asarray(W2, copy=True)
+    classes = xp.arange(10)
+    for i in range(0, X.shape[0], BATCH):
+        Xb, yb = X[i:i + BATCH, :], y[i:i + BATCH]
+        Z1 = xp.maximum(Xb @ W1, 0.0)
+        logits = Z1 @ W2
+        E = xp.exp(logits - xp.max(logits, axis=1, keepdims=True))
+        S = E / xp.sum(E, axis=1, keepdims=True) - xp.astype(yb[:, None] == classes, Xb.dtype)
+        G1 = xp.where(Z1 > 0, S @ W2.T, 0.0)
+        W1 -= LR / BATCH * (Xb.T @ G1)
+        W2 -= LR / BATCH * (Z1.T @ S)
+    sync()
+    return W1, W2
+
+
+def gemms_only(X, W1, W2):
+    G2 = np.full((BATCH, 10), 1e-3, np.float32)
+    for i in range(0, X.shape[0], BATCH):
+        Xb = X[i:i + BATCH]
+        Z1 = Xb @ W1
+        Z1 @ W2
+        G1 = G2 @ W2.T
+        Z1.T @ G2
+        Xb.T @ G1
+    return W1, W2
+
+
+def torch_manual(torch, X, y, W1, W2, sync=lambda: None):
+    W1, W2 = W1.clone(), W2.clone()
+    with torch.no_grad():
+        for i in range(0, X.shape[0], BATCH):
+            Xb, yb = X[i:i + BATCH], y[i:i + BATCH]
+            Z1 = torch.relu(Xb @ W1)
+            S = torch.softmax(Z1 @ W2, dim=1)
+            S[torch.arange(yb.shape[0], device=S.device), yb] -= 1
+            G1 = (Z1 > 0) * (S @ W2.T)
+            W1 -= LR / BATCH * (Xb.T @ G1)
+            W2 -= LR / BATCH * (Z1.T @ S)
+    sync()
+    return W1, W2
+
+
+def torch_autograd(torch, X, y, W1, W2, sync=lambda: None):
+    net = torch.nn.Sequential(torch.nn.Linear(784, HIDDEN, bias=False), torch.nn.ReLU(),
+                              torch.nn.Linear(HIDDEN, 10, bias=False)).to(X.device)
+    with torch.no_grad():
+        net[0].weight.copy_(W1.T)
+        net[2].weight.copy_(W2.T)
+    opt = torch.optim.SGD(net.parameters(), lr=LR)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    for i in range(0, X.shape[0], BATCH):
+        opt.zero_grad(set_to_none=True)
+        loss_fn(net(X[i:i + BATCH]), y[i:i + BATCH]).backward()
+        opt.step()
+    sync()
+    return net[0].weight.detach().T, net[2].weight.detach().T
+
+
+def portablenn_fit(spec, X, y, W1, W2, fast=True):
+    dev = pn.device(spec, fast=fast)
+    model = pn.mlp([784, HIDDEN, 10], bias=False)
+    model.load_state_dict({"0.weight": W1, "2.weight": W2})
+    model.to(dev)
+    Xd, yd = dev.asarray(X), dev.asarray(y)  # data already resident, as for the other device variants
+
+    def run():
+        model.load_state_dict({"0.weight": W1, "2.weight": W2})
+        pn.fit(model, Xd, yd, optimizer=pn.SGD(LR), epochs=1, batch_size=BATCH, shuffle=False)
+        dev.synchronize()
+        sd = model.state_dict()
+        return sd["0.weight"], sd["2.weight"]
+    return run
+
+
+# -- spiral full-batch steps ------------------------------------------------------------------------
+def spiral_numpy(X, y, steps):
+    """The CS231n case study's 2-layer network loop, verbatim in spirit (float64)."""
+    rng = np.random.RandomState(0)
+    W, b = 0.01 * rng.randn(2, 100), np.zeros((1, 100))
+    W2, b2 = 0.01 * rng.randn(100, 3), np.zeros((1, 3))
+    n, reg = X.shape[0], 1e-3
+    for _ in range(steps):
+        hidden = np.maximum(0, np.dot(X, W) + b)
+        scores = np.dot(hidden, W2) + b2
+        exp_scores = np.exp(scores)
+        probs = exp_scores / np.sum(exp_scores, axis=1, keepdims=True)
+        loss = np.sum(-np.log(probs[range(n), y])) / n + 0.5 * reg * (np.sum(W * W) + np.sum(W2 * W2))  # noqa: F841
+        dscores = probs
+        dscores[range(n), y] -= 1
+        dscores /= n
+        dW2, db2 = np.dot(hidden.T, dscores), np.sum(dscores, axis=0, keepdims=True)
+        dhidden = np.dot(dscores, W2.T)
+        dhidden[hidden <= 0] = 0
+        dW, db = np.dot(X.T, dhidden), np.sum(dhidden, axis=0, keepdims=True)
+        dW2 += reg * W2
+        dW += reg * W
+        W += -1.0 * dW
+        b += -1.0 * db
+        W2 += -1.0 * dW2
+        b2 += -1.0 * db2
+
+
+def spiral_torch(torch, X, y, steps):
+    g = torch.Generator().manual_seed(0)
+    W = 0.01 * torch.randn(2, 100, generator=g, dtype=torch.float64)
+    W2 = 0.01 * torch.randn(100, 3, generator=g, dtype=torch.float64)
+    b, b2 = torch.zeros(100, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    n, reg = X.shape[0], 1e-3
+    with torch.no_grad():
+        for _ in range(steps):
+            hidden = torch.relu(X @ W + b)
+            probs = torch.softmax(hidden @ W2 + b2, dim=1)
+            loss = -torch.log(probs[torch.arange(n), y]).mean() + 0.5 * reg * ((W * W).sum() + (W2 * W2).sum())  # noqa: F841
+            probs[torch.arange(n), y] -= 1
+            probs /= n
+            dW2, db2 = hidden.T @ probs + reg * W2, probs.sum(0)
+            dhidden = (probs @ W2.T) * (hidden > 0)
+            dW, db = X.T @ dhidden + reg * W, dhidden.sum(0)
+            W -= dW
+            b -= db
+            W2 -= dW2
+            b2 -= db2
+
+
+def spiral_portablenn(spec, X, y, steps, fast=True):
+    model = pn.mlp([2, 100, 3], init="small", dtype="float64")
+    pn.fit(model, X, y, optimizer=pn.SGD(1.0), epochs=steps, batch_size=None, l2=1e-3,
+           device=pn.device(spec, fast=fast), log_every=steps)
+
+
+# -- harness ----------------------------------------------------------------------------------------
+def gemm_peak(xp=np, sync=lambda: None, n=2048):
+    a = xp.ones((n, n), dtype=xp.float32)
+    best = float("inf")
+    for _ in range(5):
+        sync()
+        t = time.perf_counter()
+        a @ a
+        sync()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n ** 3 / best
+
+
+def interleave(variants, repeat):
+    """Run every variant ``repeat`` times, round-robin; returns {name: [seconds, ...]}."""
+    times = {name: [] for name in variants}
+    for name, fn in variants.items():  # warm-up (imports, BLAS threads, GPU kernels, allocator)
+        fn()
+    for _ in range(repeat):
+        for name, fn in variants.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def table(title, times, reference, unit=1e3, unit_name="ms", per=1):
+    base = min(times[reference])
+    print(f"\n{title}\n| variant | min {unit_name} | median {unit_name} | ratio (min) |\n|---|---:|---:|---:|")
+    rows = []
+    for name, ts in times.items():
+        row = {"variant": name, "min": min(ts) / per, "median": statistics.median(ts) / per,
+               "ratio": min(ts) / base}
+        rows.append(row)
+        print(f"| {name} | {row['min'] * unit:.2f} | {row['median'] * unit:.2f} | {row['ratio']:.2f}x |")
+    return rows
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--quick", action="store_true", help="3 repetitions")
+    parser.add_argument("--spiral-steps", type=int, default=1000)
+    parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--no-torch", action="store_true")
+    args = parser.parse_args(argv)
+    repeat = 3 if args.quick else args.repeat
+
+    torch = None
+    if not args.no_torch:
+        try:
+            import torch
+            torch.backends.cuda.matmul.allow_tf32 = False
+        except ImportError:
+            torch = None
+    cuda_dev, why = backend.probe("cuda")
+    import array_api_compat
+    info = {"date": time.strftime("%Y-%m-%d"), "machine": platform.machine(), "processor": platform.processor(),
+            "cpus": os.cpu_count(), "python": platform.python_version(), "numpy": np.__version__,
+            "array_api_compat": array_api_compat.__version__, "torch": getattr(torch, "__version__", None),
+            "blas_update": _blas.available()}
+    if cuda_dev is not None:
+        import cupy
+        props = cupy.cuda.runtime.getDeviceProperties(0)
+        info.update(cupy=cupy.__version__, gpu=props["name"].decode(), cuda_runtime=cupy.cuda.runtime.runtimeGetVersion())
+    else:
+        info["gpu"] = f"none ({why})"
+    print("setup: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+
+    X, y, data_name = mnist_data()
+    W1, W2 = initial_weights()
+    flops = 600 * 2 * BATCH * (784 * HIDDEN * 2 + HIDDEN * 10 * 3)
+    import array_api_compat.numpy as npx
+    ref = numpy_loop(X, y, W1, W2)
+    variants = {
+        "hand-written NumPy (reference)": lambda: numpy_loop(X, y, W1, W2),
+        "portablenn numpy (fast path)": portablenn_fit("cpu", X, y, W1, W2),
+        "portablenn numpy (generic Array API)": portablenn_fit("cpu", X, y, W1, W2, fast=False),
+        "same loop via array-api-compat": lambda: xp_loop(npx, X, y, W1, W2),
+        "five GEMMs alone": lambda: gemms_only(X, W1, W2),
+    }
+    if torch is not None:
+        Xt, yt, W1t, W2t = (torch.from_numpy(a) for a in (X, y, W1, W2))
+        variants["PyTorch CPU eager, manual gradients"] = lambda: torch_manual(torch, Xt, yt, W1t, W2t)
+        variants["PyTorch CPU autograd (nn.Linear + optim.SGD)"] = lambda: torch_autograd(torch, Xt, yt, W1t, W2t)
+    if cuda_dev is not None:
+        import cupy
+        import array_api_compat.cupy as cpx
+        sync = cuda_dev.synchronize
+        Xc, yc = cupy.asarray(X), cupy.asarray(y)
+        variants["portablenn cuda (fast path)"] = portablenn_fit("cuda", X, y, W1, W2)
+        variants["portablenn cuda (generic Array API)"] = portablenn_fit("cuda", X, y, W1, W2, fast=False)
+        variants["hand-written CuPy"] = lambda: xp_loop(cpx, Xc, yc, W1, W2, sync)
+        if torch is not None and torch.cuda.is_available():
+            Xg, yg, W1g, W2g = (torch.from_numpy(a).cuda() for a in (X, y, W1, W2))
+            tsync = torch.cuda.synchronize
+            variants["PyTorch CUDA eager, manual gradients"] = lambda: torch_manual(torch, Xg, yg, W1g, W2g, tsync)
+            variants["PyTorch CUDA autograd"] = lambda: torch_autograd(torch, Xg, yg, W1g, W2g, tsync)
+
+    # correctness first: the same weights as the NumPy reference, to float32 tolerance
+    check = {}
+    for name in [n for n in variants if n.startswith("portablenn")]:
+        got = variants[name]()
+        check[name] = float(max(np.abs(backend._host(g) - r).max() for g, r in zip(got, ref)))
+    print("max |W - W_ref| after one epoch: " + ", ".join(f"{k}: {v:.1e}" for k, v in check.items()))
+
+    times = interleave(variants, repeat)
+    peak = gemm_peak()
+    times["FLOP limit at measured NumPy GEMM peak"] = [flops / peak]
+    mnist_rows = table(f"MNIST epoch, {data_name}, 784-100-10 no bias, batch 100, in-order SGD, float32 "
+                       f"({flops / 1e9:.1f} GFLOP; GEMM peak {peak / 1e9:.0f} GFLOP/s)", times,
+                       "hand-written NumPy (reference)")
+    if cuda_dev is not None:
+        import cupy
+        gpu_peak = gemm_peak(cupy, cuda_dev.synchronize, 8192)
+        print(f"GPU float32 GEMM peak {gpu_peak / 1e12:.1f} TFLOP/s; GPU memory pool "
+              f"{cupy.get_default_memory_pool().total_bytes() / 2**20:.0f} MiB")
+        info["gpu_gemm_peak_tflops"] = gpu_peak / 1e12
+        info["gpu_pool_mib"] = cupy.get_default_memory_pool().total_bytes() / 2**20
+
+    Xs, ys = datasets.spiral()
+    steps = args.spiral_steps
+    spiral = {
+        "hand-written NumPy CS231n loop (reference)": lambda: spiral_numpy(Xs, ys, steps),
+        "portablenn numpy (fast path)": lambda: spiral_portablenn("cpu", Xs, ys, steps),
+        "portablenn numpy (generic Array API)": lambda: spiral_portablenn("cpu", Xs, ys, steps, fast=False),
+    }
+    if torch is not None:
+        Xst, yst = torch.from_numpy(Xs), torch.from_numpy(ys.astype(np.int64))
+        spiral["PyTorch CPU eager"] = lambda: spiral_torch(torch, Xst, yst, steps)
+    spiral_rows = table(f"Spiral full-batch step (300x2, hidden 100, float64), {steps} steps per run",
+                        interleave(spiral, repeat), "hand-written NumPy CS231n loop (reference)",
+                        unit=1e6, unit_name="us/step", per=steps)
+    info["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"\npeak host memory (RSS) of this process: {info['peak_rss_mib']:.0f} MiB "
+          f"(the float32 MNIST train set is {X.nbytes / 2**20:.0f} MiB)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"info": info, "mnist": mnist_rows, "spiral": spiral_rows, "max_abs_diff": check}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
