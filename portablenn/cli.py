@@ -1,136 +1,401 @@
-"""Command line: ``portablenn train`` (and ``info``); errors become one line on stderr and exit code 2."""
+"""Command line: train, eval, predict, download, info, parity; errors are one line on stderr and exit code 2."""
 import argparse
+import contextlib
+import json
 import sys
 import time
+from pathlib import Path
+
+import numpy as np
 
 from . import __version__, backend
 from .datasets import DatasetError
 from .models import ACTIVATIONS, mlp
 from .optim import OPTIMIZERS
-from .train import evaluate, fit
+from .train import evaluate, fit, predict, predict_proba
 from .validation import InputError
 
 # Per-dataset defaults: the classic setups (CS231n spiral, the 3x3 lines net, CMU 10-714 hw0 MNIST)
 DEFAULTS = {
     "spiral": dict(hidden=[100], activation="relu", init="small", bias=True, epochs=10000, lr=1.0,
                    batch_size=0, l2=1e-3, shuffle=True, log_every=1000),
-    "lines": dict(hidden=[6], activation="sigmoid", init="xavier", bias=True, epochs=2000, lr=1.0,
-                  batch_size=0, l2=0.0, shuffle=True, log_every=200),
+    "lines": dict(hidden=[6], activation="sigmoid", init="xavier", bias=True, epochs=1000, lr=1.0,
+                  batch_size=0, l2=0.0, shuffle=True, log_every=100),
     "mnist": dict(hidden=[100], activation="relu", init="cmu", bias=False, epochs=10, lr=0.2,
                   batch_size=100, l2=0.0, shuffle=False, log_every=1),
+    "file": dict(hidden=[100], activation="relu", init="auto", bias=True, epochs=20, lr=0.1,
+                 batch_size=100, l2=0.0, shuffle=True, log_every=1),
 }
+PARITY_RTOL = {"float64": 1e-8, "float32": 1e-3}
+
+
+class CLIError(Exception):
+    """A usage problem found after parsing (exit code 2)."""
+
+
+# -- arguments ---------------------------------------------------------------------------------------
+def _model_args(p):
+    p.add_argument("--dataset", default="spiral",
+                   help="spiral | lines | mnist | csv:PATH | npz:PATH (label in the last CSV column)")
+    p.add_argument("--val", help="validation file for csv:/npz: datasets (same format)")
+    p.add_argument("--data-dir", help="MNIST directory (default: $PORTABLENN_DATA, ../shared/data/mnist, cache)")
+    p.add_argument("--no-download", action="store_true", help="never download MNIST; fail if it is missing")
+    p.add_argument("--model", default="mlp", choices=["mlp", "linear"], help="linear = softmax regression")
+    p.add_argument("--hidden", type=int, nargs="+", help="hidden layer widths, e.g. --hidden 256 128")
+    p.add_argument("--activation", choices=sorted(ACTIVATIONS))
+    p.add_argument("--init", help="weight initialiser: he, xavier, xavier_normal, small, cmu, zeros")
+    p.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None)
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--lr", type=float, help="learning rate")
+    p.add_argument("--batch-size", type=int, help="minibatch size; 0 = full batch")
+    p.add_argument("--l2", type=float, help="L2 strength: adds 0.5*l2*sum(W**2) to the loss")
+    p.add_argument("--optimizer", default="sgd", choices=sorted(OPTIMIZERS))
+    p.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
+    p.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=None,
+                   help="reshuffle every epoch (--no-shuffle: minibatches in order)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and the shuffling")
+    p.add_argument("--dtype", choices=["float32", "float64"])
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="portablenn", description=__doc__.split(";")[0])
+    parser = argparse.ArgumentParser(prog="portablenn", description="A small, fast MLP trainer on NumPy or CuPy.")
     parser.add_argument("--version", action="version", version=f"portablenn {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train = commands.add_parser("train", help="train an MLP and print the epoch table",
-                                description="Train an MLP with softmax cross-entropy. With no options: "
-                                            "the CS231n spiral, 2-layer ReLU net, full-batch SGD.")
-    train.add_argument("--dataset", default="spiral", choices=sorted(DEFAULTS))
-    train.add_argument("--model", default="mlp", choices=["mlp", "linear"],
-                       help="linear = softmax regression (no hidden layer)")
-    train.add_argument("--hidden", type=int, nargs="+", help="hidden layer widths, e.g. --hidden 256 128")
-    train.add_argument("--activation", choices=sorted(ACTIVATIONS))
-    train.add_argument("--init", help="weight initialiser: he, xavier, small, cmu, zeros, xavier_normal")
-    train.add_argument("--bias", action=argparse.BooleanOptionalAction, default=None)
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--lr", type=float, help="learning rate")
-    train.add_argument("--batch-size", type=int, help="minibatch size; 0 = full batch")
-    train.add_argument("--l2", type=float, help="L2 strength: adds 0.5*l2*sum(W**2) to the loss")
-    train.add_argument("--optimizer", default="sgd", choices=sorted(OPTIMIZERS))
-    train.add_argument("--momentum", type=float, default=0.0, help="SGD momentum")
-    train.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=None,
-                       help="reshuffle every epoch (--no-shuffle: minibatches in order)")
-    train.add_argument("--seed", type=int, default=0, help="seed of weights and shuffling")
-    train.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    train.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto (also array_api_strict[:NAME], "
-                                                        "torch[:cuda])")
-    train.add_argument("--data-dir", help="directory with the MNIST IDX files (default: $PORTABLENN_DATA, "
-                                          "../shared/data/mnist, the cache)")
+                                description="Train an MLP with softmax cross-entropy. With no options: the "
+                                            "CS231n spiral, 2-layer ReLU net, full-batch SGD.")
+    _model_args(train)
+    train.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto | array_api_strict[:NAME] | torch")
     train.add_argument("--log-every", type=int, help="print a table row every N epochs")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.add_argument("--log", metavar="FILE", help="append one JSON object per epoch (JSON lines)")
+    train.add_argument("--plot", metavar="DIR", help="write PNG plots there (needs portablenn[plot])")
+    train.add_argument("--save", metavar="FILE", help="write the trained model (safetensors)")
 
-    commands.add_parser("info", help="versions and which devices are usable here")
+    ev = commands.add_parser("eval", help="loss, error and confusion matrix of a saved model")
+    ev.add_argument("--checkpoint", required=True)
+    ev.add_argument("--dataset", help="default: the dataset the checkpoint was trained on")
+    ev.add_argument("--split", default="test", help="train | test (mnist), a lines split, or the file itself")
+    ev.add_argument("--data-dir")
+    ev.add_argument("--no-download", action="store_true")
+    ev.add_argument("--device", default="cpu")
+
+    pr = commands.add_parser("predict", help="class indices and probabilities for the rows of a .npy/.csv file")
+    pr.add_argument("--checkpoint", required=True)
+    pr.add_argument("--input", required=True, help=".npy array (n, features) or .csv without labels")
+    pr.add_argument("--output", help=".npz (arrays classes, probabilities) or .csv; '-' prints CSV "
+                                     "(default: INPUT.predictions.npz)")
+    pr.add_argument("--device", default="cpu")
+
+    dl = commands.add_parser("download", help="download a dataset into the cache (MNIST)")
+    dl.add_argument("name", choices=["mnist"])
+    dl.add_argument("--data-dir", help="target directory (default: $PORTABLENN_DATA or the cache)")
+
+    commands.add_parser("info", help="versions, and which devices are usable here (and why not)")
+
+    pa = commands.add_parser("parity", help="train the same model on several devices and compare step by step",
+                             description="Train from identical initial weights on every device and print, per "
+                                         "epoch, the largest parameter and loss differences against the first.")
+    _model_args(pa)
+    pa.add_argument("--devices", default="cpu,array_api_strict:device1",
+                    help="comma-separated device specs; the first is the reference")
+    pa.add_argument("--rtol", type=float, help="fail (exit 1) above this relative parameter difference "
+                                               "(default: 1e-8 for float64, 1e-3 for float32)")
     return parser
 
 
-def load_dataset(name, data_dir=None, seed=0):
-    """``{"train": (X, y), <eval split>: (X, y), ...}`` host arrays for a dataset name."""
+# -- data and model --------------------------------------------------------------------------------
+def _dataset_kind(name):
+    if name in ("spiral", "lines", "mnist"):
+        return name
+    if name.startswith(("csv:", "npz:")):
+        return "file"
+    raise CLIError(f"unknown dataset {name!r}; expected spiral, lines, mnist, csv:PATH or npz:PATH")
+
+
+def load_dataset(name, data_dir=None, seed=0, val=None, download=True):
+    """``{"train": (X, y), <eval split>: (X, y), ...}`` as host arrays."""
     from . import datasets
 
-    if name == "spiral":
+    kind = _dataset_kind(name)
+    if kind == "spiral":
         return {"train": datasets.spiral(seed=seed)}
-    if name == "lines":
+    if kind == "lines":
         return datasets.lines(seed=seed)
-    return {"train": datasets.mnist(data_dir, "train"), "test": datasets.mnist(data_dir, "test")}
+    if kind == "mnist":
+        try:
+            datasets.mnist(data_dir, "test")
+        except datasets.MnistNotFoundError:
+            if not download:
+                raise
+            from .datasets.download import download_mnist
+
+            download_mnist(data_dir)
+        return {"train": datasets.mnist(data_dir, "train"), "test": datasets.mnist(data_dir, "test")}
+    from .datasets.files import load_spec
+
+    splits = {"train": load_spec(name)}
+    if val:  # a bare path is read in the training file's format
+        splits["val"] = load_spec(val if val.startswith(("csv:", "npz:")) else name[:4] + val)
+    return splits
+
+
+def _options(args):
+    kind = _dataset_kind(args.dataset)
+    opts = {**DEFAULTS[kind], **{k: v for k, v in vars(args).items() if v is not None}}
+    opts.setdefault("dtype", "float32")
+    return opts
+
+
+def _build(args, opts, splits):
+    X, y = splits["train"]
+    classes = max(int(np.max(labels)) for _, labels in splits.values()) + 1
+    sizes = [X.shape[1]] + ([] if args.model == "linear" else list(opts["hidden"])) + [classes]
+    model = mlp(sizes, activation=opts["activation"], bias=opts["bias"], init=opts["init"], seed=args.seed,
+                dtype=opts["dtype"])
+    extra = {"momentum": args.momentum} if args.optimizer == "sgd" and args.momentum else {}
+    return model, OPTIMIZERS[args.optimizer](opts["lr"], **extra)
 
 
 def _row(cells, widths):
     return "| " + " | ".join(str(c).rjust(w) for c, w in zip(cells, widths)) + " |"
 
 
-def train(args):
-    opts = {**DEFAULTS[args.dataset], **{k: v for k, v in vars(args).items() if v is not None}}
-    dev = backend.device(args.device, verbose=False)
-    why = f" ({backend._cuda_problem(0)})" if args.device.strip().lower() == "auto" and dev.kind == "cpu" else ""
-    splits = load_dataset(args.dataset, args.data_dir, args.seed)
-    X, y = splits["train"]
-    evals = [name for name in splits if name != "train"]
-    classes = max(int(labels.max()) for _, labels in splits.values()) + 1
-    sizes = [X.shape[1]] + ([] if args.model == "linear" else list(opts["hidden"])) + [classes]
-    model = mlp(sizes, activation=opts["activation"], bias=opts["bias"], init=opts["init"], seed=args.seed,
-                dtype=args.dtype)
-    opt_args = {"momentum": args.momentum} if args.optimizer == "sgd" and args.momentum else {}
-    optimizer = OPTIMIZERS[args.optimizer](opts["lr"], **opt_args)
-    batch = opts["batch_size"] or None
-    print(f"portablenn {__version__} | device {dev.name}{why} | {args.dataset}: {X.shape[0]} train"
-          + "".join(f", {splits[n][0].shape[0]} {n}" for n in evals))
-    print(f"model {args.model} {sizes} {opts['activation'] if len(sizes) > 2 else ''} bias={opts['bias']} "
-          f"{args.dtype} | {optimizer!r} l2={opts['l2']} | batch {batch or 'full'} | {opts['epochs']} epochs")
-    head = ["Epoch", "Train Loss", "Train Err"] + ([f"{evals[0].title()} Loss", f"{evals[0].title()} Err"]
-                                                  if evals else [])
-    widths = [max(5, len(str(opts["epochs"])))] + [len(h) for h in head[1:]]
-    print(_row(head, widths))
-    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+@contextlib.contextmanager
+def _progress(epochs, quiet):
+    """tqdm bars for epochs and batches, or None where tqdm is missing, --quiet, or not a terminal."""
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is None or quiet or not sys.stderr.isatty():
+        yield None, None
+        return
+    bar = tqdm(total=epochs, unit="epoch", dynamic_ncols=True, leave=False)
+    batches = [None]
 
-    def show(r):
-        if r["epoch"] % opts["log_every"] and r["epoch"] not in (1, opts["epochs"]):
+    def on_step(epoch, step, steps):
+        if steps < 2:
             return
-        cells = [r["epoch"], f"{r['loss']:.5f}", f"{r['error']:.5f}"]
-        if "val_loss" in r:
-            cells += [f"{r['val_loss']:.5f}", f"{r['val_error']:.5f}"]
-        print(_row(cells, widths), flush=True)
+        if batches[0] is None or step == 1:
+            if batches[0] is not None:
+                batches[0].close()
+            batches[0] = tqdm(total=steps, unit="batch", desc=f"epoch {epoch}", leave=False, dynamic_ncols=True)
+        batches[0].update(1)
+    try:
+        yield bar, on_step
+    finally:
+        if batches[0] is not None:
+            batches[0].close()
+        bar.close()
 
-    began = time.perf_counter()
-    fit(model, X, y, optimizer=optimizer, epochs=opts["epochs"], batch_size=batch, shuffle=opts["shuffle"],
-        l2=opts["l2"], device=dev, seed=args.seed, validation=splits[evals[0]] if evals else None,
-        callback=show, log_every=opts["log_every"])
-    seconds = time.perf_counter() - began
-    print(f"trained in {seconds:.2f} s")
+
+# -- commands --------------------------------------------------------------------------------------
+def train(args):
+    opts = _options(args)
+    dev = backend.device(args.device)
+    why = backend._cuda_problem(0) if args.device.strip().lower() == "auto" and dev.kind == "cpu" else None
+    splits = load_dataset(args.dataset, args.data_dir, args.seed, args.val, not args.no_download)
+    evals = [name for name in splits if name != "train"]
+    X, y = splits["train"]
+    model, optimizer = _build(args, opts, splits)
+    batch = opts["batch_size"] or None
+    print(f"portablenn {__version__} | device {dev.name}" + (f" (auto: {why})" if why else "")
+          + f" | {args.dataset}: {X.shape[0]} train" + "".join(f", {splits[n][0].shape[0]} {n}" for n in evals))
+    print(f"model {model.config['sizes']} {opts['activation'] if len(model.config['sizes']) > 2 else 'linear'} "
+          f"bias={opts['bias']} {opts['dtype']} | {optimizer!r} l2={opts['l2']} | batch {batch or 'full'} | "
+          f"{opts['epochs']} epochs")
+    head = ["Epoch", "Train Loss", "Train Err"]
+    if evals:
+        label = "Test" if evals[0] == "test" else evals[0].replace("_", " ").title()
+        head += [f"{label} Loss", f"{label} Err"]
+    widths = [max(5, len(str(opts["epochs"])))] + [len(h) for h in head[1:]]
+    records = []
+    log = open(args.log, "a") if args.log else contextlib.nullcontext()
+    with log, _progress(opts["epochs"], args.quiet) as (bar, on_step):
+        write = bar.write if bar is not None else print
+        write(_row(head, widths))
+        write("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+
+        def show(r):
+            records.append(r)
+            if args.log:
+                log.write(json.dumps({**r, "device": dev.name}) + "\n")
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{r['loss']:.4f}", err=f"{r['error']:.4f}", refresh=False)
+            if r["epoch"] % opts["log_every"] and r["epoch"] not in (1, opts["epochs"]):
+                return
+            cells = [r["epoch"], f"{r['loss']:.5f}", f"{r['error']:.5f}"]
+            if "val_loss" in r:
+                cells += [f"{r['val_loss']:.5f}", f"{r['val_error']:.5f}"]
+            write(_row(cells, widths))
+
+        began = time.perf_counter()
+        fit(model, X, y, optimizer=optimizer, epochs=opts["epochs"], batch_size=batch, shuffle=opts["shuffle"],
+            l2=opts["l2"], device=dev, seed=args.seed, validation=splits[evals[0]] if evals else None,
+            callback=show, log_every=opts["log_every"] if bar is None else 1, on_step=on_step)
+    print(f"trained in {time.perf_counter() - began:.2f} s")
     for name in ["train"] + evals:
         loss, err = evaluate(model, *splits[name], l2=opts["l2"])
         print(f"{name:>10s}: loss {loss:.5f}  accuracy {100 * (1 - err):.2f}%")
+    if args.save:
+        from . import checkpoint
+
+        checkpoint.save(model, args.save, optimizer=optimizer,
+                        metadata={"dataset": args.dataset, "epoch": opts["epochs"], "seed": args.seed})
+        print(f"saved {args.save}")
+    if args.plot:
+        _plots(Path(args.plot), args.dataset, model, records, splits)
+    return 0
+
+
+def _plots(directory, dataset, model, records, splits):
+    from . import plots
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = [plots.plot_history(records, directory / "history.png")]
+    X, y = splits["train"]
+    if X.shape[1] == 2:
+        written.append(plots.plot_decision_regions(model, X, y, directory / "decision_regions.png"))
+    if dataset == "lines":
+        for name, (Xs, ys) in splits.items():
+            written.append(plots.plot_lines_predictions(model, Xs, ys, directory / f"lines_{name}.png", title=name))
+    if X.shape[1] == 784:
+        written.append(plots.plot_first_layer(model, directory / "first_layer.png"))
+    print("plots: " + ", ".join(str(p) for p in written))
+
+
+def _load_model(path, device):
+    from . import checkpoint
+
+    model = checkpoint.load(path, device=device)
+    return model, checkpoint.load_checkpoint(path).metadata
+
+
+def evaluate_command(args):
+    model, meta = _load_model(args.checkpoint, args.device)
+    dataset = args.dataset or meta.get("dataset")
+    if not dataset:
+        raise CLIError("the checkpoint does not name its dataset; pass --dataset")
+    splits = load_dataset(dataset, args.data_dir, int(meta.get("seed", 0)), download=not args.no_download)
+    split = args.split if args.split in splits else ("train" if args.split == "test" and len(splits) == 1 else None)
+    if split is None:
+        raise CLIError(f"dataset {dataset} has no split {args.split!r}; choose one of {', '.join(splits)}")
+    X, y = splits[split]
+    loss, err = evaluate(model, X, y, device=args.device)
+    pred = predict(model, X, device=args.device)
+    classes = model.out_features
+    confusion = np.bincount(np.asarray(y, dtype=np.int64) * classes + pred,
+                            minlength=classes * classes).reshape(classes, classes)
+    print(f"{dataset} {split}: {X.shape[0]} samples | loss {loss:.5f} | error {err:.5f} | "
+          f"accuracy {100 * (1 - err):.2f}%")
+    print("confusion matrix (rows: true class, columns: predicted):")
+    width = max(len(str(confusion.max())), len(str(classes - 1))) + 1
+    print(" " * (width + 1) + "".join(str(c).rjust(width) for c in range(classes)))
+    for c in range(classes):
+        print(str(c).rjust(width) + " " + "".join(str(v).rjust(width) for v in confusion[c]))
+    return 0
+
+
+def predict_command(args):
+    model, _ = _load_model(args.checkpoint, args.device)
+    path = Path(args.input)
+    if not path.is_file():
+        raise CLIError(f"input file {path} does not exist")
+    if path.suffix == ".npy":
+        X = np.load(path, allow_pickle=False)
+    else:
+        try:
+            X = np.loadtxt(path, delimiter=",", ndmin=2, dtype=np.float64)
+        except ValueError as exc:
+            raise CLIError(f"cannot read {path} as numeric CSV: {exc}") from None
+    probs = predict_proba(model, X, device=args.device)
+    classes = probs.argmax(axis=1)
+    out = args.output or str(path) + ".predictions.npz"
+    if out == "-" or out.endswith(".csv"):
+        lines = ["class," + ",".join(f"p{c}" for c in range(probs.shape[1]))]
+        lines += [f"{c}," + ",".join(f"{p:.6g}" for p in row) for c, row in zip(classes, probs)]
+        if out == "-":
+            print("\n".join(lines))
+            return 0
+        Path(out).write_text("\n".join(lines) + "\n")
+    else:
+        np.savez(out, classes=classes, probabilities=probs)
+    print(f"{X.shape[0]} predictions -> {out}", file=sys.stderr)
+    return 0
+
+
+def download_command(args):
+    from .datasets.download import download_mnist
+
+    print(f"MNIST is in {download_mnist(args.data_dir)}")
     return 0
 
 
 def info(args):
     import array_api_compat
-    import numpy
 
-    print(f"portablenn {__version__}\nnumpy {numpy.__version__}\narray-api-compat {array_api_compat.__version__}")
+    print(f"portablenn {__version__}\nnumpy {np.__version__}\narray-api-compat {array_api_compat.__version__}")
     for name in ("cupy", "array_api_strict", "torch"):
         try:
-            module = __import__(name)
-            print(f"{name} {module.__version__}")
+            print(f"{name} {__import__(name).__version__}")
         except Exception:
-            print(f"{name} not installed")
+            print(f"{name}: not installed")
     print("devices:")
     for spec in backend.device_specs():
         dev, why = backend.probe(spec)
         print(f"  {spec:28s} {'usable -> ' + dev.name if dev else 'not usable: ' + why}")
+    if backend.probe("cuda")[0] is not None:
+        import cupy
+
+        for i in range(cupy.cuda.runtime.getDeviceCount()):
+            props = cupy.cuda.runtime.getDeviceProperties(i)
+            print(f"  GPU {i}: {props['name'].decode()}, {props['totalGlobalMem'] / 2**30:.1f} GiB")
     return 0
+
+
+def parity(args):
+    opts = _options(args)
+    if args.epochs is None:
+        opts["epochs"] = 10
+    specs = [s.strip() for s in args.devices.split(",") if s.strip()]
+    if len(specs) < 2:
+        raise CLIError("parity needs at least two devices, e.g. --devices cpu,array_api_strict:device1")
+    devices = [backend.device(s) for s in specs]
+    splits = load_dataset(args.dataset, args.data_dir, args.seed, args.val, not args.no_download)
+    X, y = splits["train"]
+    rtol = args.rtol if args.rtol is not None else PARITY_RTOL[opts["dtype"]]
+    runs = []
+    for dev in devices:  # same seed -> identical initial weights on every device
+        model, optimizer = _build(args, opts, splits)
+        snapshots = []
+        fit(model, X, y, optimizer=optimizer, epochs=opts["epochs"], batch_size=opts["batch_size"] or None,
+            shuffle=opts["shuffle"], l2=opts["l2"], device=dev, seed=args.seed,
+            callback=lambda r, m=model, s=snapshots: s.append((r["loss"], m.state_dict())))
+        runs.append(snapshots)
+    print(f"parity of {', '.join(d.name for d in devices[1:])} against {devices[0].name} | {args.dataset} | "
+          f"{opts['dtype']} | {opts['epochs']} epochs | rtol {rtol:g}")
+    print("| Epoch | Device | max abs param diff | max rel param diff | loss diff |")
+    print("|------:|--------|-------------------:|-------------------:|----------:|")
+    worst = 0.0
+    for epoch in range(opts["epochs"]):
+        ref_loss, ref = runs[0][epoch]
+        for dev, run in zip(devices[1:], runs[1:]):
+            loss, state = run[epoch]
+            abs_diff = max(float(np.max(np.abs(state[k] - ref[k]))) for k in ref)
+            # relative to the largest parameter of the reference (a near-zero bias says nothing alone)
+            rel_diff = abs_diff / max(max(float(np.max(np.abs(ref[k]))) for k in ref), 1e-30)
+            worst = max(worst, rel_diff)
+            print(f"| {epoch + 1:5d} | {dev.name} | {abs_diff:18.3e} | {rel_diff:18.3e} | {abs(loss - ref_loss):9.2e} |")
+    verdict = "PASS" if worst <= rtol else "FAIL"
+    print(f"{verdict}: largest relative parameter difference {worst:.3e} (tolerance {rtol:g})")
+    return 0 if worst <= rtol else 1
+
+
+COMMANDS = {"train": train, "eval": evaluate_command, "predict": predict_command, "download": download_command,
+            "info": info, "parity": parity}
 
 
 def main(argv=None):
@@ -141,13 +406,21 @@ def main(argv=None):
         parser.print_help()
         return 2
     try:
-        return {"train": train, "info": info}[args.command](args)
-    except (backend.DeviceError, InputError, DatasetError, ValueError) as exc:
-        print(f"portablenn: error: {exc}", file=sys.stderr)
+        return COMMANDS[args.command](args)
+    except (CLIError, backend.DeviceError, InputError, DatasetError, ValueError, OSError) as exc:
+        print(f"portablenn: error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        print(f"portablenn: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("portablenn: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(exc):
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
 
 
 if __name__ == "__main__":

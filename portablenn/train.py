@@ -57,7 +57,7 @@ class _DeviceData:
 
 
 def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.0, device=None, seed=0,
-        validation=None, callback=None, log_every=1):
+        validation=None, callback=None, log_every=1, on_step=None):
     """Train ``model`` in place with minibatch gradient descent on softmax cross-entropy.
 
     Parameters
@@ -87,6 +87,8 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
     log_every : int
         Metrics stay on the device and are read in one transfer every ``log_every`` epochs (and at
         the end): nothing is read back from the device inside an epoch.
+    on_step : callable(epoch, step, steps_per_epoch) -> None, optional
+        Called on the host after every minibatch step (for progress bars); it gets no device data.
 
     Returns
     -------
@@ -123,6 +125,8 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
                     model.backward(grad, input_grad=False)
                     optimizer.step()
                 loss_sum, wrong = loss_sum + step_loss, wrong + step_wrong
+                if on_step is not None:
+                    on_step(epoch, start // batch + 1, len(starts))
             metrics = [loss_sum / data.n, wrong / data.n]
             if val is not None:
                 metrics += list(_sums(model, val, l2))
