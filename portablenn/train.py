@@ -7,7 +7,7 @@ from . import backend
 from .losses import l2_penalty
 from .validation import InputError, check_batch_size, check_epochs, check_features, check_l2, check_labels
 
-__all__ = ["History", "fit", "evaluate", "predict", "predict_proba"]
+__all__ = ["DivergenceError", "History", "fit", "evaluate", "predict", "predict_proba"]
 
 _EVAL_CHUNK = 8192  # rows per forward pass when evaluating, to bound activation memory
 
@@ -57,7 +57,7 @@ class _DeviceData:
 
 
 def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.0, device=None, seed=0,
-        validation=None, callback=None, log_every=1, on_step=None):
+        validation=None, callback=None, log_every=1, on_step=None, initial_epoch=0):
     """Train ``model`` in place with minibatch gradient descent on softmax cross-entropy.
 
     Parameters
@@ -69,10 +69,12 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
     optimizer : Optimizer
         ``SGD(lr, ...)`` or ``Adam(lr, ...)``; bound to the model here.
     epochs : int
+        The epoch to train up to (as Keras): with ``initial_epoch=k`` it trains epochs k+1..epochs.
     batch_size : int or None
         None is full-batch gradient descent (the CS231n loop).
     shuffle : bool
-        Draw a new permutation each epoch from ``seed``; False takes minibatches in order (CMU 10-714).
+        A new permutation each epoch, drawn from ``(seed, epoch)`` so that a resumed run shuffles
+        as the uninterrupted one; False takes minibatches in order (CMU 10-714).
     l2 : float
         Adds ``0.5 * l2 * sum(W ** 2)`` over weight matrices to the loss, ``l2 * W`` to their gradients.
     device : str or Device, optional
@@ -89,29 +91,41 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
         the end): nothing is read back from the device inside an epoch.
     on_step : callable(epoch, step, steps_per_epoch) -> None, optional
         Called on the host after every minibatch step (for progress bars); it gets no device data.
+    initial_epoch : int
+        Epochs already trained (resume from a checkpoint with the optimizer state restored).
 
     Returns
     -------
     History
+
+    Raises
+    ------
+    DivergenceError
+        When the loss turns NaN or infinite; found when the metrics are read (no per-step sync),
+        naming the epoch and step.
     """
     epochs, l2 = check_epochs(epochs), check_l2(l2)
+    initial_epoch = check_epochs(initial_epoch)
+    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
+        raise InputError(f"log_every must be a positive integer, got {log_every!r}")
     dev = model.device if device is None else backend.device(device)
     model.to(dev)
     data = _DeviceData(dev, X, y, model)
     val = _DeviceData(dev, validation[0], validation[1], model, "validation X") if validation else None
     batch = check_batch_size(batch_size, data.n)
     optimizer.bind(model, l2)
-    xp, kernels, rng, fused = dev.xp, dev.kernels, np.random.default_rng(seed), optimizer.in_backward
+    xp, kernels, fused = dev.xp, dev.kernels, optimizer.in_backward
     starts = range(0, data.n, batch)
     history, pending = History(), []
-    if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
-        raise InputError(f"log_every must be a positive integer, got {log_every!r}")
     with dev.activate():
-        for epoch in range(1, epochs + 1):
+        for epoch in range(initial_epoch + 1, epochs + 1):
             began = time.perf_counter()
-            order = dev.asarray(rng.permutation(data.n), dtype=dev.index_dtype) if shuffle and batch < data.n else None
-            loss_sum = wrong = 0.0
-            for start in starts:
+            order = None
+            if shuffle and batch < data.n:
+                order = dev.asarray(np.random.default_rng([seed, epoch]).permutation(data.n), dtype=dev.index_dtype)
+            step_losses = dev.zeros(len(starts), model.dtype)  # per-step loss sums, read only on divergence
+            wrong = 0.0
+            for step, start in enumerate(starts):
                 xb, yb, onehot = data.rows(start, min(start + batch, data.n), order)
                 rows = xb.shape[0]
                 logits = model.forward(xb)
@@ -124,23 +138,39 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
                 else:
                     model.backward(grad, input_grad=False)
                     optimizer.step()
-                loss_sum, wrong = loss_sum + step_loss, wrong + step_wrong
+                step_losses[step] = step_loss
+                wrong = wrong + step_wrong
                 if on_step is not None:
-                    on_step(epoch, start // batch + 1, len(starts))
-            metrics = [loss_sum / data.n, wrong / data.n]
+                    on_step(epoch, step + 1, len(starts))
+            metrics = [xp.sum(step_losses) / data.n, wrong / data.n]
             if val is not None:
                 metrics += list(_sums(model, val, l2))
-            pending.append((epoch, xp.stack(metrics), time.perf_counter() - began))
+            pending.append((epoch, xp.stack(metrics), time.perf_counter() - began, step_losses))
             if epoch % log_every == 0 or epoch == epochs:
-                _flush(dev, pending, history, callback)
+                _flush(dev, pending, history, callback, optimizer)
     return history
 
 
-def _flush(dev, pending, history, callback):
-    """Read the pending epochs' metrics in one device->host transfer and record them."""
+class DivergenceError(ArithmeticError):
+    """The training loss became NaN or infinite; ``epoch`` and ``step`` say where (1-based)."""
+
+    def __init__(self, message, epoch, step):
+        super().__init__(message)
+        self.epoch, self.step = epoch, step
+
+
+def _flush(dev, pending, history, callback, optimizer):
+    """Read the pending epochs' metrics in one device->host transfer, check them, and record them."""
     xp = dev.xp
-    values = dev.to_numpy(xp.stack([m for _, m, _ in pending])).astype(float)
-    for (epoch, _, seconds), row in zip(pending, values):
+    values = dev.to_numpy(xp.stack([m for _, m, _, _ in pending])).astype(float)
+    for (epoch, _, seconds, step_losses), row in zip(pending, values):
+        if not np.isfinite(row[0]):
+            losses = dev.to_numpy(step_losses)
+            step = int(np.argmax(~np.isfinite(losses))) + 1
+            pending.clear()
+            raise DivergenceError(f"the training loss became {losses[step - 1]} at epoch {epoch}, step {step} of "
+                                  f"{losses.shape[0]}: the learning rate ({optimizer.lr:g}) is probably too high",
+                                  epoch, step)
         record = {"epoch": epoch, "loss": row[0], "error": row[1], "seconds": seconds}
         if row.shape[0] > 2:
             record.update(val_loss=row[2], val_error=row[3])
