@@ -71,20 +71,26 @@ class Device:
             return name in info().dtypes()
 
     # -- transfers (the only ways data crosses the host/device boundary) -------------------------
-    def asarray(self, host_array, dtype=None):
-        """Copy a host (NumPy) array, or any array-API array, onto this device."""
+    def asarray(self, array, dtype=None):
+        """Copy a host (NumPy) array, or an array of any supported library, onto this device.
+
+        Arrays already of this library move directly (no trip through the host); others go
+        through a host NumPy copy.
+        """
         if dtype is not None and isinstance(dtype, str):
             dtype = self.dtype(dtype)
+        same = _library(array) == self.library
         with self.activate():
             if self.library == "numpy":
-                return np.asarray(_host(host_array), dtype=dtype)
+                return np.asarray(_host(array), dtype=dtype)
             if self.library == "cupy":
-                return self.xp.asarray(_host(host_array), dtype=dtype)
-            if self.library == "torch" and not isinstance(host_array, np.ndarray):
-                host_array = _host(host_array)
-            if self.library == "array_api_strict" and not isinstance(host_array, np.ndarray):
-                host_array = _host(host_array)
-            return self.xp.asarray(host_array, dtype=dtype, device=self.native)
+                return self.xp.asarray(array if same else _host(array), dtype=dtype)
+            if self.library == "torch" and same:
+                return array.to(device=self.native, dtype=dtype)
+            if self.library == "array_api_strict" and same:
+                array = array.to_device(self.native)
+                return array if dtype is None else self.xp.astype(array, dtype)
+            return self.xp.asarray(_host(array), dtype=dtype, device=self.native)
 
     def to_numpy(self, array):
         """Copy an array of this device to a host NumPy array (a host sync on accelerators)."""
@@ -134,11 +140,16 @@ class Device:
             return self.xp.arange(n, dtype=dtype, device=self.native)
 
 
+def _library(array):
+    """The top-level module of an array's type: numpy, cupy, torch, array_api_strict, ..."""
+    return type(array).__module__.split(".")[0]
+
+
 def _host(array):
     """Any supported array -> NumPy array on the host."""
     if isinstance(array, np.ndarray):
         return array
-    module = type(array).__module__.split(".")[0]
+    module = _library(array)
     if module == "cupy":
         return array.get()
     if module == "torch":

@@ -5,6 +5,7 @@ one is 7; ReLU backward is one kernel instead of three; the SGD weight update is
 with ``beta = 1``; Adam updates ``param, m, v`` in one kernel.
 """
 import cupy
+from cupy import cublas
 
 from .kernels import Kernels
 
@@ -48,7 +49,7 @@ class CupyKernels(Kernels):
     def matmul_update_(self, c, a, b, alpha):
         # c = alpha * a @ b + 1 * c in one cuBLAS call
         if c.flags.c_contiguous and a.dtype == b.dtype == c.dtype and c.dtype.char in "fd":
-            cupy.cublas.gemm("N", "N", a, b, out=c, alpha=alpha, beta=1.0)
+            cublas.gemm("N", "N", a, b, out=c, alpha=alpha, beta=1.0)
         else:
             super().matmul_update_(c, a, b, alpha)
 
