@@ -2,6 +2,7 @@
 import argparse
 import contextlib
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -12,8 +13,8 @@ from . import __version__, backend
 from .datasets import DatasetError
 from .models import ACTIVATIONS, mlp
 from .optim import OPTIMIZERS
-from .train import evaluate, fit, predict, predict_proba
-from .validation import InputError
+from .train import DivergenceError, evaluate, fit, predict, predict_proba
+from .validation import InputError, check_epochs
 
 # Per-dataset defaults: the classic setups (CS231n spiral, the 3x3 lines net, CMU 10-714 hw0 MNIST)
 DEFAULTS = {
@@ -71,7 +72,11 @@ def build_parser():
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.add_argument("--log", metavar="FILE", help="append one JSON object per epoch (JSON lines)")
     train.add_argument("--plot", metavar="DIR", help="write PNG plots there (needs portablenn[plot])")
-    train.add_argument("--save", metavar="FILE", help="write the trained model (safetensors)")
+    train.add_argument("--save", metavar="FILE", help="write the trained model, optimizer state and options "
+                                                      "(safetensors, atomically)")
+    train.add_argument("--checkpoint-every", type=int, metavar="N", help="also save to --save every N epochs")
+    train.add_argument("--resume", metavar="FILE", help="continue a saved run up to --epochs (the total); model, "
+                                                        "optimizer state, options and shuffling are restored")
 
     ev = commands.add_parser("eval", help="loss, error and confusion matrix of a saved model")
     ev.add_argument("--checkpoint", required=True)
@@ -192,28 +197,105 @@ def _progress(epochs, quiet):
 
 
 # -- commands --------------------------------------------------------------------------------------
+class _Stop(Exception):
+    """Raised from the epoch callback after SIGINT/SIGTERM: stop at this epoch boundary."""
+
+
+@contextlib.contextmanager
+def _graceful_stop():
+    """SIGINT/SIGTERM set a flag (training stops after the epoch and saves); a second one aborts."""
+    state = {"signum": None}
+
+    def handler(signum, frame):
+        if state["signum"] is not None:
+            raise KeyboardInterrupt
+        state["signum"] = signum
+        print("\nportablenn: stopping after this epoch to save (signal again to abort)", file=sys.stderr)
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            old[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: leave the handlers alone
+            pass
+    try:
+        yield state
+    finally:
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
+
+
+def _optimizer_from(config):
+    """An optimizer with the class and hyper-parameters a checkpoint recorded."""
+    name = config.get("class", "SGD")
+    if name == "SGD":
+        return OPTIMIZERS["sgd"](config["lr"], momentum=config.get("momentum", 0.0),
+                                 nesterov=config.get("nesterov", False))
+    if name == "Adam":
+        return OPTIMIZERS["adam"](config["lr"], beta1=config.get("beta1", 0.9), beta2=config.get("beta2", 0.999),
+                                  eps=config.get("eps", 1e-8))
+    raise CLIError(f"the checkpoint's optimizer {name!r} is not one portablenn knows")
+
+
+def _resume(args, dev):
+    """(model, optimizer, options, epochs done) from a --resume checkpoint, on ``dev``."""
+    from . import checkpoint
+
+    ckpt = checkpoint.load_checkpoint(args.resume)
+    meta = ckpt.metadata
+    if "train" not in meta:
+        raise CLIError(f"{args.resume} was not written by 'portablenn train' (no training options in it)")
+    saved = json.loads(meta["train"])
+    model = checkpoint.load(args.resume, device=dev)
+    if ckpt.optimizer_config is None:
+        raise CLIError(f"{args.resume} holds no optimizer state, so training cannot resume exactly")
+    optimizer = checkpoint.restore_optimizer(_optimizer_from(ckpt.optimizer_config), ckpt, model)
+    return model, optimizer, saved, int(meta.get("epoch", 0))
+
+
 def train(args):
-    opts = _options(args)
     dev = backend.device(args.device)
+    if args.checkpoint_every is not None and (args.checkpoint_every < 1 or not args.save):
+        raise CLIError("--checkpoint-every N needs N >= 1 and --save PATH")
+    if args.resume:
+        model, optimizer, opts, done = _resume(args, dev)
+        opts["epochs"] = args.epochs if args.epochs is not None else opts["epochs"]
+        opts["log_every"] = args.log_every or opts["log_every"]
+        args.dataset, args.seed, args.val = opts["dataset"], opts["seed"], opts.get("val")
+    else:
+        opts, done = _options(args), 0
     why = backend._cuda_problem(0) if args.device.strip().lower() == "auto" and dev.kind == "cpu" else None
     splits = load_dataset(args.dataset, args.data_dir, args.seed, args.val, not args.no_download)
     evals = [name for name in splits if name != "train"]
     X, y = splits["train"]
-    model, optimizer = _build(args, opts, splits)
+    if not args.resume:
+        model, optimizer = _build(args, opts, splits)
     batch = opts["batch_size"] or None
     print(f"portablenn {__version__} | device {dev.name}" + (f" (auto: {why})" if why else "")
           + f" | {args.dataset}: {X.shape[0]} train" + "".join(f", {splits[n][0].shape[0]} {n}" for n in evals))
-    print(f"model {model.config['sizes']} {opts['activation'] if len(model.config['sizes']) > 2 else 'linear'} "
-          f"bias={opts['bias']} {opts['dtype']} | {optimizer!r} l2={opts['l2']} | batch {batch or 'full'} | "
-          f"{opts['epochs']} epochs")
+    print(f"model {model.config['sizes']} {model.config['activation'] if len(model.config['sizes']) > 2 else 'linear'} "
+          f"bias={model.config['bias']} {model.dtype} | {optimizer!r} l2={opts['l2']} | batch {batch or 'full'} | "
+          f"{opts['epochs']} epochs" + (f" (resuming after epoch {done} from {args.resume})" if args.resume else ""))
+    check_epochs(opts["epochs"])
+    if args.resume and done >= opts["epochs"]:
+        print(f"nothing to do: the checkpoint has {done} epochs and --epochs is {opts['epochs']}")
+        return 0
+    keep = {k: opts[k] for k in ("dataset", "seed", "lr", "l2", "batch_size", "shuffle", "epochs", "log_every")}
+    keep["val"] = args.val
+
+    def save(path, epoch):
+        from . import checkpoint
+
+        checkpoint.save(model, path, optimizer=optimizer,
+                        metadata={"dataset": args.dataset, "epoch": epoch, "seed": args.seed, "train": json.dumps(keep)})
+
     head = ["Epoch", "Train Loss", "Train Err"]
     if evals:
         label = "Test" if evals[0] == "test" else evals[0].replace("_", " ").title()
         head += [f"{label} Loss", f"{label} Err"]
     widths = [max(5, len(str(opts["epochs"])))] + [len(h) for h in head[1:]]
-    records = []
+    records, last_saved = [], [None]
     log = open(args.log, "a") if args.log else contextlib.nullcontext()
-    with log, _progress(opts["epochs"], args.quiet) as (bar, on_step):
+    with log, _progress(opts["epochs"] - done, args.quiet) as (bar, on_step), _graceful_stop() as stop:
         write = bar.write if bar is not None else print
         write(_row(head, widths))
         write("|" + "|".join("-" * (w + 2) for w in widths) + "|")
@@ -222,29 +304,44 @@ def train(args):
             records.append(r)
             if args.log:
                 log.write(json.dumps({**r, "device": dev.name}) + "\n")
+                log.flush()
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{r['loss']:.4f}", err=f"{r['error']:.4f}", refresh=False)
-            if r["epoch"] % opts["log_every"] and r["epoch"] not in (1, opts["epochs"]):
-                return
-            cells = [r["epoch"], f"{r['loss']:.5f}", f"{r['error']:.5f}"]
-            if "val_loss" in r:
-                cells += [f"{r['val_loss']:.5f}", f"{r['val_error']:.5f}"]
-            write(_row(cells, widths))
+            if not (r["epoch"] % opts["log_every"] and r["epoch"] not in (done + 1, opts["epochs"])):
+                cells = [r["epoch"], f"{r['loss']:.5f}", f"{r['error']:.5f}"]
+                if "val_loss" in r:
+                    cells += [f"{r['val_loss']:.5f}", f"{r['val_error']:.5f}"]
+                write(_row(cells, widths))
+            if args.checkpoint_every and r["epoch"] % args.checkpoint_every == 0:
+                save(args.save, r["epoch"])
+                last_saved[0] = (args.save, r["epoch"])
+            if stop["signum"] is not None and r["epoch"] < opts["epochs"]:
+                raise _Stop(r["epoch"])
 
         began = time.perf_counter()
-        fit(model, X, y, optimizer=optimizer, epochs=opts["epochs"], batch_size=batch, shuffle=opts["shuffle"],
-            l2=opts["l2"], device=dev, seed=args.seed, validation=splits[evals[0]] if evals else None,
-            callback=show, log_every=opts["log_every"] if bar is None else 1, on_step=on_step)
+        try:  # metrics read once per epoch: checkpoints and a stop request land on epoch boundaries
+            with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported as one line instead
+                fit(model, X, y, optimizer=optimizer, epochs=opts["epochs"], batch_size=batch,
+                    shuffle=opts["shuffle"], l2=opts["l2"], device=dev, seed=args.seed,
+                    validation=splits[evals[0]] if evals else None, callback=show, log_every=1, on_step=on_step, initial_epoch=done)
+        except _Stop as stopped:
+            path = args.save or "portablenn-interrupted.safetensors"
+            save(path, stopped.args[0])
+            print(f"portablenn: interrupted after epoch {stopped.args[0]}; saved {path} "
+                  f"(continue with: portablenn train --resume {path} --epochs {opts['epochs']})", file=sys.stderr)
+            return 128 + stop["signum"]
+        except DivergenceError as exc:
+            kept = (f"; the last good checkpoint is {last_saved[0][0]} (epoch {last_saved[0][1]})"
+                    if last_saved[0] else "; nothing was saved")
+            print(f"portablenn: error: {exc}{kept}", file=sys.stderr)
+            return 1
     print(f"trained in {time.perf_counter() - began:.2f} s")
     for name in ["train"] + evals:
         loss, err = evaluate(model, *splits[name], l2=opts["l2"])
         print(f"{name:>10s}: loss {loss:.5f}  accuracy {100 * (1 - err):.2f}%")
     if args.save:
-        from . import checkpoint
-
-        checkpoint.save(model, args.save, optimizer=optimizer,
-                        metadata={"dataset": args.dataset, "epoch": opts["epochs"], "seed": args.seed})
+        save(args.save, opts["epochs"])
         print(f"saved {args.save}")
     if args.plot:
         _plots(Path(args.plot), args.dataset, model, records, splits)

@@ -1,8 +1,10 @@
 """The command line as a user runs it: subprocesses, exit codes, output, files written."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -144,3 +146,96 @@ def test_parity_catches_a_real_difference(monkeypatch, capsys):
 def test_python_m_and_console_script_agree():
     result = run("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"portablenn {pn.__version__}"
+
+
+# -- checkpoints, resume, interruption, divergence -------------------------------------------------------
+def _weights(path):
+    from safetensors.numpy import load_file
+
+    return load_file(str(path))
+
+
+@pytest.mark.parametrize("device", ["cpu", "array_api_strict:device1"])
+@pytest.mark.parametrize("optimizer", [["--momentum", "0.9"], ["--optimizer", "adam", "--lr", "0.01"]])
+def test_resume_equals_uninterrupted_bit_for_bit(tmp_path, device, optimizer):
+    common = ["--dataset", "lines", "--batch-size", "6", "--shuffle", "--quiet", "--device", device, *optimizer]
+    full, part = tmp_path / "full.safetensors", tmp_path / "part.safetensors"
+    assert run("train", *common, "--epochs", "12", "--save", str(full)).returncode == 0
+    assert run("train", *common, "--epochs", "5", "--save", str(part)).returncode == 0
+    resumed = run("train", "--resume", str(part), "--epochs", "12", "--save", str(part), "--quiet", "--device", device)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming after epoch 5" in resumed.stdout
+    a, b = _weights(full), _weights(part)
+    assert sorted(a) == sorted(b) and any(k.startswith("optim.") for k in a)
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_save_then_eval_and_predict(tmp_path):
+    ckpt = tmp_path / "model.safetensors"
+    assert run("train", "--dataset", "lines", "--save", str(ckpt), "--quiet").returncode == 0
+    ev = run("eval", "--checkpoint", str(ckpt), "--split", "val_noise", "--device", "array_api_strict:device1")
+    assert ev.returncode == 0, ev.stderr
+    assert "lines val_noise: 24 samples" in ev.stdout and "accuracy 100.00%" in ev.stdout
+    matrix = [line.split() for line in ev.stdout.splitlines()[-2:]]
+    assert matrix == [["0", "12", "0"], ["1", "0", "12"]]
+    from portablenn.datasets import lines
+
+    X, y = lines()["val_dim"]
+    np.save(tmp_path / "x.npy", X)
+    pr = run("predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "x.npy"))
+    assert pr.returncode == 0, pr.stderr
+    out = np.load(str(tmp_path / "x.npy") + ".predictions.npz")
+    np.testing.assert_array_equal(out["classes"], y)
+    np.testing.assert_allclose(out["probabilities"].sum(axis=1), 1.0, rtol=1e-6)
+    csv = run("predict", "--checkpoint", str(ckpt), "--input", str(tmp_path / "x.npy"), "--output", "-")
+    rows = csv.stdout.strip().splitlines()
+    assert rows[0] == "class,p0,p1" and len(rows) == 1 + len(y)
+
+
+def _start(args, tmp_path):
+    env = {**os.environ, "PORTABLENN_DISABLE_CUDA": "1"}
+    return subprocess.Popen([sys.executable, "-m", "portablenn", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=tmp_path, env=env)
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_saves_at_the_epoch_boundary_and_resumes(tmp_path, sig, code):
+    path = tmp_path / "run.safetensors"
+    proc = _start(["train", "--epochs", "100000", "--save", str(path), "--quiet", "--log",
+                   str(tmp_path / "log.jsonl")], tmp_path)
+    deadline = time.time() + 60
+    while time.time() < deadline and not (tmp_path / "log.jsonl").exists():
+        time.sleep(0.05)
+    time.sleep(0.3)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == code, err
+    assert "Traceback" not in err and f"saved {path}" in err
+    epoch = int(err.split("interrupted after epoch ")[1].split(";")[0])
+    from portablenn import checkpoint
+
+    assert int(checkpoint.load_checkpoint(path).metadata["epoch"]) == epoch
+    resumed = run("train", "--resume", str(path), "--epochs", str(epoch + 3), "--quiet")
+    assert resumed.returncode == 0 and f"resuming after epoch {epoch}" in resumed.stdout
+
+
+def test_divergence_stops_with_epoch_step_and_keeps_the_last_checkpoint(tmp_path):
+    path = tmp_path / "run.safetensors"
+    result = run("train", "--lr", "1e9", "--epochs", "50", "--checkpoint-every", "1", "--save", str(path), "--quiet")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "RuntimeWarning" not in result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert "became nan" in message or "became inf" in message
+    assert "at epoch" in message and "step" in message and "learning rate" in message
+    epoch = int(message.split("at epoch ")[1].split(",")[0])
+    if epoch > 1:
+        assert f"last good checkpoint is {path} (epoch {epoch - 1})" in message
+        from portablenn import checkpoint
+
+        state = checkpoint.load_checkpoint(path).state_dict
+        assert all(np.all(np.isfinite(v)) for v in state.values())
+
+
+def test_checkpoint_every_needs_save():
+    assert_clean_error(run("train", "--checkpoint-every", "2"), "--save")
