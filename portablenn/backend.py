@@ -65,8 +65,8 @@ class Device:
         info = getattr(self.xp, "__array_namespace_info__", None)
         if info is None:
             return hasattr(self.xp, name)
-        try:
-            return name in info().dtypes(device=self.native)
+        try:  # kind=None explicitly: some namespaces (ndonnx) require the keyword
+            return name in info().dtypes(device=self.native, kind=None)
         except TypeError:  # older compat wrappers take no device
             return name in info().dtypes()
 

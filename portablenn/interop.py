@@ -1,0 +1,167 @@
+"""PyTorch interop: convert a portablenn Sequential to ``torch.nn.Sequential`` and back (torch imported lazily)."""
+import re
+
+import numpy as np
+
+from .backend import _host
+from .layers import Linear, ReLU, Sequential, Sigmoid, Tanh
+
+__all__ = ["to_torch", "from_torch"]
+
+_NAMES = {ReLU: "ReLU", Sigmoid: "Sigmoid", Tanh: "Tanh"}  # portablenn layer -> torch.nn class name
+_LAYERS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
+_KEY = re.compile(r"(\d+)\.(weight|bias)")
+
+
+def to_torch(model):
+    """A ``torch.nn.Sequential`` computing the same function as ``model``.
+
+    Parameters
+    ----------
+    model : Sequential
+        Of Linear, ReLU, Sigmoid and Tanh layers, on any device.
+
+    Returns
+    -------
+    torch.nn.Sequential
+        On the CPU, in the model's dtype, with the same layer indices (so the same state-dict
+        keys); every ``nn.Linear`` weight is the transpose ``(out_features, in_features)`` of
+        portablenn's ``(in_features, out_features)``.
+
+    Raises
+    ------
+    ImportError
+        When PyTorch is not installed.
+    TypeError
+        For a layer that has no PyTorch counterpart here.
+    """
+    import torch
+
+    if not isinstance(model, Sequential):
+        raise TypeError(f"to_torch needs a portablenn Sequential, got {type(model).__name__}")
+    dtype = getattr(torch, model.dtype)
+    modules = []
+    for i, layer in enumerate(model.layers):
+        if isinstance(layer, Linear):
+            linear = torch.nn.Linear(layer.in_features, layer.out_features, bias="bias" in layer.params,
+                                     dtype=dtype)
+            with torch.no_grad():
+                linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(_host(layer.params["weight"]).T)))
+                if linear.bias is not None:
+                    linear.bias.copy_(torch.from_numpy(np.array(_host(layer.params["bias"]))))
+            modules.append(linear)
+        elif type(layer) in _NAMES:
+            modules.append(getattr(torch.nn, _NAMES[type(layer)])())
+        else:
+            raise TypeError(f"layer {i} ({type(layer).__name__}) has no PyTorch counterpart in to_torch")
+    return torch.nn.Sequential(*modules)
+
+
+def from_torch(module_or_state_dict, activation=None):
+    """A portablenn Sequential computing the same function as a PyTorch MLP.
+
+    Parameters
+    ----------
+    module_or_state_dict : torch.nn.Sequential or dict
+        A Sequential of ``nn.Linear``, ``nn.ReLU``, ``nn.Sigmoid`` and ``nn.Tanh``; or its state
+        dict (``{"0.weight": (out, in), "0.bias": (out,), "2.weight": ...}``, tensors or NumPy
+        arrays), in which the Linear layers must sit at indices 0, 2, 4, ... with one activation
+        between consecutive ones.
+    activation : {"relu", "sigmoid", "tanh"}, optional
+        The activation between Linear layers; required with a state dict of more than one Linear
+        layer, not allowed with a module (whose layers say it).
+
+    Returns
+    -------
+    Sequential
+        On the CPU, float64 if the weights are float64 and float32 otherwise; weights transposed
+        to ``(in_features, out_features)``. Models of one activation and uniform bias get the
+        ``config`` that ``portablenn.mlp`` sets.
+
+    Raises
+    ------
+    TypeError
+        For a module other than a Sequential of the layers above.
+    ValueError
+        For a state dict that is not such an MLP, or a bad ``activation``.
+    """
+    if isinstance(module_or_state_dict, dict):
+        kinds, state = _from_state_dict(module_or_state_dict, activation)
+    else:
+        if activation is not None:
+            raise ValueError("activation is read from the module's layers; pass it only with a state dict")
+        kinds, state = _from_module(module_or_state_dict)
+    weights = [value for key, value in state.items() if key.endswith(".weight")]
+    dtype = "float64" if weights[0].dtype == np.float64 else "float32"
+    layers = []
+    for i, kind in enumerate(kinds):
+        if kind == "linear":
+            out_features, in_features = state[f"{i}.weight"].shape
+            layers.append(Linear(in_features, out_features, bias=f"{i}.bias" in state, init="zeros", dtype=dtype))
+        else:
+            layers.append(_LAYERS[kind]())
+    model = Sequential(layers)
+    model.load_state_dict({key: (value.T if key.endswith(".weight") else value) for key, value in state.items()})
+    acts = {kind for kind in kinds if kind != "linear"}
+    biases = {"bias" in layer.params for layer in model.linears}
+    if len(acts) <= 1 and len(biases) == 1:
+        model.config = {"sizes": [model.in_features] + [l.out_features for l in model.linears],
+                        "activation": acts.pop() if acts else "relu", "bias": biases.pop()}
+    return model
+
+
+def _from_module(module):
+    """``(layer kinds, host state dict)`` of a torch Sequential."""
+    import torch
+
+    if not isinstance(module, torch.nn.Sequential):
+        raise TypeError(f"from_torch needs a torch.nn.Sequential or a state dict, got {type(module).__name__}")
+    names = {"Linear": "linear", "ReLU": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
+    kinds = []
+    for i, child in enumerate(module):
+        kind = names.get(type(child).__name__) if type(child).__module__.startswith("torch.nn") else None
+        if kind is None:
+            raise TypeError(f"layer {i} ({type(child).__name__}) is not Linear, ReLU, Sigmoid or Tanh")
+        kinds.append(kind)
+    if "linear" not in kinds:
+        raise TypeError("the torch Sequential has no Linear layer")
+    return kinds, _host_state(module.state_dict())
+
+
+def _from_state_dict(state, activation):
+    """``(layer kinds, host state dict)`` of an MLP state dict with Linear layers at 0, 2, 4, ..."""
+    state = _host_state(state)
+    bad = [key for key in state if not _KEY.fullmatch(key)]
+    if bad:
+        raise ValueError(f"unexpected state dict keys {bad}; expected '<index>.weight' and '<index>.bias'")
+    indices = sorted({int(_KEY.fullmatch(key).group(1)) for key in state})
+    if indices != list(range(0, 2 * len(indices), 2)):
+        raise ValueError(f"Linear layers must sit at indices 0, 2, 4, ..., got {indices}")
+    for i in indices:
+        weight, bias = state.get(f"{i}.weight"), state.get(f"{i}.bias")
+        if weight is None or weight.ndim != 2:
+            raise ValueError(f"layer {i} needs a 2-D '{i}.weight' of shape (out_features, in_features)")
+        if bias is not None and bias.shape != weight.shape[:1]:
+            raise ValueError(f"'{i}.bias' has shape {bias.shape}, expected {weight.shape[:1]}")
+        if i and state[f"{i - 2}.weight"].shape[0] != weight.shape[1]:
+            raise ValueError(f"layer {i} takes {weight.shape[1]} features but layer {i - 2} gives "
+                             f"{state[f'{i - 2}.weight'].shape[0]}")
+    if len(indices) > 1 and activation not in _LAYERS:
+        raise ValueError(f"activation must be one of {', '.join(_LAYERS)} for a state dict of "
+                         f"{len(indices)} Linear layers, got {activation!r}")
+    if len(indices) == 1 and activation is not None and activation not in _LAYERS:
+        raise ValueError(f"activation must be one of {', '.join(_LAYERS)}, got {activation!r}")
+    kinds = [activation if i % 2 else "linear" for i in range(2 * len(indices) - 1)]
+    return kinds, state
+
+
+def _host_state(state):
+    """Host NumPy copies of a state dict's float values; other dtypes are refused."""
+    out = {}
+    for key, value in state.items():
+        array = np.asarray(_host(value))
+        if array.dtype not in (np.float32, np.float64):
+            raise ValueError(f"state dict entry {key!r} has dtype {array.dtype}; convert the model to "
+                             "float32 or float64 first")
+        out[key] = array
+    return out

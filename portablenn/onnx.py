@@ -1,0 +1,100 @@
+"""ONNX export: run a model's own Array API forward pass on ndonnx, which records it as an ONNX graph."""
+import copy
+import os
+
+import numpy as np
+
+from . import backend
+from .layers import Sequential
+
+__all__ = ["export_onnx"]
+
+INPUT, LOGITS, PROBABILITIES = "input", "logits", "probabilities"
+
+
+def export_onnx(model, path, *, opset=None):
+    """Write ``model`` as an ONNX file with a dynamic batch dimension.
+
+    The graph is traced from ``model.forward`` itself: every layer runs its usual Array API code
+    with ``xp = ndonnx`` (and the generic ``Kernels``), so the file computes exactly what the
+    layers define. The weights are embedded as constants; ``model`` is not modified.
+
+    Parameters
+    ----------
+    model : Sequential
+        E.g. from ``portablenn.mlp``; on any device and in float32 or float64.
+    path : str or os.PathLike
+        Where to write the ``.onnx`` file.
+    opset : int, optional
+        ONNX opset of the default domain; default ndonnx's own (21 for ndonnx 0.23). Another
+        value converts the graph with ``onnx.version_converter``; opsets below 20 fail there, as
+        ndonnx's NaN-aware ``max`` reduces a boolean tensor with ReduceMax (allowed from opset 20).
+
+    Returns
+    -------
+    onnx.ModelProto
+        The saved model. Input ``"input"`` of shape ``("N", in_features)`` in the model's dtype;
+        outputs ``"logits"`` and ``"probabilities"`` (softmax over classes), both of shape
+        ``("N", classes)``.
+
+    Raises
+    ------
+    ImportError
+        When ndonnx or onnx is not installed.
+    TypeError
+        When ``model`` is not a portablenn Sequential.
+    ValueError
+        When ``opset`` is not a supported opset number.
+    """
+    try:
+        import ndonnx as ndx
+        import onnx
+    except ImportError as exc:
+        raise ImportError(f"export_onnx needs ndonnx and onnx (pip install 'portablenn[onnx]'): {exc}") from exc
+
+    if not isinstance(model, Sequential):
+        raise TypeError(f"export_onnx needs a portablenn Sequential (e.g. from mlp), got {type(model).__name__}")
+    dtype = getattr(ndx, model.dtype)
+    traced = _on_device(model, _ndonnx_device(ndx), dtype)
+    x = ndx.argument(shape=("N", model.in_features), dtype=dtype)
+    logits = traced.forward(x)
+    exp = ndx.exp(logits - ndx.max(logits, axis=1, keepdims=True))
+    probabilities = exp / ndx.sum(exp, axis=1, keepdims=True)
+    proto = ndx.build({INPUT: x}, {LOGITS: logits, PROBABILITIES: probabilities})
+    if opset is not None:
+        proto = _convert(onnx, proto, opset)
+    onnx.save(proto, os.fspath(path))
+    return proto
+
+
+def _ndonnx_device(ndx):
+    """A portablenn Device whose namespace is ndonnx, with the generic Array API kernels."""
+    return backend.Device("ndonnx", ndx, None, "cpu", fast=False)
+
+
+def _on_device(module, dev, dtype):
+    """A shallow copy of ``module`` (and of its sub-layers) bound to ``dev``, parameters as constants."""
+    clone = copy.copy(module)
+    clone.params = {name: dev.xp.asarray(np.asarray(module.device.to_numpy(p)), dtype=dtype)
+                    for name, p in module.params.items()}
+    clone.grads = {}
+    clone._bind(dev)
+    if hasattr(module, "layers"):
+        clone.layers = [_on_device(layer, dev, dtype) for layer in module.layers]
+    return clone
+
+
+def _convert(onnx, proto, opset):
+    """``proto`` converted to default-domain opset ``opset``."""
+    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)) or opset < 1:
+        raise ValueError(f"opset must be a positive integer, got {opset!r}")
+    current = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    if opset == current:
+        return proto
+    try:
+        converted = onnx.version_converter.convert_version(proto, int(opset))
+        onnx.checker.check_model(converted)
+    except Exception as exc:  # the converter raises RuntimeError, ValidationError, ...
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ValueError(f"cannot convert the model from opset {current} to opset {opset}: {reason}") from None
+    return converted
