@@ -1,5 +1,6 @@
 """portablenn: a small, fast MLP trainer written once against the Python Array API (NumPy, CuPy, ...)."""
 from .backend import Device, DeviceError, device
+from .checkpoint import CheckpointError
 from .layers import Linear, Module, ReLU, Sequential, Sigmoid, Tanh
 from .losses import l2_penalty, softmax_cross_entropy, softmax_cross_entropy_grad
 from .models import mlp
@@ -9,6 +10,6 @@ from .validation import InputError
 
 __version__ = "0.1.0"
 
-__all__ = ["Adam", "Device", "DeviceError", "History", "InputError", "Linear", "Module", "ReLU", "SGD",
-           "Sequential", "Sigmoid", "Tanh", "device", "evaluate", "fit", "l2_penalty", "mlp", "predict",
+__all__ = ["Adam", "CheckpointError", "Device", "DeviceError", "History", "InputError", "Linear", "Module", "ReLU",
+           "SGD", "Sequential", "Sigmoid", "Tanh", "device", "evaluate", "fit", "l2_penalty", "mlp", "predict",
            "predict_proba", "softmax_cross_entropy", "softmax_cross_entropy_grad"]

@@ -513,6 +513,13 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("portablenn: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if "OutOfMemory" not in type(exc).__name__ and "out of memory" not in str(exc).lower():
+            raise
+        # cupy.cuda.memory.OutOfMemoryError, torch.cuda.OutOfMemoryError
+        print(f"portablenn: error: the device ran out of memory ({_one_line(exc)}); "
+              "try a smaller --batch-size or a smaller model", file=sys.stderr)
+        return 2
 
 
 def _one_line(exc):

@@ -239,3 +239,18 @@ def test_divergence_stops_with_epoch_step_and_keeps_the_last_checkpoint(tmp_path
 
 def test_checkpoint_every_needs_save():
     assert_clean_error(run("train", "--checkpoint-every", "2"), "--save")
+
+
+def test_device_out_of_memory_is_one_sentence(monkeypatch, capsys):
+    """CuPy's OutOfMemoryError (simulated: no GPU here) becomes advice, not a traceback."""
+    from portablenn import cli
+
+    class OutOfMemoryError(MemoryError):
+        pass
+
+    def boom(*args, **kwargs):
+        raise OutOfMemoryError("Out of memory allocating 8,589,934,592 bytes (allocated so far: 0 bytes).")
+    monkeypatch.setattr(cli, "fit", boom)
+    assert cli.main(["train", "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "ran out of memory" in err and "--batch-size" in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,378 @@
+"""Safetensors checkpoints: round trips on every device, metadata, optimizer resume, atomic writes, bad files."""
+import json
+import os
+import struct
+
+import numpy as np
+import pytest
+
+pytest.importorskip("safetensors")
+
+import portablenn as pn
+from portablenn import checkpoint
+from portablenn.checkpoint import CheckpointError
+
+from _support import classification_data
+from _tolerances import assert_close
+
+KW = dict(batch_size=10, shuffle=False, l2=1e-3)
+
+
+def _trained(dtype="float64", device="numpy", **kw):
+    X, y = classification_data(n=40, features=4)
+    model = pn.mlp([4, 7, 5, 3], dtype=dtype, seed=3, **kw).to(device)
+    pn.fit(model, X, y, optimizer=pn.SGD(0.1), epochs=2, **KW)
+    return model, X, y
+
+
+def _leftovers(directory, name):
+    return sorted(p.name for p in directory.iterdir() if p.name != name)
+
+
+# -- round trips -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_round_trip_on_every_device(device, dtype, tmp_path):
+    if not device.supports(dtype):
+        pytest.skip(f"{device.name} does not support {dtype}")
+    model, X, _ = _trained(dtype, device)
+    expected = model.state_dict()
+    path = checkpoint.save(model, tmp_path / "m.safetensors")
+    assert path == tmp_path / "m.safetensors" and path.stat().st_size > 0
+
+    loaded = checkpoint.load(path)
+    assert loaded.device == pn.device("numpy") and loaded.dtype == dtype
+    assert loaded.config == model.config
+    state = loaded.state_dict()
+    assert list(state) == list(expected) == ["0.weight", "0.bias", "2.weight", "2.bias", "4.weight", "4.bias"]
+    for key in expected:
+        assert state[key].dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(state[key], expected[key], err_msg=key)
+    # the same forward pass: identical to the original weights on NumPy, close to the original device
+    reference = pn.mlp([4, 7, 5, 3], dtype=dtype).load_state_dict(expected)
+    np.testing.assert_array_equal(pn.predict_proba(loaded, X), pn.predict_proba(reference, X))
+    assert_close(pn.predict_proba(loaded, X), pn.predict_proba(model, X), dtype, factor=10)
+
+
+def test_load_onto_a_device(device, tmp_path):
+    model, X, _ = _trained("float32")
+    checkpoint.save(model, tmp_path / "m.safetensors")
+    loaded = checkpoint.load(tmp_path / "m.safetensors", device=device)
+    assert loaded.device == device
+    assert_close(pn.predict_proba(loaded, X), pn.predict_proba(model, X), "float32", factor=10)
+
+
+def test_checkpoint_from_an_accelerator_stand_in_loads_on_cpu(tmp_path):
+    pytest.importorskip("array_api_strict")
+    model, X, _ = _trained("float32", "array_api_strict:device1")
+    assert model.device.name == "array_api_strict:device1"
+    checkpoint.save(model, tmp_path / "m.safetensors")
+    loaded = checkpoint.load(tmp_path / "m.safetensors", device="cpu")
+    assert loaded.device.name == "numpy"
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(loaded.state_dict()[key], value)
+    np.testing.assert_array_equal(pn.predict(loaded, X), pn.predict(model, X))
+
+
+def test_model_without_config_is_described_by_its_layers(tmp_path):
+    model = pn.Sequential(pn.Linear(3, 4, bias=False, rng=1), pn.Tanh(), pn.Linear(4, 2, rng=2), pn.Sigmoid(),
+                          pn.Linear(2, 2, rng=3))
+    assert not hasattr(model, "config")  # a hand-built Sequential
+    checkpoint.save(model, tmp_path / "s.safetensors")
+    ckpt = checkpoint.load_checkpoint(tmp_path / "s.safetensors")
+    assert [layer["type"] for layer in ckpt.architecture] == ["Linear", "Tanh", "Linear", "Sigmoid", "Linear"]
+    assert ckpt.architecture[0] == {"type": "Linear", "in_features": 3, "out_features": 4, "bias": False}
+    loaded = checkpoint.load(tmp_path / "s.safetensors")
+    assert [type(l).__name__ for l in loaded.layers] == ["Linear", "Tanh", "Linear", "Sigmoid", "Linear"]
+    X = np.random.default_rng(0).standard_normal((6, 3))
+    np.testing.assert_array_equal(pn.predict_proba(loaded, X), pn.predict_proba(model, X))
+
+
+def test_metadata_and_extra_arrays_are_preserved(tmp_path):
+    model, _, _ = _trained()
+    rng_state = np.array([1, 2, 2**63 + 5], dtype=np.uint64)
+    checkpoint.save(model, tmp_path / "m.safetensors", metadata={"dataset": "spiral", "epoch": 2, "lr": 0.1,
+                                                                   "notes": {"a": [1, 2]}},
+                    extra={"rng": rng_state, "flags": np.array([True, False])})
+    ckpt = checkpoint.load_checkpoint(tmp_path / "m.safetensors")
+    meta = ckpt.metadata
+    assert meta["dataset"] == "spiral" and meta["epoch"] == "2" and json.loads(meta["lr"]) == 0.1
+    assert json.loads(meta["notes"]) == {"a": [1, 2]}
+    assert meta["format_version"] == str(checkpoint.FORMAT_VERSION) == "1"
+    assert meta["portablenn_version"] == pn.__version__
+    assert meta["dtype"] == "float64" == ckpt.dtype
+    assert ckpt.architecture == {"sizes": [4, 7, 5, 3], "activation": "relu", "bias": True}
+    assert all(isinstance(v, str) for v in meta.values())
+    assert sorted(ckpt.extra) == ["flags", "rng"]
+    np.testing.assert_array_equal(ckpt.extra["rng"], rng_state)
+    assert ckpt.extra["rng"].dtype == np.uint64 and ckpt.extra["flags"].dtype == np.bool_
+    assert ckpt.optimizer_config is None and ckpt.optimizer_state == {}
+    assert list(ckpt.state_dict) == list(model.state_dict())  # the model's order, not alphabetical
+
+
+def test_bad_metadata_is_refused(tmp_path):
+    model, _, _ = _trained()
+    with pytest.raises(CheckpointError, match="reserved"):
+        checkpoint.save(model, tmp_path / "m.safetensors", metadata={"dtype": "float16"})
+    with pytest.raises(CheckpointError, match="JSON"):
+        checkpoint.save(model, tmp_path / "m.safetensors", metadata={"x": object()})
+    with pytest.raises(CheckpointError, match="object"):
+        checkpoint.save(model, tmp_path / "m.safetensors", extra={"x": np.array([None])})
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- optimizer state --------------------------------------------------------------------------------
+OPTIMIZERS = {
+    "sgd-momentum": lambda: pn.SGD(0.1, momentum=0.9),
+    "sgd-nesterov": lambda: pn.SGD(0.1, momentum=0.5, nesterov=True),
+    "sgd": lambda: pn.SGD(0.1),
+    "adam": lambda: pn.Adam(0.01, beta1=0.8),
+}
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_resume_is_bit_identical_to_an_uninterrupted_run(name, tmp_path):
+    X, y = classification_data(n=50, features=4)
+    make = lambda: pn.mlp([4, 8, 3], dtype="float64", seed=1)  # noqa: E731
+    straight, opt = make(), OPTIMIZERS[name]()
+    pn.fit(straight, X, y, optimizer=opt, epochs=3, **KW)
+
+    first, opt1 = make(), OPTIMIZERS[name]()
+    pn.fit(first, X, y, optimizer=opt1, epochs=2, **KW)
+    checkpoint.save(first, tmp_path / "c.safetensors", optimizer=opt1, metadata={"epoch": 2})
+    del first, opt1
+
+    ckpt = checkpoint.load_checkpoint(tmp_path / "c.safetensors")
+    assert ckpt.optimizer_config["class"] == type(opt).__name__
+    assert ckpt.optimizer_config["steps"] == 10 and ckpt.optimizer_config["lr"] == opt.lr
+    assert ckpt.optimizer_config["l2"] == KW["l2"]
+    buffers = {"sgd": 0, "sgd-momentum": 1, "sgd-nesterov": 1, "adam": 2}[name]
+    assert {k: len(v) for k, v in ckpt.optimizer_state.items()} == (
+        {k: buffers for k in ["0.weight", "0.bias", "2.weight", "2.bias"]} if buffers else {})
+    resumed = checkpoint.load(tmp_path / "c.safetensors")
+    opt2 = checkpoint.restore_optimizer(OPTIMIZERS[name](), ckpt, resumed)
+    assert opt2.steps == 10
+    pn.fit(resumed, X, y, optimizer=opt2, epochs=1, **KW)
+    assert opt2.steps == opt.steps == 15
+    for key, value in straight.state_dict().items():
+        np.testing.assert_array_equal(resumed.state_dict()[key], value, err_msg=key)
+    # and the restore mattered: a fresh optimizer diverges (plain SGD has no state to lose)
+    if buffers:
+        fresh = checkpoint.load(tmp_path / "c.safetensors")
+        pn.fit(fresh, X, y, optimizer=OPTIMIZERS[name](), epochs=1, **KW)
+        assert not np.array_equal(fresh.state_dict()["0.weight"], straight.state_dict()["0.weight"])
+
+
+def test_optimizer_state_follows_the_model_to_its_device(device, tmp_path):
+    X, y = classification_data(n=30, features=4)
+    model, opt = pn.mlp([4, 6, 3], seed=2).to(device), pn.Adam(0.01)
+    pn.fit(model, X, y, optimizer=opt, epochs=1, batch_size=10, shuffle=False)
+    checkpoint.save(model, tmp_path / "c.safetensors", optimizer=opt)
+    ckpt = checkpoint.load_checkpoint(tmp_path / "c.safetensors")
+    for key, (m, v) in opt.state.items():
+        np.testing.assert_array_equal(ckpt.optimizer_state[key][0], device.to_numpy(m))
+        np.testing.assert_array_equal(ckpt.optimizer_state[key][1], device.to_numpy(v))
+    resumed = checkpoint.load(tmp_path / "c.safetensors", device=device)
+    restored = checkpoint.restore_optimizer(pn.Adam(0.01), tmp_path / "c.safetensors", resumed)
+    assert restored.steps == 3 and restored.model is resumed
+    assert type(restored.state["0.weight"][0]) is type(opt.state["0.weight"][0])
+    pn.fit(resumed, X, y, optimizer=restored, epochs=1, batch_size=10, shuffle=False)
+    pn.fit(model, X, y, optimizer=opt, epochs=1, batch_size=10, shuffle=False)
+    for key, value in model.state_dict().items():
+        assert_close(resumed.state_dict()[key], value, "float32", err_msg=key)
+
+
+def test_restore_optimizer_refuses_a_mismatch(tmp_path):
+    model, _, _ = _trained()
+    checkpoint.save(model, tmp_path / "plain.safetensors")
+    with pytest.raises(CheckpointError, match="no optimizer state"):
+        checkpoint.restore_optimizer(pn.SGD(0.1), checkpoint.load_checkpoint(tmp_path / "plain.safetensors"), model)
+    X, y = classification_data(n=40, features=4)
+    opt = pn.SGD(0.1, momentum=0.9)
+    pn.fit(model, X, y, optimizer=opt, epochs=1, **KW)
+    checkpoint.save(model, tmp_path / "sgd.safetensors", optimizer=opt)
+    with pytest.raises(CheckpointError, match="holds SGD state but the optimizer is Adam"):
+        checkpoint.restore_optimizer(pn.Adam(), tmp_path / "sgd.safetensors", model)
+    other = pn.mlp([4, 9, 5, 3], dtype="float64")
+    with pytest.raises(CheckpointError, match=r"'0.weight' has shape \(4, 7\), the parameter has \(4, 9\)"):
+        checkpoint.restore_optimizer(pn.SGD(0.1, momentum=0.9), tmp_path / "sgd.safetensors", other)
+
+
+# -- atomic writes ---------------------------------------------------------------------------------
+def test_failed_rename_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    old, _, _ = _trained()
+    path = checkpoint.save(old, tmp_path / "m.safetensors")
+    before = path.read_bytes()
+    new = pn.mlp([4, 7, 5, 3], dtype="float64", seed=99)
+
+    def broken_replace(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(checkpoint.os, "replace", broken_replace)
+    with pytest.raises(CheckpointError, match="cannot write checkpoint .*No space left on device"):
+        checkpoint.save(new, path)
+    assert path.read_bytes() == before
+    assert _leftovers(tmp_path, "m.safetensors") == []
+
+
+def test_failed_serialisation_leaves_the_old_file(tmp_path, monkeypatch):
+    import safetensors.numpy
+
+    old, _, _ = _trained()
+    path = checkpoint.save(old, tmp_path / "m.safetensors")
+    before = path.read_bytes()
+
+    def broken_save(*args, **kwargs):
+        raise RuntimeError("serialiser crashed")
+
+    monkeypatch.setattr(safetensors.numpy, "save", broken_save)
+    with pytest.raises(RuntimeError, match="serialiser crashed"):
+        checkpoint.save(pn.mlp([4, 7, 5, 3], dtype="float64", seed=5), path)
+    assert path.read_bytes() == before and _leftovers(tmp_path, "m.safetensors") == []
+
+
+def test_failed_write_midway_removes_the_temporary(tmp_path, monkeypatch):
+    def broken_fsync(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(checkpoint.os, "fsync", broken_fsync)
+    with pytest.raises(CheckpointError, match="Input/output error"):
+        checkpoint.save(_trained()[0], tmp_path / "m.safetensors")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_overwrites_and_keeps_the_file_mode(tmp_path):
+    path = tmp_path / "m.safetensors"
+    checkpoint.save(_trained()[0], path)
+    os.chmod(path, 0o640)
+    checkpoint.save(pn.mlp([2, 3], dtype="float64"), path)
+    assert (path.stat().st_mode & 0o777) == 0o640
+    assert checkpoint.load_checkpoint(path).architecture["sizes"] == [2, 3]
+    assert _leftovers(tmp_path, "m.safetensors") == []
+
+
+# -- bad files -------------------------------------------------------------------------------------
+def test_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        checkpoint.load(tmp_path / "nope.safetensors")
+
+
+@pytest.mark.parametrize("damage", ["truncated", "random", "empty", "bad-header", "header-too-long"])
+def test_damaged_files_raise_checkpoint_error(damage, tmp_path):
+    path = checkpoint.save(_trained()[0], tmp_path / "m.safetensors")
+    data = path.read_bytes()
+    size = struct.unpack("<Q", data[:8])[0]
+    damaged = {
+        "truncated": data[:-17],
+        "random": np.random.default_rng(0).bytes(len(data)),
+        "empty": b"",
+        "bad-header": data[:8] + b"[" + data[9:],
+        "header-too-long": struct.pack("<Q", size + 1000) + data[8:],
+    }[damage]
+    path.write_bytes(damaged)
+    with pytest.raises(CheckpointError, match="not a valid safetensors checkpoint"):
+        checkpoint.load(path)
+    with pytest.raises(CheckpointError):
+        checkpoint.load_checkpoint(path)
+
+
+def _rewrite(path, tensor_changes=None, checksum=True, **changes):
+    """Re-serialise a checkpoint with some metadata entries (None removes one) or tensors changed, with
+    a matching checksum unless ``checksum`` is False (as a buggy or hostile writer might)."""
+    import safetensors.numpy
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as fh:
+        tensors = {key: fh.get_tensor(key) for key in fh.keys()}
+        meta = {k: v for k, v in {**fh.metadata(), **changes}.items() if v is not None}
+    tensors.update(tensor_changes or {})
+    if checksum:
+        meta["sha256"] = checkpoint._digest(tensors, meta)
+    path.write_bytes(safetensors.numpy.save(tensors, metadata=meta))
+
+
+def test_newer_format_is_refused(tmp_path):
+    path = checkpoint.save(_trained()[0], tmp_path / "m.safetensors")
+    _rewrite(path, format_version=str(checkpoint.FORMAT_VERSION + 1))
+    with pytest.raises(CheckpointError, match=r"written by a newer portablenn \(format 2\); upgrade"):
+        checkpoint.load(path)
+
+
+def test_flipped_bytes_are_caught_by_the_checksum(tmp_path):
+    path = checkpoint.save(_trained()[0], tmp_path / "m.safetensors", metadata={"epoch": 3})
+    data = path.read_bytes()
+    size = struct.unpack("<Q", data[:8])[0]
+    flipped = bytearray(data)
+    flipped[-5] ^= 0x10  # inside the last tensor's data: still a well-formed safetensors file
+    path.write_bytes(bytes(flipped))
+    with pytest.raises(CheckpointError, match="is corrupted: its content does not match the SHA-256 checksum"):
+        checkpoint.load(path)
+    header = data[8:8 + size]
+    assert header.count(b'"epoch":"3"') == 1
+    path.write_bytes(data[:8] + header.replace(b'"epoch":"3"', b'"epoch":"7"') + data[8 + size:])
+    with pytest.raises(CheckpointError, match="checksum"):
+        checkpoint.load_checkpoint(path)
+    path.write_bytes(data)
+    assert checkpoint.load_checkpoint(path).metadata["epoch"] == "3"
+
+
+def test_a_rewritten_file_without_a_valid_checksum_is_refused(tmp_path):
+    path = checkpoint.save(_trained()[0], tmp_path / "m.safetensors")
+    _rewrite(path, {"0.bias": np.zeros(7)}, checksum=False)
+    with pytest.raises(CheckpointError, match="checksum"):
+        checkpoint.load(path)
+    _rewrite(path, sha256=None, checksum=False)
+    with pytest.raises(CheckpointError, match=r"has no checksum \(sha256\)"):
+        checkpoint.load(path)
+
+
+def test_foreign_safetensors_file_is_refused(tmp_path):
+    import safetensors.numpy
+
+    path = tmp_path / "foreign.safetensors"
+    safetensors.numpy.save_file({"embedding": np.zeros((3, 2), dtype=np.float32)}, path)
+    with pytest.raises(CheckpointError, match="not a portablenn checkpoint"):
+        checkpoint.load(path)
+
+
+def test_corrupted_architecture_metadata(tmp_path):
+    path = checkpoint.save(_trained()[0], tmp_path / "m.safetensors")
+    _rewrite(path, architecture="{not json")
+    with pytest.raises(CheckpointError, match="invalid JSON"):
+        checkpoint.load(path)
+    _rewrite(path, architecture=json.dumps({"sizes": [4, 7, 5, 3], "activation": "gelu"}))
+    with pytest.raises(CheckpointError, match="cannot build.*gelu"):
+        checkpoint.load(path)
+
+
+def test_weights_that_do_not_fit_the_saved_architecture(tmp_path):
+    path = checkpoint.save(_trained()[0], tmp_path / "m.safetensors")
+    _rewrite(path, architecture=json.dumps({"sizes": [4, 7, 5], "activation": "relu", "bias": True}))
+    with pytest.raises(CheckpointError, match=r"does not match the model: it has parameter '4.bias'"):
+        checkpoint.load(path)
+
+
+@pytest.mark.parametrize("sizes, bias, message", [
+    ([4, 7, 5, 3], False, r"it has parameter '0.bias' that the model lacks"),
+    ([4, 8, 5, 3], True, r"'0.weight' has shape \(4, 7\), the model expects \(4, 8\)"),
+    ([4, 7, 3], True, r"'2.weight' has shape \(7, 5\), the model expects \(7, 3\)"),
+    ([4, 7, 5], True, r"it has parameter '4.bias' that the model lacks"),
+    ([4, 7, 5, 3, 2], True, r"it has no parameter '6.weight'"),
+])
+def test_load_into_a_mismatched_model(sizes, bias, message, tmp_path):
+    path = checkpoint.save(_trained()[0], tmp_path / "m.safetensors")
+    other = pn.mlp(sizes, bias=bias, dtype="float64")
+    before = other.state_dict()
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.load_into(other, path)
+    for key, value in other.state_dict().items():  # untouched
+        np.testing.assert_array_equal(value, before[key])
+
+
+def test_load_into_a_matching_model_on_a_device(device, tmp_path):
+    model, X, _ = _trained("float32")
+    path = checkpoint.save(model, tmp_path / "m.safetensors", metadata={"epoch": 7})
+    target = pn.mlp([4, 7, 5, 3], seed=42).to(device)
+    ckpt = checkpoint.load_into(target, path)
+    assert ckpt.metadata["epoch"] == "7" and target.device == device
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(target.state_dict()[key], value)

@@ -1,0 +1,234 @@
+"""Nothing lost, nothing let in: fuzzed readers, checkpoints under SIGKILL, bad input through API and CLI."""
+import gzip
+import io
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import portablenn as pn  # noqa: E402
+from portablenn import checkpoint  # noqa: E402
+from portablenn.datasets import DatasetError  # noqa: E402
+from portablenn.datasets.files import load_csv, load_npz  # noqa: E402
+from portablenn.datasets.mnist import read_idx  # noqa: E402
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _idx_bytes(array):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def _mutate(data, cut, flips):
+    """Truncate ``data`` to ``cut`` bytes, then XOR the bytes at ``flips`` positions."""
+    data = bytearray(data[:cut])
+    for position, value in flips:
+        if data:
+            data[position % len(data)] ^= value or 1
+    return bytes(data)
+
+
+MUTATION = st.tuples(st.integers(0, 10_000), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)),
+                                                      max_size=4))
+
+
+# -- readers: random truncation and byte flips either load correct data or raise the documented error ----
+@FUZZ
+@given(mutation=MUTATION, gz=st.booleans())
+def test_idx_reader_survives_corruption(tmp_path_factory, mutation, gz):
+    original = np.arange(2 * 4 * 3, dtype=np.uint8).reshape(2, 4, 3)
+    data = _mutate(_idx_bytes(original), min(mutation[0], 12 + original.size), mutation[1])
+    path = tmp_path_factory.mktemp("idx") / ("f.idx" + (".gz" if gz else ""))
+    path.write_bytes(gzip.compress(data) if gz else data)
+    try:
+        loaded = read_idx(path)
+    except DatasetError:
+        return
+    assert isinstance(loaded, np.ndarray) and loaded.size == int(np.prod(loaded.shape))
+    if data == _idx_bytes(original):
+        np.testing.assert_array_equal(loaded, original)
+
+
+@FUZZ
+@given(mutation=MUTATION)
+def test_csv_reader_survives_corruption(tmp_path_factory, mutation):
+    text = "x1,x2,label\n0.5,1.5,0\n-2,3,1\n4,5e-3,2\n"
+    data = _mutate(text.encode(), mutation[0], mutation[1])
+    path = tmp_path_factory.mktemp("csv") / "d.csv"
+    path.write_bytes(data)
+    try:
+        X, y = load_csv(path)
+    except DatasetError:
+        return
+    assert X.ndim == 2 and X.shape[0] == y.shape[0] > 0 and np.all(np.isfinite(X)) and y.dtype.kind == "i"
+    if data == text.encode():
+        np.testing.assert_allclose(X, [[0.5, 1.5], [-2, 3], [4, 5e-3]], rtol=1e-6)
+        np.testing.assert_array_equal(y, [0, 1, 2])
+
+
+@FUZZ
+@given(mutation=MUTATION)
+def test_npz_reader_survives_corruption(tmp_path_factory, mutation):
+    buffer = io.BytesIO()
+    np.savez(buffer, X=np.arange(12, dtype=np.float32).reshape(4, 3), y=np.array([0, 1, 1, 0]))
+    data = _mutate(buffer.getvalue(), mutation[0], mutation[1])
+    path = tmp_path_factory.mktemp("npz") / "d.npz"
+    path.write_bytes(data)
+    try:
+        X, y = load_npz(path)
+    except DatasetError:
+        return
+    assert X.ndim == 2 and X.shape[0] == y.shape[0] and np.all(np.isfinite(X))
+
+
+@pytest.fixture(scope="module")
+def saved_checkpoint(tmp_path_factory):
+    model = pn.mlp([3, 4, 2], seed=1)
+    path = tmp_path_factory.mktemp("ckpt") / "m.safetensors"
+    checkpoint.save(model, path, optimizer=pn.SGD(0.1, momentum=0.9).bind(model), metadata={"epoch": 3})
+    return path.read_bytes(), model.state_dict()
+
+
+@FUZZ
+@given(mutation=MUTATION)
+def test_checkpoint_reader_survives_corruption(tmp_path_factory, saved_checkpoint, mutation):
+    original, state = saved_checkpoint
+    data = _mutate(original, mutation[0], mutation[1])
+    path = tmp_path_factory.mktemp("ckpt") / "m.safetensors"
+    path.write_bytes(data)
+    try:
+        loaded = checkpoint.load_checkpoint(path)
+    except checkpoint.CheckpointError:
+        return
+    # anything that loads is the saved state itself: corruption of data or header is detected (checksum)
+    assert set(loaded.state_dict) == set(state) and loaded.metadata["epoch"] == "3"
+    for key in state:
+        np.testing.assert_array_equal(loaded.state_dict[key], state[key])
+
+
+# -- checkpoints under SIGKILL: the file on disk is always one complete saved state --------------------------
+WRITER = textwrap.dedent("""
+    import sys
+    import numpy as np
+    import portablenn as pn
+    from portablenn import checkpoint
+    path = sys.argv[1]
+    model = pn.mlp([50, 200, 10], seed=0)
+    for i in range(100000):
+        model.load_state_dict({k: np.full_like(v, i) for k, v in model.state_dict().items()})
+        checkpoint.save(model, path, metadata={"i": i})
+        print(i, flush=True)
+""")
+
+
+def test_sigkill_during_saves_never_leaves_a_broken_checkpoint(tmp_path):
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    path = tmp_path / "model.safetensors"
+    rng = np.random.default_rng(0)
+    trials = 0
+    for trial in range(25):
+        proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True)
+        proc.stdout.readline()  # one save done: from now on a complete file exists
+        time.sleep(float(rng.uniform(0, 0.15)))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ckpt = checkpoint.load_checkpoint(path)  # must load: old or new, never partial
+        i = int(ckpt.metadata["i"])
+        for value in ckpt.state_dict.values():
+            assert np.all(value == i), "a checkpoint mixes two saved states"
+        trials += 1
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name not in ("writer.py", "model.safetensors")]
+    assert trials == 25
+    assert all(name.startswith(".") or name.endswith(".tmp") for name in leftovers)  # only temp files can remain
+
+
+# -- bad input: the Python API raises the documented type, the CLI says one line and exits 2 ----------------
+def _model():
+    return pn.mlp([2, 4, 3])
+
+
+X_OK = np.zeros((6, 2), dtype=np.float32)
+Y_OK = np.array([0, 1, 2, 0, 1, 2])
+BAD_INPUTS = [
+    ("X not 2-D", dict(X=np.zeros(6)), "2-D"),
+    ("length mismatch", dict(y=Y_OK[:5]), "labels"),
+    ("non-numeric X", dict(X=np.array([["a", "b"]] * 6)), "real numbers"),
+    ("NaN in X", dict(X=np.where(np.eye(6, 2) > 0, np.nan, 0.0)), "NaN"),
+    ("inf in X", dict(X=np.where(np.eye(6, 2) > 0, np.inf, 0.0)), "infinite"),
+    ("negative label", dict(y=np.array([0, 1, -1, 0, 1, 2])), "negative"),
+    ("label too large", dict(y=np.array([0, 1, 3, 0, 1, 2])), "label 3"),
+    ("non-integer label", dict(y=np.array([0, 1, 0.5, 0, 1, 2])), "integer"),
+    ("empty dataset", dict(X=np.zeros((0, 2)), y=np.zeros(0, dtype=int)), "empty"),
+    ("batch size 0", dict(batch_size=0), "batch_size"),
+    ("batch size > n", dict(batch_size=7), "batch_size"),
+    ("epochs < 0", dict(epochs=-1), "epochs"),
+    ("lr <= 0", dict(lr=0.0), "learning rate"),
+    ("lr not finite", dict(lr=float("nan")), "learning rate"),
+    ("wrong feature count", dict(X=np.zeros((6, 3))), "features"),
+]
+
+
+@pytest.mark.parametrize("name, change, words", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
+def test_bad_input_through_the_api(name, change, words):
+    args = {**dict(X=X_OK, y=Y_OK, batch_size=2, epochs=1, lr=0.1), **change}
+    with pytest.raises(ValueError, match=words):  # InputError is a ValueError
+        pn.fit(_model(), args["X"], args["y"], optimizer=pn.SGD(args["lr"]), batch_size=args["batch_size"],
+               epochs=args["epochs"])
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "portablenn", *args], capture_output=True, text=True, cwd=cwd,
+                          env={**os.environ, "PORTABLENN_DISABLE_CUDA": "1"}, timeout=120)
+
+
+def test_bad_files_through_the_cli(tmp_path):
+    """Each broken input file: exit 2, one line naming the problem, never a traceback."""
+    (tmp_path / "ragged.csv").write_text("1,2,0\n3,0\n")
+    (tmp_path / "nan.csv").write_text("1,nan,0\n3,4,1\n")
+    (tmp_path / "label.csv").write_text("1,2,0.5\n3,4,1\n")
+    (tmp_path / "empty.csv").write_text("")
+    np.savez(tmp_path / "noy.npz", X=np.zeros((3, 2)))
+    (tmp_path / "bad.npz").write_bytes(b"PK\x03\x04 definitely not a zip")
+    (tmp_path / "bad.safetensors").write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}")
+    model = pn.mlp([3, 4, 2])
+    checkpoint.save(model, tmp_path / "other.safetensors", metadata={"dataset": "spiral"})
+    good = tmp_path / "good.safetensors"
+    checkpoint.save(model, good)
+    (tmp_path / "truncated.safetensors").write_bytes(good.read_bytes()[:-7])
+    mnist_dir = tmp_path / "mnist"
+    mnist_dir.mkdir()
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        (mnist_dir / name).write_bytes(b"\x00\x00\x08\x03" + (5).to_bytes(4, "big") * 3 + b"short")
+    cases = [
+        (["train", "--dataset", "csv:ragged.csv"], "line"),
+        (["train", "--dataset", "csv:nan.csv"], "NaN"),
+        (["train", "--dataset", "csv:label.csv"], "integer"),
+        (["train", "--dataset", "csv:empty.csv"], "empty"),
+        (["train", "--dataset", "csv:missing.csv"], "missing.csv"),
+        (["train", "--dataset", "npz:noy.npz"], "y"),
+        (["train", "--dataset", "npz:bad.npz"], "bad.npz"),
+        (["train", "--dataset", "mnist", "--data-dir", str(mnist_dir), "--no-download"], "bytes"),
+        (["eval", "--checkpoint", "bad.safetensors"], "bad.safetensors"),
+        (["eval", "--checkpoint", "truncated.safetensors"], "truncated.safetensors"),
+        (["eval", "--checkpoint", "other.safetensors", "--dataset", "spiral"], "features"),
+        (["train", "--resume", "good.safetensors"], "good.safetensors"),
+    ]
+    for args, word in cases:
+        result = _cli(*args, cwd=tmp_path)
+        assert result.returncode == 2, (args, result.stdout, result.stderr)
+        assert "Traceback" not in result.stderr, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("portablenn: error:"), (args, result.stderr)
+        assert word in lines[0], (args, lines[0])
