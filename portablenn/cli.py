@@ -97,6 +97,11 @@ def build_parser():
     dl.add_argument("name", choices=["mnist"])
     dl.add_argument("--data-dir", help="target directory (default: $PORTABLENN_DATA or the cache)")
 
+    ex = commands.add_parser("export", help="write a saved model as ONNX (logits and probabilities; needs "
+                                            "portablenn[onnx])")
+    ex.add_argument("checkpoint")
+    ex.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
+
     commands.add_parser("info", help="versions, and which devices are usable here (and why not)")
 
     pa = commands.add_parser("parity", help="train the same model on several devices and compare step by step",
@@ -431,6 +436,19 @@ def download_command(args):
     return 0
 
 
+def export_command(args):
+    try:
+        from .onnx import export_onnx
+        import ndonnx  # noqa: F401
+    except ImportError:
+        raise CLIError("ONNX export needs ndonnx and onnx: pip install 'portablenn[onnx]'") from None
+    model, _ = _load_model(args.checkpoint, "cpu")
+    export_onnx(model, args.onnx)
+    print(f"wrote {args.onnx}: input (N, {model.in_features}) {model.dtype} -> logits, probabilities "
+          f"(N, {model.out_features})")
+    return 0
+
+
 def info(args):
     import array_api_compat
 
@@ -492,7 +510,7 @@ def parity(args):
 
 
 COMMANDS = {"train": train, "eval": evaluate_command, "predict": predict_command, "download": download_command,
-            "info": info, "parity": parity}
+            "export": export_command, "info": info, "parity": parity}
 
 
 def main(argv=None):

@@ -254,3 +254,64 @@ def test_device_out_of_memory_is_one_sentence(monkeypatch, capsys):
     assert cli.main(["train", "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert "ran out of memory" in err and "--batch-size" in err and len(err.strip().splitlines()) == 1
+
+
+# -- your own data, plots, export ----------------------------------------------------------------------
+def test_csv_and_npz_datasets_with_validation_files(tmp_path):
+    from portablenn.datasets import spiral
+
+    X, y = spiral()
+    rows = np.column_stack([X, y])
+    (tmp_path / "train.csv").write_text("x,y,label\n" + "\n".join(f"{a},{b},{int(c)}" for a, b, c in rows[::2]))
+    (tmp_path / "val.csv").write_text("\n".join(f"{a},{b},{int(c)}" for a, b, c in rows[1::2]))
+    np.savez(tmp_path / "train.npz", X=X[::2], y=y[::2])
+    np.savez(tmp_path / "val.npz", X=X[1::2], y=y[1::2])
+    for kind in ("csv", "npz"):
+        result = run("train", "--dataset", f"{kind}:train.{kind}", "--val", f"val.{kind}", "--epochs", "300",
+                     "--batch-size", "0", "--lr", "1", "--quiet", cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert f"{kind}:train.{kind}: 150 train, 150 val" in result.stdout
+        assert "| Val Loss | Val Err |" in result.stdout
+        accuracy = float(result.stdout.split("val: loss")[1].split("accuracy")[1].split("%")[0])
+        assert accuracy > 80
+
+
+def test_plot_writes_readable_pngs(tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+
+    result = run("train", "--epochs", "300", "--plot", str(tmp_path / "plots"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    for name in ("history.png", "decision_regions.png"):
+        path = tmp_path / "plots" / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        height, width = imread(path).shape[:2]
+        assert 300 <= height <= 3000 and 300 <= width <= 4000
+    lines = run("train", "--dataset", "lines", "--epochs", "50", "--plot", str(tmp_path / "lines"), "--quiet")
+    assert lines.returncode == 0 and sorted(p.name for p in (tmp_path / "lines").iterdir()) == [
+        "history.png", "lines_train.png", "lines_val_dim.png", "lines_val_noise.png"]
+
+
+def test_plot_without_matplotlib_is_one_line(tmp_path):
+    code = "import sys; sys.modules['matplotlib'] = None; from portablenn.cli import main; " \
+           "sys.exit(main(['train', '--epochs', '5', '--plot', 'p', '--quiet']))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 2 and "pip install 'portablenn[plot]'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_export_onnx_from_a_checkpoint(tmp_path):
+    pytest.importorskip("ndonnx")
+    ort = pytest.importorskip("onnxruntime")
+    ckpt = tmp_path / "m.safetensors"
+    assert run("train", "--epochs", "50", "--save", str(ckpt), "--quiet").returncode == 0
+    result = run("export", str(ckpt), "--onnx", str(tmp_path / "m.onnx"))
+    assert result.returncode == 0, result.stderr
+    from portablenn import checkpoint
+    from portablenn.datasets import spiral
+
+    model = checkpoint.load(ckpt)
+    X = spiral()[0].astype(np.float32)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"))
+    logits, probs = session.run(["logits", "probabilities"], {"input": X})
+    np.testing.assert_allclose(probs, pn.predict_proba(model, X), rtol=1e-4, atol=1e-6)

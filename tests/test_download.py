@@ -324,3 +324,41 @@ def test_the_real_checksums_match_the_shared_mnist(mnist_dir):
         raw, gz = mnist_dir / name, mnist_dir / (name + ".gz")
         data = raw.read_bytes() if raw.is_file() else gzip.decompress(gz.read_bytes())
         assert hashlib.sha256(data).hexdigest() == REAL_SHA256[name], name
+
+
+# -- the same through the command line ---------------------------------------------------------------------
+def test_cli_download_and_auto_download_on_first_use(serve, monkeypatch, tmp_path, capsys):
+    from portablenn import cli
+
+    server = serve()
+    monkeypatch.setattr(download, "MIRRORS", (_dead_url(), server.url))
+    target = tmp_path / "data"
+    assert cli.main(["download", "mnist", "--data-dir", str(target)]) == 0
+    assert str(target) in capsys.readouterr().out
+    assert all((target / (name + ".gz")).is_file() or (target / name).is_file() for name in ALL_FILES)
+    fresh = tmp_path / "fresh"
+    code = cli.main(["train", "--dataset", "mnist", "--data-dir", str(fresh), "--epochs", "1", "--batch-size", "5",
+                     "--quiet"])
+    assert code == 0 and "mnist: 5 train, 3 test" in capsys.readouterr().out
+
+
+def test_cli_download_corrupted_and_offline_are_one_line(serve, monkeypatch, tmp_path, capsys):
+    from portablenn import cli
+
+    bad = dict(GZ)
+    bad["t10k-labels-idx1-ubyte.gz"] = gzip.compress(RAW["t10k-labels-idx1-ubyte"][:-1] + b"\x00", mtime=0)
+    monkeypatch.setattr(download, "MIRRORS", (serve(bad).url,))
+    target = tmp_path / "data"
+    assert cli.main(["download", "mnist", "--data-dir", str(target)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()  # progress lines, then the one error line
+    assert err[-1].startswith("portablenn: error:") and "t10k-labels-idx1-ubyte" in err[-1]
+    assert not any("Traceback" in line for line in err)
+    assert not any(p.name.startswith("t10k-labels") for p in target.glob("*"))
+    monkeypatch.setattr(download, "MIRRORS", (_dead_url(),))
+    began = time.perf_counter()
+    assert cli.main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "none"), "--quiet"]) == 2
+    assert time.perf_counter() - began < 10
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("portablenn: error:") and not any("Traceback" in line for line in err)
+    assert cli.main(["train", "--dataset", "mnist", "--data-dir", str(tmp_path / "none"), "--no-download"]) == 2
+    assert "t10k-images-idx3-ubyte" in capsys.readouterr().err
