@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
+from ._fileio import fsync_directory
 from .layers import Linear, ReLU, Sequential, Sigmoid, Tanh
 from .models import mlp
 
@@ -212,7 +213,7 @@ def _atomic_write(path, data):
                 os.unlink(tmp)
             except OSError:
                 pass
-    _fsync_directory(directory)
+    fsync_directory(directory)
 
 
 def _file_mode(path):
@@ -223,20 +224,6 @@ def _file_mode(path):
         umask = os.umask(0o022)
         os.umask(umask)
         return 0o666 & ~umask
-
-
-def _fsync_directory(directory):
-    """Make the rename durable where the platform allows it (best effort: not on Windows)."""
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def load_checkpoint(path):

@@ -11,6 +11,7 @@ import urllib.request
 import zlib
 from pathlib import Path
 
+from .._fileio import fsync_directory
 from .mnist import ALL_FILES, DatasetError, _candidate_dirs
 
 __all__ = ["MIRRORS", "SHA256", "DownloadError", "cache_dir", "download_mnist"]
@@ -280,16 +281,7 @@ def _reason(reason):
 def _commit(part, final):
     """Rename the verified ``part`` over ``final`` and make the rename durable (best effort)."""
     os.replace(part, final)
-    try:
-        fd = os.open(final.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    fsync_directory(final.parent)
 
 
 def _remove(path):
