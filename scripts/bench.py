@@ -210,6 +210,38 @@ def gemm_peak(xp=np, sync=lambda: None, n=2048):
     return 2 * n ** 3 / best
 
 
+MEMORY_PROBE = """
+import resource, sys, time
+import numpy as np
+import portablenn as pn
+from portablenn import datasets
+spec = sys.argv[1]
+try:
+    X, y = datasets.mnist(split="train")
+except Exception:
+    X = np.random.default_rng(0).random((60000, 784), dtype=np.float32); y = X[:, :10].argmax(axis=1)
+dev = pn.device(spec)
+rss = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+before = rss()
+model = pn.mlp([784, 100, 10], bias=False, init="cmu")
+pn.fit(model, X, y, optimizer=pn.SGD(0.2), epochs=2, batch_size=100, shuffle=True, device=dev)
+dev.synchronize()
+gpu = ""
+if dev.library == "cupy":
+    import cupy
+    gpu = f" gpu_pool_mib={cupy.get_default_memory_pool().total_bytes() / 2**20:.1f}"
+print(f"data_mib={X.nbytes / 2**20:.1f} rss_before_fit_mib={before:.1f} peak_rss_mib={rss():.1f}{gpu}")
+"""
+
+
+def memory(spec):
+    """Peak host RSS (and GPU pool) of a fresh process that loads MNIST and fits 2 shuffled epochs."""
+    import subprocess
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, spec], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(__file__), "..")})
+    return out.stdout.strip() or out.stderr.strip().splitlines()[-1]
+
+
 def interleave(variants, repeat):
     """Run every variant ``repeat`` times, round-robin; returns {name: [seconds, ...]}."""
     times = {name: [] for name in variants}
@@ -331,8 +363,11 @@ def main(argv=None):
                         interleave(spiral, repeat), "hand-written NumPy CS231n loop (reference)",
                         unit=1e6, unit_name="us/step", per=steps)
     info["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"\npeak host memory (RSS) of this process: {info['peak_rss_mib']:.0f} MiB "
-          f"(the float32 MNIST train set is {X.nbytes / 2**20:.0f} MiB)")
+    print(f"\npeak host memory (RSS) of this benchmark process: {info['peak_rss_mib']:.0f} MiB")
+    info["memory"] = {}
+    for spec in ["cpu"] + (["cuda"] if cuda_dev is not None else []):
+        info["memory"][spec] = memory(spec)
+        print(f"memory of a fresh process fitting 2 MNIST epochs on {spec}: {info['memory'][spec]}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"info": info, "mnist": mnist_rows, "spiral": spiral_rows, "max_abs_diff": check}, f, indent=1)
