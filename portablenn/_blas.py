@@ -73,6 +73,11 @@ def _operand(a):
     return None
 
 
+def _address(a):
+    # the data pointer without building an ndarray.ctypes object (slower, and it lingers)
+    return a.__array_interface__["data"][0]
+
+
 def gemm_update(c, a, b, alpha):
     """In place ``c += alpha * (a @ b)`` for 2-D float32/float64 arrays; False if it could not run."""
     gemm = _GEMM.get(c.dtype) if _GEMM else None
@@ -85,6 +90,6 @@ def gemm_update(c, a, b, alpha):
     if op_a is None or op_b is None:
         return False
     m, n = c.shape
-    gemm(_ROW_MAJOR, op_a[0], op_b[0], m, n, a.shape[1], alpha, a.ctypes.data, op_a[1],
-         b.ctypes.data, op_b[1], 1.0, c.ctypes.data, max(1, n))
+    gemm(_ROW_MAJOR, op_a[0], op_b[0], m, n, a.shape[1], alpha, _address(a), op_a[1],
+         _address(b), op_b[1], 1.0, _address(c), max(1, n))
     return True

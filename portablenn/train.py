@@ -57,7 +57,7 @@ class _DeviceData:
 
 
 def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.0, device=None, seed=0,
-        validation=None, callback=None, log_every=1, on_step=None, initial_epoch=0):
+        validation=None, callback=None, log_every=1, on_step=None, initial_epoch=0, comm=None):
     """Train ``model`` in place with minibatch gradient descent on softmax cross-entropy.
 
     Parameters
@@ -71,7 +71,8 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
     epochs : int
         The epoch to train up to (as Keras): with ``initial_epoch=k`` it trains epochs k+1..epochs.
     batch_size : int or None
-        None is full-batch gradient descent (the CS231n loop).
+        None is full-batch gradient descent (the CS231n loop). With ``comm`` it is the global
+        minibatch, split into contiguous slices over the ranks.
     shuffle : bool
         A new permutation each epoch, drawn from ``(seed, epoch)`` so that a resumed run shuffles
         as the uninterrupted one; False takes minibatches in order (CMU 10-714).
@@ -93,6 +94,12 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
         Called on the host after every minibatch step (for progress bars); it gets no device data.
     initial_epoch : int
         Epochs already trained (resume from a checkpoint with the optimizer state restored).
+    comm : mpi4py communicator or portablenn.distributed.Communicator, optional
+        Data-parallel training over its ranks, each calling ``fit`` with the same arguments and
+        data: rank 0's weights and optimizer state are broadcast, each rank computes the gradient
+        of its slice of every global minibatch, one allreduce per step sums them, and every rank
+        ends with the same weights and History as one process with the same ``batch_size``
+        (see ``portablenn.distributed``). Raises ``CommunicationError`` if another rank fails.
 
     Returns
     -------
@@ -115,6 +122,12 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
     batch = check_batch_size(batch_size, data.n)
     optimizer.bind(model, l2)
     xp, kernels, fused = dev.xp, dev.kernels, optimizer.in_backward
+    dist = None
+    if comm is not None:  # -- distributed hook 1: set up data parallelism (portablenn/distributed.py)
+        from .distributed import DataParallel
+        dist = DataParallel(comm, model, optimizer, data, val, l2=l2, batch=batch, settings=dict(
+            epochs=epochs, initial_epoch=initial_epoch, batch_size=batch, shuffle=bool(shuffle), seed=seed, l2=l2))
+        fused = False  # gradients must be materialised to be summed over the ranks
     starts = range(0, data.n, batch)
     history, pending = History(), []
     with dev.activate():
@@ -126,10 +139,14 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
             step_losses = dev.zeros(len(starts), model.dtype)  # per-step loss sums, read only on divergence
             wrong = 0.0
             for step, start in enumerate(starts):
-                xb, yb, onehot = data.rows(start, min(start + batch, data.n), order)
+                stop = min(start + batch, data.n)
+                # -- distributed hook 2: this rank's slice of the global minibatch, scaled by its global rows
+                lo, hi = (start, stop) if dist is None else dist.shard(start, stop)
+                xb, yb, onehot = data.rows(lo, hi, order)
                 rows = xb.shape[0]
                 logits = model.forward(xb)
-                grad, step_loss, step_wrong = kernels.softmax_xent(logits, onehot, yb, optimizer.grad_scale / rows)
+                grad, step_loss, step_wrong = kernels.softmax_xent(logits, onehot, yb,
+                                                                   optimizer.grad_scale / (stop - start))
                 if l2:
                     step_loss = step_loss + rows * l2_penalty(model, l2)
                 if fused:
@@ -137,14 +154,19 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
                     optimizer.steps += 1
                 else:
                     model.backward(grad, input_grad=False)
+                    if dist is not None:  # -- distributed hook 3: one allreduce of all gradients
+                        dist.allreduce_grads()
                     optimizer.step()
                 step_losses[step] = step_loss
                 wrong = wrong + step_wrong
                 if on_step is not None:
                     on_step(epoch, step + 1, len(starts))
-            metrics = [xp.sum(step_losses) / data.n, wrong / data.n]
-            if val is not None:
-                metrics += list(_sums(model, val, l2))
+            if dist is not None:  # -- distributed hook 4: one small allreduce of the epoch's sums
+                metrics, step_losses = dist.epoch_metrics(step_losses, wrong, val, data.n)
+            else:
+                metrics = [xp.sum(step_losses) / data.n, wrong / data.n]
+                if val is not None:
+                    metrics += list(_sums(model, val, l2))
             pending.append((epoch, xp.stack(metrics), time.perf_counter() - began, step_losses))
             if epoch % log_every == 0 or epoch == epochs:
                 _flush(dev, pending, history, callback, optimizer)
@@ -181,14 +203,20 @@ def _flush(dev, pending, history, callback, optimizer):
     pending.clear()
 
 
-def _sums(model, data, l2):
-    """Mean loss (with the L2 term) and error rate of ``model`` on device data, as 0-d device arrays."""
+def _totals(model, data):
+    """Summed loss (without the L2 term) and number of errors of ``model`` on device data."""
     kernels = model.device.kernels
     loss_sum = wrong = 0.0
     for start in range(0, data.n, _EVAL_CHUNK):
         xb, yb, onehot = data.rows(start, min(start + _EVAL_CHUNK, data.n))
         _, step_loss, step_wrong = kernels.softmax_xent(model.forward(xb), onehot, yb, 1.0)
         loss_sum, wrong = loss_sum + step_loss, wrong + step_wrong
+    return loss_sum, wrong
+
+
+def _sums(model, data, l2):
+    """Mean loss (with the L2 term) and error rate of ``model`` on device data, as 0-d device arrays."""
+    loss_sum, wrong = _totals(model, data)
     loss = loss_sum / data.n
     if l2:
         loss = loss + l2_penalty(model, l2)
