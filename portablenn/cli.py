@@ -75,6 +75,11 @@ def build_parser():
     train.add_argument("--save", metavar="FILE", help="write the trained model, optimizer state and options "
                                                       "(safetensors, atomically)")
     train.add_argument("--checkpoint-every", type=int, metavar="N", help="also save to --save every N epochs")
+    train.add_argument("--distributed", action="store_true",
+                       help="data-parallel over the MPI ranks (mpiexec -n K portablenn train --distributed ...); "
+                            "--batch-size is the global batch; needs portablenn[mpi]")
+    train.add_argument("--comm", default="auto", choices=["auto", "mpi", "nccl"],
+                       help="with --distributed: NCCL for GPUs, MPI otherwise (auto)")
     train.add_argument("--resume", metavar="FILE", help="continue a saved run up to --epochs (the total); model, "
                                                         "optimizer state, options and shuffling are restored")
 
@@ -257,7 +262,26 @@ def _resume(args, dev):
     return model, optimizer, saved, int(meta.get("epoch", 0))
 
 
+def _communicator(args):
+    """The MPI/NCCL communicator for --distributed (None without it); maps the device to this rank's GPU."""
+    from . import distributed
+
+    if not args.distributed:
+        if args.comm != "auto":
+            raise CLIError("--comm needs --distributed")
+        if distributed.launched_by_mpi():
+            print("portablenn: warning: started by mpiexec without --distributed: every rank trains its own copy",
+                  file=sys.stderr)
+        return None
+    comm = distributed.make_communicator(args.comm)
+    args.device = comm.device(args.device)
+    return comm
+
+
 def train(args):
+    comm = _communicator(args)
+    root = comm is None or comm.rank == 0  # only rank 0 prints, logs, plots and writes files
+    say = print if root else (lambda *a, **k: None)
     dev = backend.device(args.device)
     if args.checkpoint_every is not None and (args.checkpoint_every < 1 or not args.save):
         raise CLIError("--checkpoint-every N needs N >= 1 and --save PATH")
@@ -269,25 +293,32 @@ def train(args):
     else:
         opts, done = _options(args), 0
     why = backend._cuda_problem(0) if args.device.strip().lower() == "auto" and dev.kind == "cpu" else None
+    if comm is not None and not root:
+        comm.barrier()  # rank 0 downloads first
     splits = load_dataset(args.dataset, args.data_dir, args.seed, args.val, not args.no_download)
+    if comm is not None and root:
+        comm.barrier()
     evals = [name for name in splits if name != "train"]
     X, y = splits["train"]
     if not args.resume:
         model, optimizer = _build(args, opts, splits)
     batch = opts["batch_size"] or None
-    print(f"portablenn {__version__} | device {dev.name}" + (f" (auto: {why})" if why else "")
+    ranks = f" x {comm.size} MPI ranks" if comm is not None else ""
+    say(f"portablenn {__version__} | device {dev.name}{ranks}" + (f" (auto: {why})" if why else "")
           + f" | {args.dataset}: {X.shape[0]} train" + "".join(f", {splits[n][0].shape[0]} {n}" for n in evals))
-    print(f"model {model.config['sizes']} {model.config['activation'] if len(model.config['sizes']) > 2 else 'linear'} "
+    say(f"model {model.config['sizes']} {model.config['activation'] if len(model.config['sizes']) > 2 else 'linear'} "
           f"bias={model.config['bias']} {model.dtype} | {optimizer!r} l2={opts['l2']} | batch {batch or 'full'} | "
           f"{opts['epochs']} epochs" + (f" (resuming after epoch {done} from {args.resume})" if args.resume else ""))
     check_epochs(opts["epochs"])
     if args.resume and done >= opts["epochs"]:
-        print(f"nothing to do: the checkpoint has {done} epochs and --epochs is {opts['epochs']}")
+        say(f"nothing to do: the checkpoint has {done} epochs and --epochs is {opts['epochs']}")
         return 0
     keep = {k: opts[k] for k in ("dataset", "seed", "lr", "l2", "batch_size", "shuffle", "epochs", "log_every")}
     keep["val"] = args.val
 
     def save(path, epoch):
+        if not root:
+            return
         from . import checkpoint
 
         checkpoint.save(model, path, optimizer=optimizer,
@@ -299,15 +330,15 @@ def train(args):
         head += [f"{label} Loss", f"{label} Err"]
     widths = [max(5, len(str(opts["epochs"])))] + [len(h) for h in head[1:]]
     records, last_saved = [], [None]
-    log = open(args.log, "a") if args.log else contextlib.nullcontext()
-    with log, _progress(opts["epochs"] - done, args.quiet) as (bar, on_step), _graceful_stop() as stop:
-        write = bar.write if bar is not None else print
+    log = open(args.log, "a") if args.log and root else contextlib.nullcontext()
+    with log, _progress(opts["epochs"] - done, args.quiet or not root) as (bar, on_step), _graceful_stop() as stop:
+        write = bar.write if bar is not None else say
         write(_row(head, widths))
         write("|" + "|".join("-" * (w + 2) for w in widths) + "|")
 
         def show(r):
             records.append(r)
-            if args.log:
+            if args.log and root:
                 log.write(json.dumps({**r, "device": dev.name}) + "\n")
                 log.flush()
             if bar is not None:
@@ -321,7 +352,10 @@ def train(args):
             if args.checkpoint_every and r["epoch"] % args.checkpoint_every == 0:
                 save(args.save, r["epoch"])
                 last_saved[0] = (args.save, r["epoch"])
-            if stop["signum"] is not None and r["epoch"] < opts["epochs"]:
+            stopping = stop["signum"] is not None
+            if comm is not None:  # every rank stops at the same epoch
+                stopping = comm.any(stopping)
+            if stopping and r["epoch"] < opts["epochs"]:
                 raise _Stop(r["epoch"])
 
         began = time.perf_counter()
@@ -329,18 +363,23 @@ def train(args):
             with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported as one line instead
                 fit(model, X, y, optimizer=optimizer, epochs=opts["epochs"], batch_size=batch,
                     shuffle=opts["shuffle"], l2=opts["l2"], device=dev, seed=args.seed,
-                    validation=splits[evals[0]] if evals else None, callback=show, log_every=1, on_step=on_step, initial_epoch=done)
+                    validation=splits[evals[0]] if evals else None, callback=show, log_every=1, on_step=on_step,
+                    initial_epoch=done, comm=comm)
         except _Stop as stopped:
             path = args.save or "portablenn-interrupted.safetensors"
             save(path, stopped.args[0])
-            print(f"portablenn: interrupted after epoch {stopped.args[0]}; saved {path} "
-                  f"(continue with: portablenn train --resume {path} --epochs {opts['epochs']})", file=sys.stderr)
-            return 128 + stop["signum"]
+            if root:
+                print(f"portablenn: interrupted after epoch {stopped.args[0]}; saved {path} "
+                      f"(continue with: portablenn train --resume {path} --epochs {opts['epochs']})", file=sys.stderr)
+            return 128 + (stop["signum"] or signal.SIGTERM)
         except DivergenceError as exc:
             kept = (f"; the last good checkpoint is {last_saved[0][0]} (epoch {last_saved[0][1]})"
                     if last_saved[0] else "; nothing was saved")
-            print(f"portablenn: error: {exc}{kept}", file=sys.stderr)
+            if root:
+                print(f"portablenn: error: {exc}{kept}", file=sys.stderr)
             return 1
+    if not root:
+        return 0
     print(f"trained in {time.perf_counter() - began:.2f} s")
     for name in ["train"] + evals:
         loss, err = evaluate(model, *splits[name], l2=opts["l2"])
@@ -520,8 +559,22 @@ def main(argv=None):
     if args.command is None:
         parser.print_help()
         return 2
+    code = _run(args)
+    if code and getattr(args, "distributed", False):
+        from . import distributed
+
+        distributed.failed(code)  # exits without MPI_Finalize, which hangs when a peer has died
+    return code
+
+
+def _run(args):
+    from .distributed import CommunicationError  # does not import mpi4py
+
     try:
         return COMMANDS[args.command](args)
+    except CommunicationError as exc:
+        print(f"portablenn: error: {_one_line(exc)}", file=sys.stderr)
+        return 1
     except (CLIError, backend.DeviceError, InputError, DatasetError, ValueError, OSError) as exc:
         print(f"portablenn: error: {_one_line(exc)}", file=sys.stderr)
         return 2

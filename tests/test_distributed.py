@@ -354,3 +354,32 @@ def test_gpu_ranks_train_what_one_process_trains(mpiexec, tmp_path, kind):
             state, _ = read_rank(tmp_path, cfg["name"], rank)
             for key in state0:
                 np.testing.assert_array_equal(state[key], state0[key])
+
+
+# -- the command line: mpiexec -n K portablenn train --distributed ------------------------------------------
+def test_cli_distributed_prints_once_saves_once_and_matches_one_process(mpiexec, tmp_path):
+    """Rank 0 alone prints and writes; the weights equal a single-process run of the same global batch."""
+    common = ["train", "--dataset", "lines", "--epochs", "20", "--batch-size", "6", "--dtype", "float64", "--quiet"]
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent), "PORTABLENN_DISABLE_CUDA": "1"}
+    single = subprocess.run([sys.executable, "-m", "portablenn", *common, "--save", str(tmp_path / "one.safetensors")],
+                            capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert single.returncode == 0, single.stderr
+    multi = subprocess.run([*mpiexec, "-n", "3", sys.executable, "-m", "portablenn", *common, "--distributed",
+                            "--save", str(tmp_path / "three.safetensors"), "--log", str(tmp_path / "log.jsonl")],
+                           capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert multi.returncode == 0, multi.stdout + multi.stderr
+    assert multi.stdout.count("| Epoch |") == 1 and "x 3 MPI ranks" in multi.stdout
+    assert len((tmp_path / "log.jsonl").read_text().splitlines()) == 20
+    from safetensors.numpy import load_file
+
+    one, three = load_file(str(tmp_path / "one.safetensors")), load_file(str(tmp_path / "three.safetensors"))
+    weights = [k for k in one if not k.startswith("optim.")]
+    scale = max(float(np.abs(one[k]).max()) for k in weights)
+    for key in weights:
+        np.testing.assert_allclose(three[key], one[key], rtol=0, atol=1e-12 * scale, err_msg=key)
+
+
+def test_cli_comm_without_distributed_is_an_error(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "portablenn", "train", "--comm", "mpi"], capture_output=True,
+                            text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 2 and "--comm needs --distributed" in result.stderr
