@@ -1,15 +1,15 @@
 """portablenn: a small, fast MLP trainer written once against the Python Array API (NumPy, CuPy, ...)."""
 from .backend import Device, DeviceError, device
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, load, save
 from .layers import Linear, Module, ReLU, Sequential, Sigmoid, Tanh
 from .losses import l2_penalty, softmax_cross_entropy, softmax_cross_entropy_grad
 from .models import mlp
 from .optim import SGD, Adam
-from .train import History, evaluate, fit, predict, predict_proba
+from .train import DivergenceError, History, evaluate, fit, predict, predict_proba
 from .validation import InputError
 
 __version__ = "0.1.0"
 
-__all__ = ["Adam", "CheckpointError", "Device", "DeviceError", "History", "InputError", "Linear", "Module", "ReLU",
-           "SGD", "Sequential", "Sigmoid", "Tanh", "device", "evaluate", "fit", "l2_penalty", "mlp", "predict",
-           "predict_proba", "softmax_cross_entropy", "softmax_cross_entropy_grad"]
+__all__ = ["Adam", "CheckpointError", "Device", "DeviceError", "DivergenceError", "History", "InputError", "Linear", "Module", "ReLU",
+           "SGD", "Sequential", "Sigmoid", "Tanh", "device", "evaluate", "fit", "l2_penalty", "load", "mlp", "predict",
+           "predict_proba", "save", "softmax_cross_entropy", "softmax_cross_entropy_grad"]

@@ -116,6 +116,11 @@ class Sequential(Module):
 
     def __init__(self, *layers):
         self.layers = list(layers[0]) if len(layers) == 1 and isinstance(layers[0], (list, tuple)) else list(layers)
+        linears = [(i, l) for i, l in enumerate(self.layers) if isinstance(l, Linear)]
+        for (i, a), (j, b) in zip(linears, linears[1:]):
+            if a.out_features != b.in_features:
+                raise ValueError(f"layer sizes do not chain: layer {i} gives {a.out_features} features "
+                                 f"but layer {j} expects {b.in_features}")
         self.dtype = next((str(p.dtype) for l in self.layers for p in l.params.values()), "float32")
         super().__init__()
 

@@ -232,3 +232,16 @@ def test_bad_files_through_the_cli(tmp_path):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("portablenn: error:"), (args, result.stderr)
         assert word in lines[0], (args, lines[0])
+
+
+def test_layer_sizes_that_do_not_chain():
+    with pytest.raises(ValueError, match="layer 0 gives 3 features but layer 2 expects 4"):
+        pn.Sequential(pn.Linear(2, 3), pn.ReLU(), pn.Linear(4, 5))
+
+
+def test_top_level_save_and_load_round_trip(tmp_path):
+    model = pn.mlp([4, 5, 3], seed=3)
+    pn.save(model, tmp_path / "m.safetensors")
+    again = pn.load(tmp_path / "m.safetensors", device="array_api_strict:device1")
+    x = np.random.default_rng(0).standard_normal((7, 4)).astype(np.float32)
+    np.testing.assert_array_equal(pn.predict_proba(again, x), pn.predict_proba(model, x))
