@@ -165,11 +165,11 @@ def _make_kernels(dev, fast):
     from . import kernels
 
     if fast and dev.library == "numpy":
-        from .kernels_numpy import NumpyKernels
+        from .backend_numpy import NumpyKernels
 
         return NumpyKernels(dev.xp)
     if fast and dev.library == "cupy":
-        from .kernels_cupy import CupyKernels
+        from .backend_cupy import CupyKernels
 
         return CupyKernels(dev.xp)
     return kernels.Kernels(dev.xp)

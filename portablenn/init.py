@@ -1,7 +1,7 @@
 """Host-side initialisers: seeded NumPy draws, sent to the device afterwards so every backend starts alike."""
 import numpy as np
 
-__all__ = ["INITS", "initial_weight"]
+__all__ = ["INITS", "initial_weight", "linear_params"]
 
 
 def he(rng, fan_in, fan_out):
@@ -50,3 +50,15 @@ def initial_weight(init, rng, fan_in, fan_out):
     if w.shape != (fan_in, fan_out):
         raise ValueError(f"init {init!r} returned shape {w.shape}, expected {(fan_in, fan_out)}")
     return w
+
+
+def linear_params(fan_in, fan_out, bias, init, rng, dtype):
+    """Host arrays ``{"weight": (fan_in, fan_out), "bias": (fan_out,) zeros}`` for a Linear layer.
+
+    ``rng`` is a NumPy Generator shared across layers (as ``mlp`` does) or a seed (None means 0).
+    """
+    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng or 0)
+    params = {"weight": initial_weight(init, rng, fan_in, fan_out).astype(dtype)}
+    if bias:
+        params["bias"] = np.zeros(fan_out, dtype=dtype)
+    return params

@@ -5,7 +5,7 @@ class Kernels:
     """The hot-path operations, written once against the Array API standard.
 
     Layers, the loss and the optimizers call these instead of composing ``xp`` calls themselves, so
-    a backend can replace one with a faster twin (``kernels_numpy``, ``kernels_cupy``) without
+    a backend can replace one with a faster twin (``backend_numpy``, ``backend_cupy``) without
     touching the model code. Every method here is the definition of what its twin computes.
     ``out`` arguments are buffers a twin *may* write into; the generic version ignores them.
     """

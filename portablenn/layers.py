@@ -1,8 +1,6 @@
 """Layers with hand-written backward passes: Linear, ReLU, Sigmoid, Tanh and the Sequential container."""
-import numpy as np
-
 from . import backend
-from .init import initial_weight
+from .init import linear_params
 
 __all__ = ["Module", "Linear", "ReLU", "Sigmoid", "Tanh", "Sequential"]
 
@@ -52,10 +50,7 @@ class Linear(Module):
     def __init__(self, in_features, out_features, bias=True, *, init="he", rng=None, dtype="float32"):
         super().__init__()
         self.in_features, self.out_features = int(in_features), int(out_features)
-        rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng or 0)
-        self.params["weight"] = initial_weight(init, rng, self.in_features, self.out_features).astype(dtype)
-        if bias:
-            self.params["bias"] = np.zeros(self.out_features, dtype=dtype)
+        self.params.update(linear_params(self.in_features, self.out_features, bias, init, rng, dtype))
 
     def forward(self, x):  # (batch, in) -> (batch, out)
         self._x = x  # cached for backward
@@ -182,7 +177,7 @@ class Sequential(Module):
 
     def state_dict(self):
         """Host NumPy copies of every parameter, keyed ``"0.weight"``, ``"0.bias"``, ``"2.weight"``, ..."""
-        return {key: np.array(self.device.to_numpy(layer.params[name]), copy=True)
+        return {key: self.device.to_numpy(layer.params[name]).copy()
                 for key, layer, name in self.named_parameters()}
 
     def load_state_dict(self, state):
@@ -199,7 +194,7 @@ class Sequential(Module):
             raise ValueError(f"state dict does not match the model: missing {missing}, unexpected {unexpected}")
         new = {}
         for key, (layer, name) in expected.items():
-            value = np.asarray(backend._host(state[key]))
+            value = backend._host(state[key])
             shape = tuple(layer.params[name].shape)
             if name == "bias" and value.shape == (1,) + shape:
                 value = value.reshape(shape)
@@ -207,6 +202,6 @@ class Sequential(Module):
                 raise ValueError(f"state dict entry {key!r} has shape {value.shape}, the model expects {shape}")
             new[key] = value
         for key, (layer, name) in expected.items():  # a copy: training updates parameters in place
-            layer.params[name] = self.device.asarray(np.array(new[key], dtype=self.dtype, copy=True))
+            layer.params[name] = self.device.asarray(new[key].astype(self.dtype, copy=True))
             layer.grads = {}
         return self

@@ -6,7 +6,7 @@ from array_api_compat import array_namespace
 import portablenn as pn
 from portablenn import backend
 from portablenn.kernels import Kernels
-from portablenn.kernels_numpy import NumpyKernels
+from portablenn.backend_numpy import NumpyKernels
 
 from _support import classification_data
 
