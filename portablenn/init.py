@@ -1,7 +1,7 @@
 """Host-side initialisers: seeded NumPy draws, sent to the device afterwards so every backend starts alike."""
 import numpy as np
 
-__all__ = ["INITS", "initial_weight", "linear_params"]
+__all__ = ["INITS", "generator", "initial_weight", "linear_params"]
 
 
 def he(rng, fan_in, fan_out):
@@ -57,8 +57,13 @@ def linear_params(fan_in, fan_out, bias, init, rng, dtype):
 
     ``rng`` is a NumPy Generator shared across layers (as ``mlp`` does) or a seed (None means 0).
     """
-    rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng or 0)
+    rng = rng if isinstance(rng, np.random.Generator) else generator(rng or 0)
     params = {"weight": initial_weight(init, rng, fan_in, fan_out).astype(dtype)}
     if bias:
         params["bias"] = np.zeros(fan_out, dtype=dtype)
     return params
+
+
+def generator(seed):
+    """The host random source every initialiser draws from: ``numpy.random.default_rng(seed)``."""
+    return np.random.default_rng(seed)

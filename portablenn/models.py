@@ -1,6 +1,7 @@
 """Model builders: ``mlp(sizes)`` -> Sequential of Linear layers with an activation between them."""
-import numpy as np
+import numbers
 
+from .init import generator
 from .layers import Linear, ReLU, Sequential, Sigmoid, Tanh
 
 __all__ = ["ACTIVATIONS", "mlp"]
@@ -30,7 +31,7 @@ def mlp(sizes, activation="relu", bias=True, init="auto", seed=0, dtype="float32
     """
     sizes = list(sizes) if not isinstance(sizes, (str, bytes)) else sizes
     if (not isinstance(sizes, list) or len(sizes) < 2
-            or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s >= 1 for s in sizes)):
+            or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 1 for s in sizes)):
         raise ValueError(f"sizes must be a list of at least two positive integers "
                          f"[in_features, ..., classes], got {sizes!r}")
     if activation not in ACTIVATIONS:
@@ -39,7 +40,7 @@ def mlp(sizes, activation="relu", bias=True, init="auto", seed=0, dtype="float32
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     if init == "auto":
         init = _AUTO_INIT[activation]
-    rng = np.random.default_rng(seed)
+    rng = generator(seed)
     layers = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         if i:
