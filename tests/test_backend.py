@@ -1,12 +1,14 @@
 """Device resolution, errors, host transfers and the fast/generic kernel choice."""
+import sys
+
 import numpy as np
 import pytest
 from array_api_compat import array_namespace
 
 import portablenn as pn
 from portablenn import backend
-from portablenn.kernels import Kernels
 from portablenn.backend_numpy import NumpyKernels
+from portablenn.kernels import Kernels
 
 from _support import classification_data
 
@@ -295,3 +297,27 @@ def test_no_x64_is_refused_with_the_reason():
     """array-api-strict 2.6's argmax returns int64 on no_x64, which that device refuses: not offered."""
     with pytest.raises(pn.DeviceError, match="unknown array_api_strict device 'no_x64'"):
         pn.device("array_api_strict:no_x64")
+
+
+@pytest.mark.parametrize("behaviour", ["unavailable", "raises", "broken import"])
+def test_cupy_installed_without_a_usable_gpu(monkeypatch, behaviour):
+    """CuPy imports but has no driver/GPU (or is broken): auto falls back to NumPy, cuda is a DeviceError."""
+    import types
+
+    fake = types.ModuleType("cupy")
+    if behaviour == "unavailable":
+        fake.is_available = lambda: False
+    elif behaviour == "raises":
+        def is_available():
+            raise RuntimeError("CUDA driver version is insufficient for CUDA runtime version")
+        fake.is_available = is_available
+    else:
+        def __getattr__(name):
+            raise ImportError("libcudart.so.12: cannot open shared object file")
+        fake.__getattr__ = __getattr__
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    monkeypatch.delenv("PORTABLENN_DISABLE_CUDA", raising=False)
+    assert pn.device("auto").name == "numpy"
+    with pytest.raises(pn.DeviceError) as info:
+        pn.device("cuda:0")
+    assert "cannot use cuda:0" in str(info.value) and "\n" not in str(info.value)
