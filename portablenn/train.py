@@ -17,7 +17,9 @@ class History:
 
     ``history["loss"]`` is the list of one field over the epochs, as Keras' ``History.history``.
     ``loss``/``error`` are means over the epoch's minibatches as they were trained (the running
-    average Keras reports); ``val_*`` are measured on the validation set after the epoch.
+    average Keras reports); ``val_*`` are measured on the validation set after the epoch;
+    ``seconds`` is wall-clock time up to the next epoch's start, the last epoch of each metrics read
+    up to the read itself (which waits for the device), so GPU time is never under-counted.
     """
 
     def __init__(self):
@@ -167,7 +169,7 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
                 metrics = [xp.sum(step_losses) / data.n, wrong / data.n]
                 if val is not None:
                     metrics += list(_sums(model, val, l2))
-            pending.append((epoch, xp.stack(metrics), time.perf_counter() - began, step_losses))
+            pending.append((epoch, xp.stack(metrics), began, step_losses))
             if epoch % log_every == 0 or epoch == epochs:
                 _flush(dev, pending, history, callback, optimizer)
     return history
@@ -184,8 +186,11 @@ class DivergenceError(ArithmeticError):
 def _flush(dev, pending, history, callback, optimizer):
     """Read the pending epochs' metrics in one device->host transfer, check them, and record them."""
     xp = dev.xp
-    values = dev.to_numpy(xp.stack([m for _, m, _, _ in pending])).astype(float)
-    for (epoch, _, seconds, step_losses), row in zip(pending, values):
+    values = dev.to_numpy(xp.stack([m for _, m, _, _ in pending])).astype(float)  # waits for the device
+    # an epoch lasts until the next began, the last until now (after the sync): the block's total is exact
+    ends = [began for _, _, began, _ in pending[1:]] + [time.perf_counter()]
+    for (epoch, _, began, step_losses), row, end in zip(pending, values, ends):
+        seconds = end - began
         if not np.isfinite(row[0]):
             losses = dev.to_numpy(step_losses)
             step = int(np.argmax(~np.isfinite(losses))) + 1
