@@ -1,7 +1,14 @@
 """Softmax cross-entropy (mean over the batch) with its gradient, and the L2 penalty, in any Array API namespace."""
 from array_api_compat import array_namespace
 
-__all__ = ["softmax_cross_entropy", "softmax_cross_entropy_grad", "l2_penalty", "one_hot"]
+__all__ = ["softmax", "softmax_cross_entropy", "softmax_cross_entropy_grad", "l2_penalty", "one_hot"]
+
+
+def softmax(logits):
+    """``(batch, classes)`` logits -> probabilities, shifted by each row's maximum (no overflow)."""
+    xp = array_namespace(logits)
+    exp = xp.exp(logits - xp.max(logits, axis=1, keepdims=True))
+    return exp / xp.sum(exp, axis=1, keepdims=True)
 
 
 def one_hot(labels, num_classes, dtype):
@@ -32,11 +39,7 @@ def softmax_cross_entropy(logits, labels):
 
 def softmax_cross_entropy_grad(logits, labels):
     """Gradient of ``softmax_cross_entropy``: ``(softmax(logits) - onehot) / batch``, shape (batch, classes)."""
-    xp = array_namespace(logits, labels)
-    shifted = logits - xp.max(logits, axis=1, keepdims=True)
-    exp = xp.exp(shifted)
-    probs = exp / xp.sum(exp, axis=1, keepdims=True)
-    return (probs - one_hot(labels, logits.shape[1], logits.dtype)) / logits.shape[0]
+    return (softmax(logits) - one_hot(labels, logits.shape[1], logits.dtype)) / logits.shape[0]
 
 
 def l2_penalty(model, l2):

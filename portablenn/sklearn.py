@@ -17,6 +17,7 @@ except ImportError as exc:
                       ) from exc
 
 from . import backend
+from .losses import softmax
 from .models import mlp
 from .optim import SGD, Adam
 from .train import fit
@@ -176,9 +177,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
             NumPy for NumPy input, else in ``X``'s namespace on ``X``'s device; columns follow
             ``classes_``.
         """
-        dev, xp, logits, host = self._logits(X)
-        exp = xp.exp(logits - xp.max(logits, axis=1, keepdims=True))
-        proba = exp / xp.sum(exp, axis=1, keepdims=True)
+        dev, _, logits, host = self._logits(X)
+        proba = softmax(logits)
         return dev.to_numpy(proba) if host else proba
 
     def predict(self, X):

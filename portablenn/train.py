@@ -4,7 +4,7 @@ import time
 import numpy as np
 
 from . import backend
-from .losses import l2_penalty
+from .losses import l2_penalty, softmax
 from .validation import InputError, check_batch_size, check_epochs, check_features, check_l2, check_labels
 
 __all__ = ["DivergenceError", "History", "fit", "evaluate", "predict", "predict_proba"]
@@ -266,7 +266,4 @@ def predict(model, X, *, device=None):
 
 def predict_proba(model, X, *, device=None):
     """Softmax probabilities ``(n_samples, classes)`` as a host NumPy array."""
-    def softmax(xp, logits):
-        exp = xp.exp(logits - xp.max(logits, axis=1, keepdims=True))
-        return exp / xp.sum(exp, axis=1, keepdims=True)
-    return _forward_all(model, X, device, softmax)
+    return _forward_all(model, X, device, lambda xp, logits: softmax(logits))
