@@ -692,37 +692,13 @@ class DataParallel:
                 layer.grads[name] = view
 
     # -- per epoch -----------------------------------------------------------------------------------
-    def epoch_metrics(self, step_losses, wrong, val, n):
-        """One allreduce of ``[per-step loss sums..., wrong, val loss sum, val wrong]``.
+    def epoch_metrics(self, row):
+        """Sum an epoch's metrics row over the ranks (``fit``'s ``[L2 term, wrong, validation loss and
+        wrong, per-step loss sums...]``) in one allreduce; the L2 term, the same on every rank, stays."""
+        from .train import _WRONG
 
-        Returns ``(metrics, step_losses)`` as ``fit`` records them for one process: mean loss, error
-        rate (and validation loss with the L2 term, validation error), and the global per-step loss
-        sums (for DivergenceError).
-        """
-        from .losses import l2_penalty
-        from .train import _totals
-
-        dev, xp, dtype = self.dev, self.dev.xp, self.dev.dtype(self.model.dtype)
-        parts = [wrong]
-        if val is not None:
-            parts += list(_totals(self.model, val))
-        scalars = xp.stack([self._as_array(p, dtype) for p in parts])
-        vector = xp.concat([step_losses, scalars])
-        vector = self.comm.allreduce_(vector, dev, what="metrics allreduce")
+        part = row[_WRONG:]
+        reduced = self.comm.allreduce_(part, self.dev, what="metrics allreduce")
         self.comm.drain("metrics allreduce")
-        steps = step_losses.shape[0]
-        step_losses = vector[:steps]
-        metrics = [xp.sum(step_losses) / n, vector[steps] / n]
-        if val is not None:
-            loss = vector[steps + 1] / self.val_n
-            if self.l2:
-                loss = loss + l2_penalty(self.model, self.l2)
-            metrics += [loss, vector[steps + 2] / self.val_n]
-        return metrics, step_losses
-
-    def _as_array(self, value, dtype):
-        xp = self.dev.xp
-        if hasattr(value, "shape") and type(value).__module__.split(".")[0] == self.dev.library:
-            return xp.astype(xp.reshape(value, ()), dtype) if value.dtype != dtype else xp.reshape(value, ())
-        with self.dev.activate():
-            return xp.asarray(float(value), dtype=dtype, device=self.dev.native)
+        if reduced is not part:  # libraries reduced through a host copy give a new array
+            row[_WRONG:] = reduced

@@ -42,11 +42,19 @@ def softmax_cross_entropy_grad(logits, labels):
     return (softmax(logits) - one_hot(labels, logits.shape[1], logits.dtype)) / logits.shape[0]
 
 
-def l2_penalty(model, l2):
-    """``0.5 * l2 * sum(W ** 2)`` over the model's weight matrices (not biases), as a 0-d array."""
+def l2_penalty(model, l2, weights=None):
+    """``0.5 * l2 * sum(W ** 2)`` over the model's weight matrices (not biases), as a 0-d array.
+
+    ``weights`` is ``weight_matrices(model)`` where the caller has listed them already (the
+    training loop does so once per fit instead of once per step).
+    """
     total = None
-    for _, layer, name in model.named_parameters():
-        if name == "weight":
-            term = layer.kernels.sq_sum(layer.params[name])
-            total = term if total is None else total + term
+    for kernels, weight in weight_matrices(model) if weights is None else weights:
+        term = kernels.sq_sum(weight)
+        total = term if total is None else total + term
     return 0.5 * l2 * total
+
+
+def weight_matrices(model):
+    """``[(kernels, weight), ...]`` for every layer with a weight matrix, in layer order."""
+    return [(layer.kernels, layer.params[name]) for _, layer, name in model.named_parameters() if name == "weight"]

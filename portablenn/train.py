@@ -4,7 +4,7 @@ import time
 import numpy as np
 
 from . import backend
-from .losses import l2_penalty, softmax
+from .losses import l2_penalty, softmax, weight_matrices
 from .validation import InputError, check_batch_size, check_epochs, check_features, check_l2, check_labels
 
 __all__ = ["DivergenceError", "History", "fit", "evaluate", "predict", "predict_proba"]
@@ -123,7 +123,7 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
     val = _DeviceData(dev, validation[0], validation[1], model, "validation X") if validation else None
     batch = check_batch_size(batch_size, data.n)
     optimizer.bind(model, l2)
-    xp, kernels, fused = dev.xp, dev.kernels, optimizer.in_backward
+    kernels, fused = dev.kernels, optimizer.in_backward
     dist = None
     if comm is not None:  # -- distributed hook 1: set up data parallelism (portablenn/distributed.py)
         from .distributed import DataParallel
@@ -131,26 +131,30 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
             epochs=epochs, initial_epoch=initial_epoch, batch_size=batch, shuffle=bool(shuffle), seed=seed, l2=l2))
         fused = False  # gradients must be materialised to be summed over the ranks
     starts = range(0, data.n, batch)
-    history, pending = History(), []
+    steps = len(starts)
+    weights = weight_matrices(model) if l2 else None
+    history, pending, block = History(), [], None
     with dev.activate():
         for epoch in range(initial_epoch + 1, epochs + 1):
             began = time.perf_counter()
+            if not pending:  # a block of metric rows, read back in one transfer by _flush
+                block = dev.zeros((min(log_every, epochs - epoch + 1), _LOSSES + steps), model.dtype)
+            row = block[len(pending), :]
+            step_losses = row[_LOSSES:]  # per-step loss sums: the epoch's loss, and where it diverged
             order = None
             if shuffle and batch < data.n:
                 order = dev.asarray(np.random.default_rng([seed, epoch]).permutation(data.n), dtype=dev.index_dtype)
-            step_losses = dev.zeros(len(starts), model.dtype)  # per-step loss sums, read only on divergence
             wrong = 0.0
             for step, start in enumerate(starts):
                 stop = min(start + batch, data.n)
                 # -- distributed hook 2: this rank's slice of the global minibatch, scaled by its global rows
                 lo, hi = (start, stop) if dist is None else dist.shard(start, stop)
                 xb, yb, onehot = data.rows(lo, hi, order)
-                rows = xb.shape[0]
                 logits = model.forward(xb)
                 grad, step_loss, step_wrong = kernels.softmax_xent(logits, onehot, yb,
                                                                    optimizer.grad_scale / (stop - start))
                 if l2:
-                    step_loss = step_loss + rows * l2_penalty(model, l2)
+                    step_loss = step_loss + (hi - lo) * l2_penalty(model, l2, weights)
                 if fused:
                     model.backward(grad, input_grad=False, optimizer=optimizer)
                     optimizer.steps += 1
@@ -162,17 +166,25 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
                 step_losses[step] = step_loss
                 wrong = wrong + step_wrong
                 if on_step is not None:
-                    on_step(epoch, step + 1, len(starts))
+                    on_step(epoch, step + 1, steps)
+            row[_WRONG] = wrong
+            if val is not None:
+                row[_VAL_LOSS], row[_VAL_WRONG] = _totals(model, val)
+                if l2:
+                    row[_L2] = l2_penalty(model, l2, weights)
             if dist is not None:  # -- distributed hook 4: one small allreduce of the epoch's sums
-                metrics, step_losses = dist.epoch_metrics(step_losses, wrong, val, data.n)
-            else:
-                metrics = [xp.sum(step_losses) / data.n, wrong / data.n]
-                if val is not None:
-                    metrics += list(_sums(model, val, l2))
-            pending.append((epoch, xp.stack(metrics), began, step_losses))
+                dist.epoch_metrics(row)
+            pending.append((epoch, began))
             if epoch % log_every == 0 or epoch == epochs:
-                _flush(dev, pending, history, callback, optimizer)
+                _flush(dev, block, pending, history, callback, optimizer, data.n,
+                       None if val is None else dist.val_n if dist is not None else val.n)
     return history
+
+
+# An epoch's metrics row, all sums (the host divides): the L2 term at the epoch's end (the same on every
+# rank), then what data-parallel ranks add up: wrong predictions, validation loss and wrong predictions,
+# and the loss sum of every step (which also says where a diverging loss first went bad).
+_L2, _WRONG, _VAL_LOSS, _VAL_WRONG, _LOSSES = 0, 1, 2, 3, 4
 
 
 class DivergenceError(ArithmeticError):
@@ -183,25 +195,23 @@ class DivergenceError(ArithmeticError):
         self.epoch, self.step = epoch, step
 
 
-def _flush(dev, pending, history, callback, optimizer):
-    """Read the pending epochs' metrics in one device->host transfer, check them, and record them."""
-    xp = dev.xp
-    values = dev.to_numpy(xp.stack([m for _, m, _, _ in pending])).astype(float)  # waits for the device
+def _flush(dev, block, pending, history, callback, optimizer, n, val_n):
+    """Read the pending epochs' metric rows in one device->host transfer, check them, and record them."""
+    values = dev.to_numpy(block[:len(pending), :]).astype(np.float64)  # waits for the device
     # an epoch lasts until the next began, the last until now (after the sync): the block's total is exact
-    ends = [began for _, _, began, _ in pending[1:]] + [time.perf_counter()]
-    for (epoch, _, began, step_losses), row, end in zip(pending, values, ends):
-        seconds = end - began
-        if not np.isfinite(row[0]):
-            losses = dev.to_numpy(step_losses)
+    ends = [began for _, began in pending[1:]] + [time.perf_counter()]
+    for (epoch, began), row, end in zip(pending, values, ends):
+        losses = row[_LOSSES:]
+        if not np.all(np.isfinite(losses)):
             step = int(np.argmax(~np.isfinite(losses))) + 1
             pending.clear()
             raise DivergenceError(f"the training loss became {losses[step - 1]} at epoch {epoch}, step {step} of "
                                   f"{losses.shape[0]}: the learning rate ({optimizer.lr:g}) is probably too high",
                                   epoch, step)
-        record = {"epoch": epoch, "loss": row[0], "error": row[1], "seconds": seconds}
-        if row.shape[0] > 2:
-            record.update(val_loss=row[2], val_error=row[3])
-        record = {k: (float(v) if k != "epoch" else v) for k, v in record.items()}
+        record = {"epoch": epoch, "loss": float(losses.sum() / n), "error": float(row[_WRONG] / n),
+                  "seconds": end - began}
+        if val_n is not None:
+            record.update(val_loss=float(row[_VAL_LOSS] / val_n + row[_L2]), val_error=float(row[_VAL_WRONG] / val_n))
         history.records.append(record)
         if callback is not None:
             callback(record)

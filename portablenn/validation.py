@@ -30,11 +30,17 @@ def check_features(X, in_features=None, name="X"):
     if in_features is not None and X.shape[1] != in_features:
         raise InputError(f"{name} has {X.shape[1]} features per sample, the model expects {in_features}")
     # a finite sum proves every value finite (NaN and inf propagate); only an overflowing sum needs the full check
-    if xp.isdtype(X.dtype, "real floating") and not _finite(_host(xp.sum(X))):
+    if xp.isdtype(X.dtype, "real floating") and not _finite(_host(_sum(xp, X))):
         bad = int(_host(xp.sum(xp.astype(~xp.isfinite(X), xp.int32))))
         if bad:
             raise InputError(f"{name} contains {bad} NaN or infinite value(s)")
     return X.shape[0]
+
+
+def _sum(xp, X):
+    if isinstance(X, np.ndarray):  # as row sums by BLAS gemv: all cores at memory speed, ~2x np.sum
+        return np.sum(X @ np.ones(X.shape[1], X.dtype))
+    return xp.sum(X)
 
 
 def _finite(value):
