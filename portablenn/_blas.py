@@ -1,7 +1,7 @@
-"""In-place GEMM ``c += alpha * (a @ b)`` through the BLAS that NumPy already loaded (ctypes), where found.
+"""In-place GEMM ``c = beta * c + alpha * (a @ b)`` through the BLAS NumPy already loaded (ctypes), where found.
 
-NumPy has no ``beta`` argument, so ``W -= x.T @ g`` costs a GEMM into a temporary plus a pass over
-``W``. BLAS does both in one call. This module finds NumPy's own BLAS (OpenBLAS in the PyPI wheels,
+NumPy has no ``beta`` argument, so ``W = (1 - decay) W - x.T @ g`` costs a GEMM into a temporary plus
+passes over ``W``. BLAS does it all in one call. This module finds NumPy's own BLAS (OpenBLAS in the PyPI wheels,
 so its threads are the ones NumPy already uses) and exposes ``gemm_update``; where no BLAS is
 found, or the arrays' layout does not fit, ``gemm_update`` returns False and the caller falls back.
 """
@@ -86,8 +86,8 @@ def _address(a, trans):
     return a.__array_interface__["data"][0]
 
 
-def gemm_update(c, a, b, alpha):
-    """In place ``c += alpha * (a @ b)`` for 2-D float32/float64 arrays; False if it could not run."""
+def gemm_update(c, a, b, alpha, beta=1.0):
+    """In place ``c = beta * c + alpha * (a @ b)`` for 2-D float32/float64 arrays; False if it could not run."""
     gemm = _GEMM.get(c.dtype) if _GEMM else None
     if gemm is None or a.dtype != c.dtype or b.dtype != c.dtype or c.ndim != 2 or a.ndim != 2 or b.ndim != 2:
         return False
@@ -99,5 +99,5 @@ def gemm_update(c, a, b, alpha):
     if op_a is None or op_b is None:
         return False
     gemm(_ROW_MAJOR, op_a[0], op_b[0], m, n, k, alpha, _address(a, op_a[0]), op_a[1],
-         _address(b, op_b[0]), op_b[1], 1.0, _addressof(_from_buffer(c)), n)
+         _address(b, op_b[0]), op_b[1], beta, _addressof(_from_buffer(c)), n)
     return True

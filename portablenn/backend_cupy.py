@@ -46,12 +46,12 @@ class CupyKernels(Kernels):
             return a @ b
         return cupy.matmul(a, b, out=out)
 
-    def matmul_update_(self, c, a, b, alpha):
-        # c = alpha * a @ b + 1 * c in one cuBLAS call
+    def matmul_update_(self, c, a, b, alpha, beta=1.0):
+        # c = alpha * a @ b + beta * c in one cuBLAS call
         if c.flags.c_contiguous and a.dtype == b.dtype == c.dtype and c.dtype.char in "fd":
-            cublas.gemm("N", "N", a, b, out=c, alpha=alpha, beta=1.0)
+            cublas.gemm("N", "N", a, b, out=c, alpha=alpha, beta=beta)
         else:
-            super().matmul_update_(c, a, b, alpha)
+            super().matmul_update_(c, a, b, alpha, beta)
 
     def relu(self, x):
         return cupy.maximum(x, 0)

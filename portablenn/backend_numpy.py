@@ -35,10 +35,10 @@ class NumpyKernels(Kernels):
             y += bias
         return y
 
-    def matmul_update_(self, c, a, b, alpha):
-        # one BLAS call with beta=1 where NumPy's BLAS is reachable, else GEMM into a temporary
-        if not _blas.gemm_update(c, a, b, alpha):
-            super().matmul_update_(c, a, b, alpha)
+    def matmul_update_(self, c, a, b, alpha, beta=1.0):
+        # one BLAS call where NumPy's BLAS is reachable, else GEMM into a temporary
+        if not _blas.gemm_update(c, a, b, alpha, beta):
+            super().matmul_update_(c, a, b, alpha, beta)
 
     def sum_rows(self, g, out=None):
         # (batch, n) -> (n,) as a BLAS gemv: ones @ g

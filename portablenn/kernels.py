@@ -22,8 +22,10 @@ class Kernels:
         y = x @ weight
         return y if bias is None else y + bias
 
-    def matmul_update_(self, c, a, b, alpha):
-        """In place ``c += alpha * (a @ b)``: a weight update without a materialised gradient."""
+    def matmul_update_(self, c, a, b, alpha, beta=1.0):
+        """In place ``c = beta * c + alpha * (a @ b)``: a weight update (with its decay) and no gradient array."""
+        if beta != 1.0:
+            c *= beta
         if alpha == -1.0:
             c -= a @ b
         else:

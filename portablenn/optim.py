@@ -89,9 +89,7 @@ class SGD(Optimizer):
     def update_linear(self, layer, x, grad_output):
         """Plain SGD inside backward: ``W = W (1 - lr l2) - x.T @ grad_output``, ``b -= sum(grad_output)``."""
         k, weight = layer.kernels, layer.params["weight"]
-        if self.l2:
-            weight *= 1.0 - self.lr * self.l2
-        k.matmul_update_(weight, x.T, grad_output, -1.0)
+        k.matmul_update_(weight, x.T, grad_output, -1.0, 1.0 - self.lr * self.l2)  # the decay as GEMM's beta
         if "bias" in layer.params:
             k.sgd_(layer.params["bias"], k.sum_rows(grad_output), 0.0)
 

@@ -42,8 +42,9 @@ def test_gemm_update_matches_numpy(dtype, layout_a, layout_b, shape):
     rng = np.random.default_rng(0)
     a, b = _operand(rng, (m, k), dtype, layout_a), _operand(rng, (k, n), dtype, layout_b)
     c = rng.standard_normal((m, n)).astype(dtype)
-    expected = c + dtype(-0.5) * (a.astype(np.float64) @ b.astype(np.float64)).astype(dtype)
-    assert blas.gemm_update(c, a, b, -0.5)
+    beta = 0.75 if n % 2 else 1.0  # a decayed update (W (1 - lr l2) - x.T @ g) and a plain one
+    expected = dtype(beta) * c + dtype(-0.5) * (a.astype(np.float64) @ b.astype(np.float64)).astype(dtype)
+    assert blas.gemm_update(c, a, b, -0.5, beta)
     np.testing.assert_allclose(c, expected, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-6)
 
 
