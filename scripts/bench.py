@@ -6,7 +6,8 @@ Workloads (float32 MNIST epoch of the CMU 10-714 setup; float64 CS231n spiral fu
   - the same loop through array-api-compat, PyTorch eager (manual gradients and autograd) when installed
   - on a GPU: a hand-written CuPy loop and PyTorch CUDA eager
   - the five GEMMs alone and the FLOP limit at the measured large-GEMM peak
-Prints a table of min/median times and ratios, and writes JSON (``--json``).
+Prints a table of min/median times and ratios (of the minima, and the median of per-round ratios), and
+writes JSON (``--json``).
 
     python scripts/bench.py                 # everything available here
     python scripts/bench.py --quick         # fewer repetitions
@@ -247,33 +248,40 @@ def memory(spec):
 
 
 def interleave(variants, repeat):
-    """Run every variant ``repeat`` times, round-robin; returns {name: [seconds, ...]}."""
+    """Run every variant ``repeat`` times, round-robin (the order rotated each round so that no variant
+    always follows the same one); returns {name: [seconds of round 1, round 2, ...]}."""
     times = {name: [] for name in variants}
     for name, fn in variants.items():  # warm-up (imports, BLAS threads, GPU kernels, allocator)
         fn()
-    for _ in range(repeat):
-        for name, fn in variants.items():
+    names = list(variants)
+    for r in range(repeat):
+        for name in names[r % len(names):] + names[:r % len(names)]:
             t = time.perf_counter()
-            fn()
+            variants[name]()
             times[name].append(time.perf_counter() - t)
     return times
 
 
 def table(title, times, reference, unit=1e3, unit_name="ms", per=1):
-    base = min(times[reference])
-    print(f"\n{title}\n| variant | min {unit_name} | median {unit_name} | ratio (min) |\n|---|---:|---:|---:|")
+    """Min and median times, and two ratios to the reference: of the minima, and the median over rounds
+    of each round's ratio (a shared machine's speed drifts; runs of one round are seconds apart)."""
+    ref = times[reference]
+    print(f"\n{title}\n| variant | min {unit_name} | median {unit_name} | ratio (min) | ratio (paired median) |"
+          "\n|---|---:|---:|---:|---:|")
     rows = []
     for name, ts in times.items():
+        paired = statistics.median(t / r for t, r in zip(ts, ref)) if len(ts) == len(ref) else None
         row = {"variant": name, "min": min(ts) / per, "median": statistics.median(ts) / per,
-               "ratio": min(ts) / base}
+               "ratio": min(ts) / min(ref), "paired_ratio": paired}
         rows.append(row)
-        print(f"| {name} | {row['min'] * unit:.2f} | {row['median'] * unit:.2f} | {row['ratio']:.2f}x |")
+        shown = "" if paired is None else f"{paired:.2f}x"
+        print(f"| {name} | {row['min'] * unit:.2f} | {row['median'] * unit:.2f} | {row['ratio']:.2f}x | {shown} |")
     return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeat", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=11)
     parser.add_argument("--quick", action="store_true", help="3 repetitions")
     parser.add_argument("--spiral-steps", type=int, default=1000)
     parser.add_argument("--json", help="write the results here")

@@ -156,7 +156,13 @@ def test_fast_path_without_the_blas_update_gives_the_same_result(monkeypatch, dt
     blas = pytest.importorskip("portablenn._blas")
     if not hasattr(blas, "_GEMM"):
         pytest.skip("portablenn._blas has no _GEMM table to disable")
+    from portablenn.backend_numpy import NumpyKernels
+
     X, y, _, _ = _data(64)
+    calls = []
+    update = blas.gemm_update
+    monkeypatch.setattr(blas, "gemm_update", lambda *args: calls.append(args) or update(*args))
+    monkeypatch.setattr(NumpyKernels, "blas_update_min", 0)  # small weights take BLAS too, for the comparison
 
     def run():
         model = pn.mlp([6, 8, 3], dtype=dtype, seed=11)
@@ -164,6 +170,7 @@ def test_fast_path_without_the_blas_update_gives_the_same_result(monkeypatch, dt
         return model.state_dict(), history["loss"]
 
     with_blas = run()
+    assert len(calls) == 2 * 3 * 4  # two weights, three epochs of four steps: every update went through BLAS
     monkeypatch.setattr(blas, "_GEMM", {})
     assert not blas.available()
     without = run()
