@@ -95,6 +95,28 @@ def test_callback_receives_every_record_when_metrics_are_read(device, epochs, lo
     assert [r for _, _, r in calls] == history.records
 
 
+@pytest.mark.parametrize("log_every", [1, 2, 5])
+def test_divergence_names_the_epoch_and_step_where_the_loss_went_bad(device, log_every):
+    """Poisoning the weights after step 2 of epoch 3 makes step 3 the first non-finite loss; the
+    DivergenceError must say so whether that epoch's metrics are read at once or in a later block,
+    and the epochs before it must have reached the callback."""
+    X, y = classification_data(n=40, features=4)
+    model = _model().to(device)
+    weight = model.layers[0].params["weight"]
+    records = []
+
+    def poison(epoch, step, steps):
+        if (epoch, step) == (3, 2):
+            weight[...] = float("nan")
+
+    with pytest.raises(pn.train.DivergenceError) as error:
+        pn.fit(model, X, y, optimizer=pn.SGD(0.1), epochs=5, batch_size=10, shuffle=False, log_every=log_every,
+               on_step=poison, callback=records.append)
+    assert (error.value.epoch, error.value.step) == (3, 3)
+    assert "epoch 3, step 3 of 4" in str(error.value)
+    assert [r["epoch"] for r in records] == [1, 2]  # read in the same block or earlier, they were good
+
+
 def test_epochs_zero_returns_empty_history(device):
     X, y = classification_data(n=20, features=4)
     model = _model().to(device)
