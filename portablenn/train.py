@@ -197,25 +197,34 @@ class DivergenceError(ArithmeticError):
 
 
 def _flush(dev, block, pending, history, callback, optimizer, n, val_n):
-    """Read the pending epochs' metric rows in one device->host transfer, check them, and record them."""
+    """Read the pending epochs' metric rows in one device->host transfer, check them, and record them.
+
+    Vectorised over the rows: with full-batch training every step is an epoch, and a Python pass per
+    row would cost as much as a training step.
+    """
     values = dev.to_numpy(block[:len(pending), :]).astype(np.float64)  # waits for the device
     # an epoch lasts until the next began, the last until now (after the sync): the block's total is exact
-    ends = [began for _, began in pending[1:]] + [time.perf_counter()]
-    for (epoch, began), row, end in zip(pending, values, ends):
-        losses = row[_LOSSES:]
-        if not np.all(np.isfinite(losses)):
-            step = int(np.argmax(~np.isfinite(losses))) + 1
-            pending.clear()
-            raise DivergenceError(f"the training loss became {losses[step - 1]} at epoch {epoch}, step {step} of "
-                                  f"{losses.shape[0]}: the learning rate ({optimizer.lr:g}) is probably too high",
-                                  epoch, step)
-        record = {"epoch": epoch, "loss": float(losses.sum() / n), "error": float(row[_WRONG] / n),
-                  "seconds": end - began}
-        if val_n is not None:
-            record.update(val_loss=float(row[_VAL_LOSS] / val_n + row[_L2]), val_error=float(row[_VAL_WRONG] / val_n))
+    starts = [began for _, began in pending]
+    seconds = np.diff(starts + [time.perf_counter()]).tolist()
+    losses = values[:, _LOSSES:]
+    columns = {"loss": (losses.sum(axis=1) / n).tolist(), "error": (values[:, _WRONG] / n).tolist(), "seconds": seconds}
+    if val_n is not None:
+        columns.update(val_loss=(values[:, _VAL_LOSS] / val_n + values[:, _L2]).tolist(),
+                       val_error=(values[:, _VAL_WRONG] / val_n).tolist())
+    finite = np.isfinite(losses).all(axis=1)
+    good = len(pending) if finite.all() else int(np.argmin(finite))
+    for i in range(good):
+        record = {"epoch": pending[i][0], **{key: column[i] for key, column in columns.items()}}
         history.records.append(record)
         if callback is not None:
             callback(record)
+    if good < len(pending):
+        epoch, row = pending[good][0], losses[good]
+        step = int(np.argmin(np.isfinite(row))) + 1
+        pending.clear()
+        raise DivergenceError(f"the training loss became {row[step - 1]} at epoch {epoch}, step {step} of "
+                              f"{row.shape[0]}: the learning rate ({optimizer.lr:g}) is probably too high",
+                              epoch, step)
     pending.clear()
 
 
