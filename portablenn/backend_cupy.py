@@ -1,12 +1,20 @@
-"""CuPy fast path: fused elementwise/reduction kernels and cuBLAS GEMM updates (same results as ``Kernels``).
+"""CuPy fast path: fused elementwise/reduction kernels, cuBLAS GEMM updates and CUDA-graph replay.
 
 On a GPU a minibatch step is launch-bound: the generic softmax cross-entropy is ~15 kernels, this
 one is 7; ReLU backward is one kernel instead of three; the SGD weight update is one cuBLAS GEMM
-with ``beta = 1``; Adam updates ``param, m, v`` in one kernel.
+with ``beta = 1``; Adam updates ``param, m, v`` in one kernel. With ``fit(graph=True)`` the whole
+step is recorded once as a CUDA graph and replayed: one launch per step (``_GraphStep``). Results
+equal the generic ``Kernels`` up to float rounding; the parity tests run both.
 """
+import contextlib
+import ctypes
+import os
+
 import cupy
 from cupy import cublas
+from cupy_backends.cuda.libs import cublas as cublas_api  # the raw API: takes our own handle
 
+from . import _blas
 from .kernels import Kernels
 
 _relu_backward = cupy.ElementwiseKernel(
@@ -41,17 +49,61 @@ _sgd_decay = cupy.ElementwiseKernel(
 class CupyKernels(Kernels):
     """Fused CUDA kernels; see ``Kernels`` for the math each one must match."""
 
+    # While a step is recorded, GEMMs go to a private cuBLAS handle: CuPy refuses its own during stream capture.
+    _handle = None
+
     def matmul(self, a, b, out=None):
         if out is None or out.shape != (a.shape[0], b.shape[1]) or out.dtype != a.dtype:
-            return a @ b
+            if self._handle is None:
+                return a @ b
+            out = cupy.empty((a.shape[0], b.shape[1]), a.dtype)
+        if self._handle is not None and self._gemm(out, a, b, 1.0, 0.0):
+            return out
         return cupy.matmul(a, b, out=out)
+
+    def linear(self, x, weight, bias, out=None):
+        y = self.matmul(x, weight, out)
+        if bias is not None:
+            y += bias
+        return y
 
     def matmul_update_(self, c, a, b, alpha, beta=1.0):
         # c = alpha * a @ b + beta * c in one cuBLAS call
+        if self._handle is not None and self._gemm(c, a, b, alpha, beta):
+            return
         if c.flags.c_contiguous and a.dtype == b.dtype == c.dtype and c.dtype.char in "fd":
             cublas.gemm("N", "N", a, b, out=c, alpha=alpha, beta=beta)
         else:
             super().matmul_update_(c, a, b, alpha, beta)
+
+    def _gemm(self, c, a, b, alpha, beta):
+        """``c = alpha a @ b + beta c`` on ``_handle``; False where the layout does not fit.
+
+        cuBLAS is column-major: the row-major ``c = a @ b`` is the column-major ``c.T = b.T @ a.T``,
+        so the operands swap, with the transpose flags and leading dimensions of CBLAS's row-major.
+        """
+        if not (c.flags.c_contiguous and a.dtype == b.dtype == c.dtype and c.dtype.char in "fd"):
+            return False
+        op_a, op_b = _blas._operand(a), _blas._operand(b)
+        if op_a is None or op_b is None or 0 in a.shape or 0 in b.shape:
+            return False
+        (m, n), k = c.shape, a.shape[1]
+        gemm = cublas_api.sgemm if c.dtype.char == "f" else cublas_api.dgemm
+        gemm(self._handle, _OPS[op_b[0]], _OPS[op_a[0]], n, m, k, alpha, b.data.ptr, op_b[1],
+             a.data.ptr, op_a[1], beta, c.data.ptr, n)
+        return True
+
+    @contextlib.contextmanager
+    def _private_blas(self, handle, stream):
+        cublas_api.setStream(handle, stream.ptr)
+        self._handle = handle
+        try:
+            yield
+        finally:
+            self._handle = None
+
+    def capture(self, step):
+        return _GraphStep(self, step)
 
     def relu(self, x):
         return cupy.maximum(x, 0)
@@ -76,3 +128,88 @@ class CupyKernels(Kernels):
     def adam_(self, param, m, v, grad, beta1, beta2, step_size, eps_hat, l2):
         t = param.dtype.type
         _adam(grad, t(beta1), t(beta2), t(step_size), t(eps_hat), t(l2), param, m, v)
+
+
+_OPS = {_blas._NO_TRANS: 0, _blas._TRANS: 1}  # CBLAS transpose flags -> CUBLAS_OP_N, CUBLAS_OP_T
+_WORKSPACE = 32 << 20  # bytes of cuBLAS workspace for the recorded GEMMs (NVIDIA's advice for Hopper)
+
+
+class _GraphStep:
+    """Call ``step`` once eagerly, record it as a CUDA graph on the second call, replay it ever after.
+
+    The eager first call compiles the kernels, creates the optimizer's buffers and warms up a
+    private memory pool and a private cuBLAS handle (with its own workspace) on the stream that
+    then records, so the recording finds its memory ready. Everything the step allocates comes
+    from that pool, which nothing else allocates from: no other array can be given memory that
+    the graph writes. The pool lives as long as the graph and every array taken from it (the
+    optimizer's buffers outlive ``fit``). Recording does not execute, so the second call records
+    and then launches; the launches go to the current stream, in order with the eager work
+    around them.
+    """
+
+    def __init__(self, kernels, step):
+        self.kernels, self.step = kernels, step
+        self.pool = cupy.cuda.MemoryPool()
+        self.stream = cupy.cuda.Stream(non_blocking=True)
+        self.handle = cublas_api.create()
+        if os.environ.get("CUPY_TF32") == "1":  # the opt-in CuPy honours for its own handle
+            cublas_api.setMathMode(self.handle, 3)  # CUBLAS_TF32_TENSOR_OP_MATH
+        self._workspace = self.pool.malloc(_WORKSPACE)
+        set_workspace = _cublas_set_workspace()
+        if set_workspace is not None:
+            set_workspace(self.handle, self._workspace.ptr, _WORKSPACE)
+        self.graph, self.warm = None, False
+
+    def __call__(self):
+        current = cupy.cuda.get_current_stream()
+        if self.graph is None:
+            self.stream.wait_event(current.record())  # after the eager work queued so far
+            with cupy.cuda.using_allocator(self._malloc), \
+                    self.kernels._private_blas(self.handle, self.stream), self.stream:
+                if self.warm:
+                    self.graph = self._record()
+                else:
+                    self.step()
+                    self.warm = True
+            current.wait_event(self.stream.record())
+            if self.graph is None:
+                return
+        self.graph.launch(current)
+
+    def _malloc(self, size):
+        # CuPy's pooled memory holds its pool by a weak reference and the pool frees its blocks when it
+        # dies: an array from it (a momentum buffer) must hold the pool itself, or it would dangle
+        block = self.pool.malloc(size)
+        owner = (self.pool, block)  # a tuple releases its items last first: the block goes back, then the pool
+        return cupy.cuda.MemoryPointer(cupy.cuda.UnownedMemory(block.ptr, size, owner, block.device_id), 0)
+
+    def _record(self):
+        self.stream.begin_capture()
+        try:
+            self.step()
+        except BaseException:
+            with contextlib.suppress(Exception):  # leave the stream usable; the step's error is the news
+                self.stream.end_capture()
+            raise
+        return self.stream.end_capture()
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            cublas_api.destroy(self.handle)
+
+
+def _cublas_set_workspace():
+    """``cublasSetWorkspace_v2`` from the libcublas CuPy loaded (CuPy does not wrap it), or None."""
+    try:
+        with open("/proc/self/maps") as maps:
+            paths = [line.split()[-1] for line in maps if "/libcublas.so" in line]
+    except OSError:
+        return None
+    for path in dict.fromkeys(paths):
+        try:
+            fn = ctypes.CDLL(path).cublasSetWorkspace_v2
+        except (OSError, AttributeError):
+            continue
+        fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t], ctypes.c_int
+        return fn
+    return None

@@ -80,6 +80,9 @@ def build_parser():
                             "--batch-size is the global batch; needs portablenn[mpi]")
     train.add_argument("--comm", default="auto", choices=["auto", "mpi", "nccl"],
                        help="with --distributed: NCCL for GPUs, MPI otherwise (auto)")
+    train.add_argument("--cuda-graph", action="store_true",
+                       help="record the training step once as a CUDA graph and replay it: one launch per step "
+                            "(CuPy devices, SGD)")
     train.add_argument("--resume", metavar="FILE", help="continue a saved run up to --epochs (the total); model, "
                                                         "optimizer state, options and shuffling are restored")
 
@@ -285,6 +288,10 @@ def train(args):
     dev = backend.device(args.device)
     if args.checkpoint_every is not None and (args.checkpoint_every < 1 or not args.save):
         raise CLIError("--checkpoint-every N needs N >= 1 and --save PATH")
+    if args.cuda_graph and dev.library != "cupy":
+        raise CLIError(f"--cuda-graph needs a CUDA device (--device cuda), not {dev.name}")
+    if args.cuda_graph and comm is not None:
+        raise CLIError("--cuda-graph cannot be combined with --distributed")
     if args.resume:
         model, optimizer, opts, done = _resume(args, dev)
         opts["epochs"] = args.epochs if args.epochs is not None else opts["epochs"]
@@ -302,6 +309,9 @@ def train(args):
     X, y = splits["train"]
     if not args.resume:
         model, optimizer = _build(args, opts, splits)
+    if args.cuda_graph and not optimizer.replayable:
+        raise CLIError(f"--cuda-graph replays the same step every time: it needs --optimizer sgd, "
+                       f"not {type(optimizer).__name__}")
     batch = opts["batch_size"] or None
     ranks = f" x {comm.size} MPI ranks" if comm is not None else ""
     say(f"portablenn {__version__} | device {dev.name}{ranks}" + (f" (auto: {why})" if why else "")
@@ -364,7 +374,7 @@ def train(args):
                 fit(model, X, y, optimizer=optimizer, epochs=opts["epochs"], batch_size=batch,
                     shuffle=opts["shuffle"], l2=opts["l2"], device=dev, seed=args.seed,
                     validation=splits[evals[0]] if evals else None, callback=show, log_every=1, on_step=on_step,
-                    initial_epoch=done, comm=comm)
+                    initial_epoch=done, comm=comm, graph=args.cuda_graph)
         except _Stop as stopped:
             path = args.save or "portablenn-interrupted.safetensors"
             save(path, stopped.args[0])

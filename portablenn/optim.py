@@ -15,6 +15,7 @@ class Optimizer:
 
     grad_scale = 1.0
     in_backward = False
+    replayable = True  # the same operations every step: a recorded step (CUDA graph) may replay it
 
     def __init__(self, lr):
         lr = float(lr)
@@ -96,6 +97,8 @@ class SGD(Optimizer):
 
 class Adam(Optimizer):
     """Adam (Kingma & Ba, 2015) with PyTorch's defaults and L2 added to the gradient (``torch.optim.Adam``)."""
+
+    replayable = False  # the bias-corrected step size is computed on the host every step
 
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
         super().__init__(lr)

@@ -126,7 +126,7 @@ def torch_autograd(torch, X, y, W1, W2, sync=lambda: None):
     return net[0].weight.detach().T, net[2].weight.detach().T
 
 
-def portablenn_fit(spec, X, y, W1, W2, fast=True):
+def portablenn_fit(spec, X, y, W1, W2, fast=True, graph=False):
     dev = pn.device(spec, fast=fast)
     model = pn.mlp([784, HIDDEN, 10], bias=False)
     model.load_state_dict({"0.weight": W1, "2.weight": W2})
@@ -135,7 +135,7 @@ def portablenn_fit(spec, X, y, W1, W2, fast=True):
 
     def run():
         model.load_state_dict({"0.weight": W1, "2.weight": W2})
-        pn.fit(model, Xd, yd, optimizer=pn.SGD(LR), epochs=1, batch_size=BATCH, shuffle=False)
+        pn.fit(model, Xd, yd, optimizer=pn.SGD(LR), epochs=1, batch_size=BATCH, shuffle=False, graph=graph)
         dev.synchronize()
         sd = model.state_dict()
         return sd["0.weight"], sd["2.weight"]
@@ -332,6 +332,7 @@ def main(argv=None):
         sync = cuda_dev.synchronize
         Xc, yc = cupy.asarray(X), cupy.asarray(y)
         variants["portablenn cuda (fast path)"] = portablenn_fit("cuda", X, y, W1, W2)
+        variants["portablenn cuda (CUDA graph)"] = portablenn_fit("cuda", X, y, W1, W2, graph=True)
         variants["portablenn cuda (generic Array API)"] = portablenn_fit("cuda", X, y, W1, W2, fast=False)
         variants["hand-written CuPy"] = lambda: xp_loop(cpx, Xc, yc, W1, W2, sync)
         if torch is not None and torch.cuda.is_available():

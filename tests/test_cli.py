@@ -93,6 +93,7 @@ def test_train_on_a_strict_device_matches_cpu():
     (["train", "--dtype", "float64", "--device", "array_api_strict:no_float64"], ["does not support float64"]),
     (["train", "--hidden", "0"], ["sizes"]),
     (["train", "--activation", "gelu"], ["invalid choice"]),
+    (["train", "--cuda-graph"], ["--cuda-graph needs a CUDA device (--device cuda), not numpy"]),
     (["parity", "--devices", "cpu"], ["at least two devices"]),
     (["eval", "--checkpoint", "missing.safetensors"], ["missing.safetensors"]),
 ])
@@ -315,3 +316,21 @@ def test_export_onnx_from_a_checkpoint(tmp_path):
     session = ort.InferenceSession(str(tmp_path / "m.onnx"))
     logits, probs = session.run(["logits", "probabilities"], {"input": X})
     np.testing.assert_allclose(probs, pn.predict_proba(model, X), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.gpu
+def test_cuda_graph_trains_as_the_ordinary_loop_on_a_gpu():
+    from conftest import make_device
+
+    make_device("cuda")  # skips without a usable GPU
+    args = ("train", "--device", "cuda", "--epochs", "5", "--batch-size", "64", "--quiet")
+    plain, graph = run(*args), run(*args, "--cuda-graph")
+    assert plain.returncode == 0 and graph.returncode == 0, plain.stderr + graph.stderr
+
+    def losses(out):  # the Train Loss column, printed with 5 decimals
+        rows = [line for line in out.splitlines() if line.startswith("|") and line[2:7].strip().isdigit()]
+        return [float(row.split("|")[2]) for row in rows]
+    assert len(losses(graph.stdout)) == 5
+    np.testing.assert_allclose(losses(graph.stdout), losses(plain.stdout), atol=5e-5)
+    adam = run(*args, "--cuda-graph", "--optimizer", "adam")
+    assert_clean_error(adam, "--cuda-graph replays the same step every time: it needs --optimizer sgd")

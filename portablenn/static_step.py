@@ -1,0 +1,76 @@
+"""The training step with static shapes and addresses, so that a CUDA graph can record it once.
+
+A captured graph replays fixed kernels on fixed memory: it cannot slice ``X[start:stop]`` at a new
+offset, nor write a step's loss to a new place. So here the minibatch's rows are gathered from
+static buffers by a step counter that lives on the device, the loss lands in a static per-epoch
+vector at the counter's position, and the counter then advances, all inside the step. The host
+only calls ``run()`` once per full minibatch; a partial last minibatch takes the ordinary path.
+
+On CuPy ``Kernels.capture`` records the step as a CUDA graph on its second call and replays it
+from then on; elsewhere the step runs eagerly (the same operations, so the CPU tests check the
+logic that the GPU replays).
+"""
+
+__all__ = ["StaticStep"]
+
+
+class StaticStep:
+    """Full minibatches of one epoch through a step a CUDA graph can replay.
+
+    Parameters
+    ----------
+    dev : Device
+    data : train._DeviceData
+        The training set on the device: ``X (n, in)``, ``y (n,)``, ``onehot (n, classes)``.
+    batch : int
+        Rows per minibatch; the epoch's first ``n // batch`` minibatches run here.
+    train_step : callable(xb, yb, onehot, rows) -> (loss_sum, wrong)
+        One minibatch's forward, backward and update (``fit``'s own), returning 0-d device arrays.
+    optimizer : Optimizer
+        Its host-side step count is kept right: a replay does not run Python.
+    dtype : str
+        The model's dtype (of the loss and error sums).
+    """
+
+    def __init__(self, dev, data, batch, train_step, optimizer, dtype):
+        self.dev, self.data, self.batch = dev, data, batch
+        self.steps = data.n // batch
+        self._train_step, self._optimizer = train_step, optimizer
+        index = dev.index_dtype
+        self.order = dev.arange(data.n, index)  # row order of this epoch (a permutation when shuffled)
+        self.counter = dev.zeros((), index)  # the next minibatch's index, advanced by the step itself
+        self._offsets = dev.arange(batch, index)
+        self._positions = dev.arange(self.steps, index)
+        self.losses = dev.zeros((self.steps,), dtype)  # per-step loss sums of the epoch
+        self.wrong = dev.zeros((), dtype)  # wrong predictions so far this epoch
+        self._run = dev.kernels.capture(self._step)
+
+    def start_epoch(self, order=None):
+        """Reset the counter and sums; ``order`` is the epoch's row permutation (None: in order)."""
+        if order is not None:
+            self.order[...] = order
+        self.counter[...] = 0
+        self.losses[...] = 0
+        self.wrong[...] = 0
+
+    def run(self):
+        """Train on the next full minibatch (replaying the captured graph where there is one)."""
+        done = self._optimizer.steps
+        self._run()
+        self._optimizer.steps = done + 1
+
+    def finish_epoch(self, step_losses, wrong):
+        """Copy the per-step losses into ``step_losses[:steps]``; returns ``wrong`` plus this epoch's count."""
+        step_losses[:self.steps] = self.losses
+        return wrong + self.wrong
+
+    def _step(self):
+        xp, data = self.dev.xp, self.data
+        rows = xp.take(self.order, self.counter * self.batch + self._offsets, axis=0)
+        xb, yb, onehot = (xp.take(data.X, rows, axis=0), xp.take(data.y, rows, axis=0),
+                          xp.take(data.onehot, rows, axis=0))
+        loss, wrong = self._train_step(xb, yb, onehot, self.batch)
+        # where, not a product with a mask: an infinite loss must not turn the other steps into NaN
+        self.losses[...] = xp.where(self._positions == self.counter, loss, self.losses)
+        self.wrong[...] = self.wrong + wrong
+        self.counter[...] = self.counter + 1
