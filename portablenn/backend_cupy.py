@@ -9,6 +9,7 @@ equal the generic ``Kernels`` up to float rounding; the parity tests run both.
 import contextlib
 import ctypes
 import os
+import warnings
 
 import cupy
 from cupy import cublas
@@ -158,7 +159,7 @@ class _GraphStep:
         set_workspace = _cublas_set_workspace()
         if set_workspace is not None:
             set_workspace(self.handle, self._workspace.ptr, _WORKSPACE)
-        self.graph, self.warm = None, False
+        self.graph, self.warm, self.failed = None, False, False
 
     def __call__(self):
         current = cupy.cuda.get_current_stream()
@@ -166,9 +167,9 @@ class _GraphStep:
             self.stream.wait_event(current.record())  # after the eager work queued so far
             with cupy.cuda.using_allocator(self._malloc), \
                     self.kernels._private_blas(self.handle, self.stream), self.stream:
-                if self.warm:
+                if self.warm and not self.failed:
                     self.graph = self._record()
-                else:
+                if self.graph is None:  # the warm-up, or every step once recording has failed
                     self.step()
                     self.warm = True
             current.wait_event(self.stream.record())
@@ -184,13 +185,21 @@ class _GraphStep:
         return cupy.cuda.MemoryPointer(cupy.cuda.UnownedMemory(block.ptr, size, owner, block.device_id), 0)
 
     def _record(self):
+        """The recorded graph, or None (with a warning) if CUDA or CuPy refused to record the step.
+
+        Recording executes nothing, so after a refusal the step simply runs eagerly from then on.
+        """
         self.stream.begin_capture()
         try:
             self.step()
-        except BaseException:
-            with contextlib.suppress(Exception):  # leave the stream usable; the step's error is the news
+        except Exception as exc:
+            with contextlib.suppress(Exception):  # leave the stream usable
                 self.stream.end_capture()
-            raise
+            self.failed = True
+            warnings.warn(f"recording the training step as a CUDA graph failed ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}); training goes on without one",
+                          RuntimeWarning, stacklevel=4)
+            return None
         return self.stream.end_capture()
 
     def __del__(self):
