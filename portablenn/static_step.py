@@ -24,6 +24,8 @@ class StaticStep:
         The training set on the device: ``X (n, in)``, ``y (n,)``, ``onehot (n, classes)``.
     batch : int
         Rows per minibatch; the epoch's first ``n // batch`` minibatches run here.
+    shuffled : bool
+        Whether every epoch brings a row permutation (``start_epoch(order)``).
     train_step : callable(xb, yb, onehot, rows) -> (loss_sum, wrong)
         One minibatch's forward, backward and update (``fit``'s own), returning 0-d device arrays.
     optimizer : Optimizer
@@ -32,24 +34,24 @@ class StaticStep:
         The model's dtype (of the loss and error sums).
     """
 
-    def __init__(self, dev, data, batch, train_step, optimizer, dtype):
-        self.dev, self.data, self.batch = dev, data, batch
+    def __init__(self, dev, data, batch, shuffled, train_step, optimizer, dtype):
+        self.dev, self.data, self.batch, self.shuffled = dev, data, batch, shuffled
         self.steps = data.n // batch
         self._train_step, self._optimizer = train_step, optimizer
         index = dev.index_dtype
-        self.order = dev.arange(data.n, index)  # row order of this epoch (a permutation when shuffled)
-        self.counter = dev.zeros((), index)  # the next minibatch's index, advanced by the step itself
+        self.order = dev.arange(data.n, index) if shuffled else None  # this epoch's row permutation
+        self.start = dev.zeros((), index)  # position of the next minibatch's first row, advanced by the step
         self._offsets = dev.arange(batch, index)
-        self._positions = dev.arange(self.steps, index)
+        self._starts = dev.arange(self.steps, index) * batch  # each step's first position
         self.losses = dev.zeros((self.steps,), dtype)  # per-step loss sums of the epoch
         self.wrong = dev.zeros((), dtype)  # wrong predictions so far this epoch
         self._run = dev.kernels.capture(self._step)
 
     def start_epoch(self, order=None):
-        """Reset the counter and sums; ``order`` is the epoch's row permutation (None: in order)."""
-        if order is not None:
+        """Rewind to the epoch's first row and zero the sums; ``order`` is its permutation when shuffled."""
+        if self.shuffled:
             self.order[...] = order
-        self.counter[...] = 0
+        self.start[...] = 0
         self.losses[...] = 0
         self.wrong[...] = 0
 
@@ -66,11 +68,13 @@ class StaticStep:
 
     def _step(self):
         xp, data = self.dev.xp, self.data
-        rows = xp.take(self.order, self.counter * self.batch + self._offsets, axis=0)
+        rows = self.start + self._offsets
+        if self.shuffled:
+            rows = xp.take(self.order, rows, axis=0)
         xb, yb, onehot = (xp.take(data.X, rows, axis=0), xp.take(data.y, rows, axis=0),
                           xp.take(data.onehot, rows, axis=0))
         loss, wrong = self._train_step(xb, yb, onehot, self.batch)
         # where, not a product with a mask: an infinite loss must not turn the other steps into NaN
-        self.losses[...] = xp.where(self._positions == self.counter, loss, self.losses)
-        self.wrong[...] = self.wrong + wrong
-        self.counter[...] = self.counter + 1
+        self.losses[...] = xp.where(self._starts == self.start, loss, self.losses)
+        self.wrong += wrong
+        self.start += self.batch

@@ -166,7 +166,8 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
 
     history, pending, block = History(), [], None
     with dev.activate():
-        static = StaticStep(dev, data, batch, train_step, optimizer, model.dtype) if graph else None
+        shuffled = bool(shuffle) and batch < data.n
+        static = StaticStep(dev, data, batch, shuffled, train_step, optimizer, model.dtype) if graph else None
         for epoch in range(initial_epoch + 1, epochs + 1):
             began = time.perf_counter()
             if not pending:  # a block of metric rows, read back in one transfer by _flush
@@ -174,7 +175,7 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
             row = block[len(pending), :]
             step_losses = row[_LOSSES:]  # per-step loss sums: the epoch's loss, and where it diverged
             order = None
-            if shuffle and batch < data.n:
+            if shuffled:
                 order = dev.asarray(np.random.default_rng([seed, epoch]).permutation(data.n), dtype=dev.index_dtype)
             wrong = 0.0
             if static is not None:
