@@ -12,6 +12,7 @@ import os
 import warnings
 
 import cupy
+import numpy
 from cupy import cublas
 from cupy_backends.cuda.libs import cublas as cublas_api  # the raw API: takes our own handle
 
@@ -90,8 +91,12 @@ class CupyKernels(Kernels):
             return False
         (m, n), k = c.shape, a.shape[1]
         gemm = cublas_api.sgemm if c.dtype.char == "f" else cublas_api.dgemm
-        gemm(self._handle, _OPS[op_b[0]], _OPS[op_a[0]], n, m, k, alpha, b.data.ptr, op_b[1],
-             a.data.ptr, op_a[1], beta, c.data.ptr, n)
+        # alpha and beta by address (CuPy >= 13), in host memory: the handle is in host pointer mode,
+        # where cuBLAS reads them at the call, and a recording keeps their values
+        scalars = numpy.array([alpha, beta], dtype=c.dtype)
+        address = scalars.ctypes.data
+        gemm(self._handle, _OPS[op_b[0]], _OPS[op_a[0]], n, m, k, address, b.data.ptr, op_b[1],
+             a.data.ptr, op_a[1], address + scalars.itemsize, c.data.ptr, n)
         return True
 
     @contextlib.contextmanager
@@ -131,7 +136,17 @@ class CupyKernels(Kernels):
         _adam(grad, t(beta1), t(beta2), t(step_size), t(eps_hat), t(l2), param, m, v)
 
 
-_OPS = {_blas._NO_TRANS: 0, _blas._TRANS: 1}  # CBLAS transpose flags -> CUBLAS_OP_N, CUBLAS_OP_T
+_OPS = {_blas._NO_TRANS: cublas_api.CUBLAS_OP_N, _blas._TRANS: cublas_api.CUBLAS_OP_T}  # from CBLAS's flags
+
+
+def _tf32():
+    """Whether CuPy's float32 matmuls use TF32: ``CUPY_TF32=1`` (CuPy 13) or ``set_compute_type`` (13, 14)."""
+    try:
+        from cupy._core import _routines_linalg as linalg
+
+        return linalg.get_compute_type(numpy.dtype(numpy.float32)) == linalg.COMPUTE_TYPE_TF32
+    except Exception:  # a private API: if it moved, fall back on CuPy 13's switch
+        return os.environ.get("CUPY_TF32") == "1"
 _WORKSPACE = 32 << 20  # bytes of cuBLAS workspace for the recorded GEMMs (NVIDIA's advice for Hopper)
 
 
@@ -153,8 +168,9 @@ class _GraphStep:
         self.pool = cupy.cuda.MemoryPool()
         self.stream = cupy.cuda.Stream(non_blocking=True)
         self.handle = cublas_api.create()
-        if os.environ.get("CUPY_TF32") == "1":  # the opt-in CuPy honours for its own handle
-            cublas_api.setMathMode(self.handle, 3)  # CUBLAS_TF32_TENSOR_OP_MATH
+        cublas_api.setPointerMode(self.handle, cublas_api.CUBLAS_POINTER_MODE_HOST)
+        if _tf32():  # as CuPy's own matmuls
+            cublas_api.setMathMode(self.handle, cublas_api.CUBLAS_TF32_TENSOR_OP_MATH)
         self._workspace = self.pool.malloc(_WORKSPACE)
         set_workspace = _cublas_set_workspace()
         if set_workspace is not None:

@@ -1,0 +1,220 @@
+"""The host-side logic of the CuPy CUDA-graph path, run here without a GPU against a stand-in CuPy.
+
+``backend_cupy`` is imported with fake ``cupy`` modules: NumPy arrays that expose ``.data.ptr``,
+a column-major ``cublasSgemm``/``cublasDgemm`` emulated from raw addresses (scalars by address,
+as CuPy >= 13 passes them), and streams/graphs that log what they are asked to do. This checks
+what a GPU would otherwise be the first to check: the row-major to column-major operand mapping
+of the private-handle GEMM, and the warm-up / record-once / replay / fall-back sequence of
+``_GraphStep``. The real thing is tested by the ``gpu`` tests; these skip where CuPy is usable.
+"""
+import importlib
+import itertools
+import sys
+import types
+import warnings
+
+import numpy as np
+import pytest
+from numpy.lib.stride_tricks import as_strided
+
+import portablenn
+from portablenn import backend
+
+
+class _DeviceArray(np.ndarray):
+    """A NumPy array with CuPy's ``.data.ptr``."""
+
+    @property
+    def data(self):
+        return types.SimpleNamespace(ptr=self.__array_interface__["data"][0])
+
+
+def _column_major(address, rows, cols, ld, dtype):
+    """The column-major ``(rows, cols)`` matrix with leading dimension ``ld`` at ``address``."""
+    count = ld * (cols - 1) + rows
+    flat = np.ctypeslib.as_array((np.ctypeslib.as_ctypes_type(dtype) * count).from_address(address))
+    return as_strided(flat, shape=(rows, cols), strides=(flat.itemsize, ld * flat.itemsize))
+
+
+def _gemm(dtype):
+    def gemm(handle, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+        scalar = np.ctypeslib.as_ctypes_type(dtype)
+        alpha, beta = scalar.from_address(alpha).value, scalar.from_address(beta).value
+        op_a = _column_major(a, *((m, k) if transa == 0 else (k, m)), lda, dtype)
+        op_b = _column_major(b, *((k, n) if transb == 0 else (n, k)), ldb, dtype)
+        out = _column_major(c, m, n, ldc, dtype)
+        out[...] = alpha * ((op_a if transa == 0 else op_a.T) @ (op_b if transb == 0 else op_b.T)) + beta * out
+    return gemm
+
+
+class _Log:
+    def __init__(self):
+        self.events = []
+        self.current = []
+
+
+class _Stream:
+    def __init__(self, log, non_blocking=False):
+        self.log, self.ptr, self.capturing = log, id(self), False
+
+    def __enter__(self):
+        self.log.current.append(self)
+        return self
+
+    def __exit__(self, *exc):
+        self.log.current.pop()
+
+    def record(self, event=None):
+        return ("event", self.ptr)
+
+    def wait_event(self, event):
+        self.log.events.append("wait")
+
+    def begin_capture(self, mode=None):
+        self.capturing = True
+
+    def end_capture(self):
+        assert self.capturing
+        self.capturing = False
+        log = self.log
+
+        class Graph:
+            def launch(self, stream=None):
+                log.events.append("launch")
+        return Graph()
+
+
+@pytest.fixture
+def emulated(monkeypatch):
+    """``(backend_cupy, log)`` imported against the stand-in CuPy; sys.modules is restored afterwards."""
+    if backend.probe("cuda")[0] is not None:
+        pytest.skip("a real GPU is here: the gpu tests check the real thing")
+    log = _Log()
+    log.current.append(_Stream(log))
+    cupy = types.ModuleType("cupy")
+    cupy.ElementwiseKernel = cupy.ReductionKernel = lambda *args, **kwargs: None
+    cupy.empty = lambda shape, dtype: np.empty(shape, dtype).view(_DeviceArray)
+    cupy.cublas = types.ModuleType("cupy.cublas")
+    cupy.cuda = types.SimpleNamespace(
+        MemoryPool=lambda: types.SimpleNamespace(
+            malloc=lambda size: types.SimpleNamespace(ptr=4096, device_id=0)),
+        Stream=lambda non_blocking=False: _Stream(log, non_blocking),
+        get_current_stream=lambda: log.current[-1],
+        using_allocator=lambda malloc: _Allocating(log, malloc),
+        MemoryPointer=lambda memory, offset: types.SimpleNamespace(memory=memory, offset=offset),
+        UnownedMemory=lambda ptr, size, owner, device_id: types.SimpleNamespace(ptr=ptr, owner=owner))
+    api = types.ModuleType("cupy_backends.cuda.libs.cublas")
+    api.CUBLAS_OP_N, api.CUBLAS_OP_T, api.CUBLAS_POINTER_MODE_HOST, api.CUBLAS_TF32_TENSOR_OP_MATH = 0, 1, 0, 3
+    api.create, api.destroy = (lambda: 7), (lambda handle: None)
+    api.setStream = lambda handle, stream: log.events.append(("setStream", handle, stream))
+    api.setPointerMode = api.setMathMode = lambda handle, mode: None
+    api.sgemm, api.dgemm = _gemm(np.float32), _gemm(np.float64)
+    libs = types.ModuleType("cupy_backends.cuda.libs")
+    libs.cublas = api
+    for name, module in {"cupy": cupy, "cupy.cublas": cupy.cublas, "cupy_backends": types.ModuleType("x"),
+                         "cupy_backends.cuda": types.ModuleType("x"), "cupy_backends.cuda.libs": libs,
+                         "cupy_backends.cuda.libs.cublas": api}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setitem(sys.modules, "portablenn.backend_cupy", None)  # undone: removed again afterwards
+    del sys.modules["portablenn.backend_cupy"]
+    monkeypatch.setattr(portablenn, "backend_cupy", None, raising=False)
+    module = importlib.import_module("portablenn.backend_cupy")
+    monkeypatch.setattr(module, "_tf32", lambda: False)
+    monkeypatch.setattr(module, "_cublas_set_workspace", lambda: None)
+    return module, log
+
+
+class _Allocating:
+    def __init__(self, log, malloc):
+        self.log, self.malloc = log, malloc
+
+    def __enter__(self):
+        self.log.events.append("private pool")
+
+    def __exit__(self, *exc):
+        self.log.events.append("default pool")
+
+
+def _kernels(module):
+    import array_api_compat.numpy as xp
+
+    kernels = module.CupyKernels(xp)
+    kernels._handle = 7
+    return kernels
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("m, n, k", [(5, 3, 4), (1, 7, 2), (6, 1, 3), (4, 4, 1)])
+def test_private_handle_gemm_matches_numpy_for_every_layout(emulated, dtype, m, n, k):
+    kernels = _kernels(emulated[0])
+    rng = np.random.default_rng(0)
+    for transposed_a, transposed_b in itertools.product([False, True], repeat=2):
+        a = rng.standard_normal((k, m) if transposed_a else (m, k)).astype(dtype).view(_DeviceArray)
+        b = rng.standard_normal((n, k) if transposed_b else (k, n)).astype(dtype).view(_DeviceArray)
+        a, b = (a.T if transposed_a else a), (b.T if transposed_b else b)
+        c = rng.standard_normal((m, n)).astype(dtype).view(_DeviceArray)
+        expected = 0.5 * np.asarray(c) - 2.0 * (np.asarray(a) @ np.asarray(b))
+        kernels.matmul_update_(c, a, b, -2.0, 0.5)
+        np.testing.assert_allclose(c, expected, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(kernels.matmul(a, b), np.asarray(a) @ np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
+def test_private_handle_gemm_reads_minibatch_views(emulated):
+    kernels = _kernels(emulated[0])
+    rng = np.random.default_rng(1)
+    X = rng.standard_normal((10, 6)).astype(np.float32).view(_DeviceArray)
+    W = rng.standard_normal((6, 3)).astype(np.float32).view(_DeviceArray)
+    np.testing.assert_allclose(kernels.linear(X[2:7], W, None), np.asarray(X[2:7]) @ np.asarray(W), rtol=1e-5)
+    np.testing.assert_allclose(kernels.matmul(X[2:7, :4], W[:4]), np.asarray(X[2:7, :4]) @ np.asarray(W[:4]),
+                               rtol=1e-5)
+
+
+def test_graph_step_warms_up_records_once_then_replays(emulated):
+    module, log = emulated
+    kernels = _kernels(module)
+    kernels._handle = None
+    seen = []
+
+    def step():
+        stream = log.current[-1]
+        seen.append((kernels._handle, stream.capturing))
+
+    run = kernels.capture(step)
+    for _ in range(4):
+        run()
+    # call 1 runs on the private handle, call 2 is recorded on it (not executed), then only launches
+    assert seen == [(7, False), (7, True)]
+    assert log.events.count("launch") == 3 and run.graph is not None
+    assert log.events.count("private pool") == 2 == log.events.count("default pool")
+    assert kernels._handle is None  # CuPy's own handle again outside the recorded step
+
+
+def test_graph_step_goes_on_eagerly_when_recording_fails(emulated):
+    module, log = emulated
+    kernels = _kernels(module)
+    kernels._handle = None
+    calls = []
+
+    def step():
+        calls.append(log.current[-1].capturing)
+        if log.current[-1].capturing:
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    run = kernels.capture(step)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(4):
+            run()
+    assert [str(w.message) for w in caught] == [
+        "recording the training step as a CUDA graph failed (RuntimeError: operation not permitted when stream "
+        "is capturing); training goes on without one"]
+    # warm-up, the refused recording, then every call eagerly: each of the 4 steps ran exactly once
+    assert calls == [False, True, False, False, False]
+    assert run.graph is None and "launch" not in log.events and not log.current[-1].capturing
+
+
+def test_arrays_from_the_private_pool_hold_it(emulated):
+    module, _ = emulated
+    run = _kernels(module).capture(lambda: None)
+    pointer = run._malloc(256)
+    assert pointer.memory.owner[0] is run.pool  # the pool outlives the graph while this array lives
