@@ -9,6 +9,7 @@ equal the generic ``Kernels`` up to float rounding; the parity tests run both.
 import contextlib
 import ctypes
 import os
+import threading
 import warnings
 
 import cupy
@@ -51,8 +52,14 @@ _sgd_decay = cupy.ElementwiseKernel(
 class CupyKernels(Kernels):
     """Fused CUDA kernels; see ``Kernels`` for the math each one must match."""
 
-    # While a step is recorded, GEMMs go to a private cuBLAS handle: CuPy refuses its own during stream capture.
-    _handle = None
+    def __init__(self, xp):
+        super().__init__(xp)
+        self._private = threading.local()  # one Device's kernels serve every thread
+
+    @property
+    def _handle(self):
+        """The private cuBLAS handle of this thread's step being recorded (CuPy refuses its own then), or None."""
+        return getattr(self._private, "handle", None)
 
     def matmul(self, a, b, out=None):
         if out is None or out.shape != (a.shape[0], b.shape[1]) or out.dtype != a.dtype:
@@ -102,11 +109,11 @@ class CupyKernels(Kernels):
     @contextlib.contextmanager
     def _private_blas(self, handle, stream):
         cublas_api.setStream(handle, stream.ptr)
-        self._handle = handle
+        self._private.handle = handle
         try:
             yield
         finally:
-            self._handle = None
+            self._private.handle = None
 
     def capture(self, step):
         return _GraphStep(self, step)

@@ -139,7 +139,7 @@ def _kernels(module):
     import array_api_compat.numpy as xp
 
     kernels = module.CupyKernels(xp)
-    kernels._handle = 7
+    kernels._private.handle = 7
     return kernels
 
 
@@ -172,7 +172,7 @@ def test_private_handle_gemm_reads_minibatch_views(emulated):
 def test_graph_step_warms_up_records_once_then_replays(emulated):
     module, log = emulated
     kernels = _kernels(module)
-    kernels._handle = None
+    kernels._private.handle = None
     seen = []
 
     def step():
@@ -192,7 +192,7 @@ def test_graph_step_warms_up_records_once_then_replays(emulated):
 def test_graph_step_goes_on_eagerly_when_recording_fails(emulated):
     module, log = emulated
     kernels = _kernels(module)
-    kernels._handle = None
+    kernels._private.handle = None
     calls = []
 
     def step():
@@ -218,3 +218,16 @@ def test_arrays_from_the_private_pool_hold_it(emulated):
     run = _kernels(module).capture(lambda: None)
     pointer = run._malloc(256)
     assert pointer.memory.owner[0] is run.pool  # the pool outlives the graph while this array lives
+
+
+def test_private_handle_is_per_thread(emulated):
+    """One Device's kernels serve every thread: a step being recorded in one thread must not send
+    another thread's GEMMs to its handle (bound to its own stream)."""
+    import threading
+
+    kernels = _kernels(emulated[0])
+    seen = []
+    thread = threading.Thread(target=lambda: seen.append(kernels._handle))
+    thread.start()
+    thread.join()
+    assert kernels._handle == 7 and seen == [None]
