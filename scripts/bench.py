@@ -231,20 +231,23 @@ def rss():  # this process's own high-water mark (ru_maxrss would include the pa
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 before = rss()
 model = pn.mlp([784, 100, 10], bias=False, init="cmu")
-pn.fit(model, X, y, optimizer=pn.SGD(0.2), epochs=2, batch_size=100, shuffle=True, device=dev)
+pn.fit(model, X, y, optimizer=pn.SGD(0.2), epochs=2, batch_size=100, shuffle=True, device=dev,
+       graph=sys.argv[2:] == ["graph"])
 dev.synchronize()
 gpu = ""
 if dev.library == "cupy":
     import cupy
-    gpu = f" gpu_pool_mib={cupy.get_default_memory_pool().total_bytes() / 2**20:.1f}"
+    free, total = cupy.cuda.runtime.memGetInfo()  # the whole GPU: this process's pools and context included
+    gpu = (f" gpu_pool_mib={cupy.get_default_memory_pool().total_bytes() / 2**20:.1f}"
+           f" gpu_used_mib={(total - free) / 2**20:.1f}")
 print(f"data_mib={X.nbytes / 2**20:.1f} rss_before_fit_mib={before:.1f} peak_rss_mib={rss():.1f}{gpu}")
 """
 
 
-def memory(spec):
-    """Peak host RSS (and GPU pool) of a fresh process that loads MNIST and fits 2 shuffled epochs."""
+def memory(spec, *extra):
+    """Peak host RSS (and GPU memory) of a fresh process that loads MNIST and fits 2 shuffled epochs."""
     import subprocess
-    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, spec], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, spec, *extra], capture_output=True, text=True,
                          env={**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(__file__), "..")})
     return out.stdout.strip() or out.stderr.strip().splitlines()[-1]
 
@@ -388,9 +391,10 @@ def main(argv=None):
     info["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak host memory (RSS) of this benchmark process: {info['peak_rss_mib']:.0f} MiB")
     info["memory"] = {}
-    for spec in ["cpu"] + (["cuda"] if cuda_dev is not None else []):
-        info["memory"][spec] = memory(spec)
-        print(f"memory of a fresh process fitting 2 MNIST epochs on {spec}: {info['memory'][spec]}")
+    for spec, *extra in [("cpu",)] + ([("cuda",), ("cuda", "graph")] if cuda_dev is not None else []):
+        name = " ".join([spec, *extra])
+        info["memory"][name] = memory(spec, *extra)
+        print(f"memory of a fresh process fitting 2 MNIST epochs on {name}: {info['memory'][name]}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"info": info, "mnist": mnist_rows, "spiral": spiral_rows, "max_abs_diff": check}, f, indent=1)
