@@ -7,7 +7,6 @@ step is recorded once as a CUDA graph and replayed: one launch per step (``_Grap
 equal the generic ``Kernels`` up to float rounding; the parity tests run both.
 """
 import contextlib
-import ctypes
 import os
 import threading
 import warnings
@@ -154,20 +153,20 @@ def _tf32():
         return linalg.get_compute_type(numpy.dtype(numpy.float32)) == linalg.COMPUTE_TYPE_TF32
     except Exception:  # a private API: if it moved, fall back on CuPy 13's switch
         return os.environ.get("CUPY_TF32") == "1"
-_WORKSPACE = 32 << 20  # bytes of cuBLAS workspace for the recorded GEMMs (NVIDIA's advice for Hopper)
 
 
 class _GraphStep:
     """Call ``step`` once eagerly, record it as a CUDA graph on the second call, replay it ever after.
 
     The eager first call compiles the kernels, creates the optimizer's buffers and warms up a
-    private memory pool and a private cuBLAS handle (with its own workspace) on the stream that
-    then records, so the recording finds its memory ready. Everything the step allocates comes
-    from that pool, which nothing else allocates from: no other array can be given memory that
-    the graph writes. The pool lives as long as the graph and every array taken from it (the
-    optimizer's buffers outlive ``fit``). Recording does not execute, so the second call records
-    and then launches; the launches go to the current stream, in order with the eager work
-    around them.
+    private memory pool and a private cuBLAS handle on the stream that then records, so the
+    recording finds its memory ready (cuBLAS's default workspace for that stream included; one of
+    our own would not stay, as each ``cublasSetStream``, which CuPy's wrapper calls before every
+    GEMM, resets it). Everything the step allocates comes from that pool, which nothing else
+    allocates from: no other array can be given memory that the graph writes. The pool lives as
+    long as the graph and every array taken from it (the optimizer's buffers outlive ``fit``).
+    Recording does not execute, so the second call records and then launches; the launches go to
+    the current stream, in order with the eager work around them.
     """
 
     def __init__(self, kernels, step):
@@ -178,10 +177,6 @@ class _GraphStep:
         cublas_api.setPointerMode(self.handle, cublas_api.CUBLAS_POINTER_MODE_HOST)
         if _tf32():  # as CuPy's own matmuls
             cublas_api.setMathMode(self.handle, cublas_api.CUBLAS_TF32_TENSOR_OP_MATH)
-        self._workspace = self.pool.malloc(_WORKSPACE)
-        set_workspace = _cublas_set_workspace()
-        if set_workspace is not None:
-            set_workspace(self.handle, self._workspace.ptr, _WORKSPACE)
         self.graph, self.warm, self.failed = None, False, False
 
     def __call__(self):
@@ -228,20 +223,3 @@ class _GraphStep:
     def __del__(self):
         with contextlib.suppress(Exception):
             cublas_api.destroy(self.handle)
-
-
-def _cublas_set_workspace():
-    """``cublasSetWorkspace_v2`` from the libcublas CuPy loaded (CuPy does not wrap it), or None."""
-    try:
-        with open("/proc/self/maps") as maps:
-            paths = [line.split()[-1] for line in maps if "/libcublas.so" in line]
-    except OSError:
-        return None
-    for path in dict.fromkeys(paths):
-        try:
-            fn = ctypes.CDLL(path).cublasSetWorkspace_v2
-        except (OSError, AttributeError):
-            continue
-        fn.argtypes, fn.restype = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t], ctypes.c_int
-        return fn
-    return None

@@ -120,7 +120,6 @@ def emulated(monkeypatch):
     monkeypatch.setattr(portablenn, "backend_cupy", None, raising=False)
     module = importlib.import_module("portablenn.backend_cupy")
     monkeypatch.setattr(module, "_tf32", lambda: False)
-    monkeypatch.setattr(module, "_cublas_set_workspace", lambda: None)
     return module, log
 
 
