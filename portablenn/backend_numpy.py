@@ -71,9 +71,10 @@ class NumpyKernels(Kernels):
         exp = np.exp(shifted, out=shifted)
         total = exp @ self._constant(np.ones, logits.shape[1], dtype)
         loss_sum = np.log(total).sum() - picked
-        # grad = (exp / total - onehot) * scale
-        np.multiply(exp, np.divide(scale, total, out=total)[:, None], out=exp)
-        np.subtract(exp, onehot * dtype.type(scale), out=exp)
+        # grad = (exp / total - onehot) * scale, in place, in the generic twin's order
+        np.divide(exp, total[:, None], out=exp)
+        np.subtract(exp, onehot, out=exp)
+        np.multiply(exp, dtype.type(scale), out=exp)
         return exp, dtype.type(loss_sum), dtype.type(wrong)
 
     def sq_sum(self, w):
