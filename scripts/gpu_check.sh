@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # On a CUDA machine: every test (the `gpu` ones included, on CuPy) and the GPU benchmark, in one go.
 # Offline machines: carry pure-Python wheels in .whl/ (array-api-compat, array-api-strict); they are
-# installed to a temporary site dir first. Results go to $OUT (or docs/gpu-run/).
+# installed to a temporary site dir first. Make them where there is internet, e.g.
+#   pip download --no-deps -d .whl array-api-compat array-api-strict && echo /.whl/ >> .git/info/exclude
+# Results go to $OUT (or docs/gpu-run/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-docs/gpu-run}
