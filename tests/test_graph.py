@@ -1,5 +1,7 @@
 """fit(graph=True): the recorded static step (a CUDA graph on CuPy, eager elsewhere) trains exactly
 as the ordinary loop does, keeps the loop free of host syncs and refuses what it cannot replay."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -94,7 +96,9 @@ def test_cuda_graph_is_recorded_once_and_replayed(monkeypatch, dtype):
     X, y = classification_data(n=53, features=4)  # 5 full minibatches of 10 and one of 3 per epoch
     model = pn.mlp([4, 6, 3], dtype=dtype, seed=0).to(device)
     reference = pn.mlp([4, 6, 3], dtype=dtype, seed=0).to(device)
-    pn.fit(model, X, y, optimizer=pn.SGD(0.1), epochs=3, batch_size=10, graph=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a refused recording fails here, saying why
+        pn.fit(model, X, y, optimizer=pn.SGD(0.1), epochs=3, batch_size=10, graph=True)
     pn.fit(reference, X, y, optimizer=pn.SGD(0.1), epochs=3, batch_size=10)
     assert len(steps) == 1 and steps[0].graph is not None and steps[0].recorded == 1
     assert_state_close(model.state_dict(), reference.state_dict(), dtype, factor=10)
