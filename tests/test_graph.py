@@ -10,18 +10,21 @@ import portablenn as pn
 from _support import classification_data
 from _tolerances import assert_close, assert_state_close
 
-CASES = {  # name: (n, batch_size, shuffle, l2, optimizer)
-    "shuffled-partial-last-batch": (30, 7, True, 1e-3, lambda: pn.SGD(0.2)),
-    "in-order-momentum": (30, 10, False, 0.0, lambda: pn.SGD(0.1, momentum=0.9, nesterov=True)),
-    "full-batch-l2": (30, None, True, 1e-2, lambda: pn.SGD(0.5)),
-    "batch-of-one": (5, 1, True, 0.0, lambda: pn.SGD(0.05, momentum=0.5)),
+CASES = {  # name: (n, batch_size, shuffle, l2, optimizer, model keywords)
+    "shuffled-partial-last-batch": (30, 7, True, 1e-3, lambda: pn.SGD(0.2), {}),
+    "in-order-momentum": (30, 10, False, 0.0, lambda: pn.SGD(0.1, momentum=0.9, nesterov=True), {}),
+    "full-batch-l2": (30, None, True, 1e-2, lambda: pn.SGD(0.5), {}),
+    "batch-of-one": (5, 1, True, 0.0, lambda: pn.SGD(0.05, momentum=0.5), {}),
+    "tanh-no-bias-momentum-l2": (30, 8, True, 1e-3, lambda: pn.SGD(0.1, momentum=0.9),
+                                 dict(activation="tanh", bias=False)),
+    "sigmoid": (30, 6, False, 0.0, lambda: pn.SGD(0.3), dict(activation="sigmoid")),
 }
 
 
 def _fit(device, dtype, case, graph, epochs=3, **kw):
-    n, batch_size, shuffle, l2, make_optimizer = CASES[case]
+    n, batch_size, shuffle, l2, make_optimizer, layout = CASES[case]
     X, y = classification_data(n=n, features=4)
-    model = pn.mlp([4, 6, 5, 3], dtype=dtype, seed=1).to(device)
+    model = pn.mlp([4, 6, 5, 3], dtype=dtype, seed=1, **layout).to(device)
     optimizer = make_optimizer()
     history = pn.fit(model, X, y, optimizer=optimizer, epochs=epochs, batch_size=batch_size, shuffle=shuffle,
                      l2=l2, graph=graph, **kw)
