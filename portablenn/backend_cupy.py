@@ -69,12 +69,6 @@ class CupyKernels(Kernels):
             return out
         return cupy.matmul(a, b, out=out)
 
-    def linear(self, x, weight, bias, out=None):
-        y = self.matmul(x, weight, out)
-        if bias is not None:
-            y += bias
-        return y
-
     def matmul_update_(self, c, a, b, alpha, beta=1.0):
         # c = alpha * a @ b + beta * c in one cuBLAS call
         if self._handle is not None and self._gemm(c, a, b, alpha, beta):

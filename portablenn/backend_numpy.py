@@ -29,12 +29,6 @@ class NumpyKernels(Kernels):
             return a @ b
         return np.matmul(a, b, out=out)
 
-    def linear(self, x, weight, bias, out=None):
-        y = self.matmul(x, weight, out)
-        if bias is not None:
-            y += bias
-        return y
-
     # A BLAS call through ctypes costs ~5 us more than NumPy's own dispatch; it pays for itself where the
     # passes over ``c`` it saves are longer (measured break-even 16-32 K elements, float32 and float64).
     blas_update_min = 32768

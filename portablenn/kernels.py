@@ -18,9 +18,15 @@ class Kernels:
         return a @ b
 
     def linear(self, x, weight, bias, out=None):
-        """``(batch, in) @ (in, out) + (out,) -> (batch, out)``; ``bias`` may be None."""
-        y = x @ weight
-        return y if bias is None else y + bias
+        """``(batch, in) @ (in, out) + (out,) -> (batch, out)``; ``bias`` may be None.
+
+        Through ``self.matmul``, so a twin's GEMM (and its ``out`` buffer) serves here too; the bias
+        is added in place to that fresh result.
+        """
+        y = self.matmul(x, weight, out)
+        if bias is not None:
+            y += bias
+        return y
 
     def matmul_update_(self, c, a, b, alpha, beta=1.0):
         """In place ``c = beta * c + alpha * (a @ b)``: a weight update (with its decay) and no gradient array."""
