@@ -4,11 +4,14 @@
 a column-major ``cublasSgemm``/``cublasDgemm`` emulated from raw addresses (scalars by address,
 as CuPy >= 13 passes them), and streams/graphs that log what they are asked to do. This checks
 what a GPU would otherwise be the first to check: the row-major to column-major operand mapping
-of the private-handle GEMM, and the warm-up / record-once / replay / fall-back sequence of
-``_GraphStep``. The real thing is tested by the ``gpu`` tests; these skip where CuPy is usable.
+of the private-handle GEMM, the warm-up / record-once / replay / fall-back sequence of
+``_GraphStep``, and the math of the fused kernels: their CUDA C operations are translated to NumPy
+statement by statement (``scripts/check_cuda_kernels.py`` compiles the same strings with NVRTC).
+The real thing is tested by the ``gpu`` tests; these skip where CuPy is usable.
 """
 import importlib
 import itertools
+import re
 import sys
 import types
 import warnings
@@ -19,6 +22,7 @@ from numpy.lib.stride_tricks import as_strided
 
 import portablenn
 from portablenn import backend
+from portablenn.kernels import Kernels
 
 
 class _DeviceArray(np.ndarray):
@@ -45,6 +49,73 @@ def _gemm(dtype):
         out = _column_major(c, m, n, ldc, dtype)
         out[...] = alpha * ((op_a if transa == 0 else op_a.T) @ (op_b if transb == 0 else op_b.T)) + beta * out
     return gemm
+
+
+_C_FUNCTIONS = {"exp": np.exp, "log": np.log, "sqrt": np.sqrt, "where": np.where}
+
+
+def _names(params):
+    """``"T x, T top"`` -> ``["x", "top"]``."""
+    return [p.split()[-1] for p in params.split(",")]
+
+
+def _python(statement):
+    """One statement of a kernel's CUDA C as Python over whole arrays.
+
+    Understands only the C these kernels use: casts to ``T``, declarations of ``T`` locals,
+    assignments (also ``-=`` and the like) and ``cond ? a : b``. Anything else is left as it is and
+    fails to compile, so a new kernel gets translated or this extended, never silently skipped.
+    """
+    statement = re.sub(r"\(T\)\s*", "", statement.strip())
+    statement = re.sub(r"^T\s+(?=\w+\s*=)", "", statement)
+    ternary = re.fullmatch(r"(\w+)\s*=\s*([^?]+)\?([^:]+):(.+)", statement)
+    if ternary:
+        statement = "{} = where({}, {}, {})".format(*(part.strip() for part in ternary.groups()))
+    return compile(statement, "<kernel>", "exec")
+
+
+class _ElementwiseKernel:
+    """``cupy.ElementwiseKernel`` run with NumPy: outputs are allocated, or updated when passed."""
+
+    def __init__(self, in_params, out_params, operation, name, **kwargs):
+        self.inputs, self.outputs = _names(in_params), _names(out_params)
+        self.code = [_python(s) for s in operation.split(";") if s.strip()]
+
+    def __call__(self, *args):
+        inputs = args[:len(self.inputs)]
+        dtype = next(a.dtype for a in inputs if isinstance(a, np.ndarray))
+        shape = np.broadcast_shapes(*(np.shape(a) for a in inputs))
+        outputs = list(args[len(self.inputs):]) or [np.empty(shape, dtype).view(_DeviceArray) for _ in self.outputs]
+        scope = dict(_C_FUNCTIONS, **dict(zip(self.inputs, inputs)),
+                     **{n: np.array(o, copy=True) for n, o in zip(self.outputs, outputs)})
+        for code in self.code:
+            exec(code, {"__builtins__": {}}, scope)
+        for name, out in zip(self.outputs, outputs):
+            out[...] = scope[name]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+class _ReductionKernel:
+    """``cupy.ReductionKernel`` run with NumPy, for the sums these kernels are (``a + b`` from 0)."""
+
+    def __init__(self, in_params, out_params, map_expr, reduce_expr, post_map_expr, identity, name, **kwargs):
+        (output,) = _names(out_params)
+        assert reduce_expr.replace(" ", "") == "a+b" and identity == "0", "only sums are emulated"
+        assert post_map_expr.replace(" ", "") == f"{output}=a", "only a plain post-map is emulated"
+        self.inputs, self.map = _names(in_params), compile(map_expr, "<kernel>", "eval")
+
+    def __call__(self, *inputs, axis=None, keepdims=False):
+        shape = np.broadcast_shapes(*(np.shape(a) for a in inputs))
+        mapped = eval(self.map, {"__builtins__": {}}, dict(_C_FUNCTIONS, **dict(zip(self.inputs, inputs))))
+        total = np.sum(np.broadcast_to(mapped, shape), axis=axis, keepdims=keepdims, dtype=inputs[0].dtype)
+        return np.asarray(total).view(_DeviceArray)
+
+
+def _cublas_gemm(transa, transb, a, b, out=None, alpha=1.0, beta=0.0):
+    """``cupy.cublas.gemm``: ``out = alpha op(a) @ op(b) + beta out``."""
+    a, b = (a.T if transa == "T" else a), (b.T if transb == "T" else b)
+    out[...] = alpha * (np.asarray(a) @ np.asarray(b)) + beta * np.asarray(out)
+    return out
 
 
 class _Log:
@@ -92,9 +163,11 @@ def emulated(monkeypatch):
     log = _Log()
     log.current.append(_Stream(log))
     cupy = types.ModuleType("cupy")
-    cupy.ElementwiseKernel = cupy.ReductionKernel = lambda *args, **kwargs: None
+    cupy.ElementwiseKernel, cupy.ReductionKernel = _ElementwiseKernel, _ReductionKernel
     cupy.empty = lambda shape, dtype: np.empty(shape, dtype).view(_DeviceArray)
+    cupy.maximum, cupy.broadcast_to, cupy.matmul = np.maximum, np.broadcast_to, np.matmul
     cupy.cublas = types.ModuleType("cupy.cublas")
+    cupy.cublas.gemm = _cublas_gemm
     cupy.cuda = types.SimpleNamespace(
         MemoryPool=lambda: types.SimpleNamespace(
             malloc=lambda size: types.SimpleNamespace(ptr=4096, device_id=0)),
@@ -230,3 +303,69 @@ def test_private_handle_is_per_thread(emulated):
     thread.start()
     thread.join()
     assert kernels._handle == 7 and seen == [None]
+
+
+def _device(a):
+    return np.asarray(a).view(_DeviceArray)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_kernels_compute_what_the_generic_kernels_define(emulated, dtype):
+    """Each fused CUDA kernel (its C operation, translated) against ``Kernels``, the definition."""
+    import array_api_compat.numpy as xp
+
+    fused, generic = emulated[0].CupyKernels(xp), Kernels(xp)
+    rng = np.random.default_rng(3)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    logits = (20 * rng.standard_normal((9, 5))).astype(dtype)
+    logits[0] += 1000  # the row maximum keeps exp finite
+    labels = rng.integers(0, 5, 9)
+    labels[1] = np.argmin(logits[1])  # at least one wrong prediction
+    onehot = np.eye(5, dtype=dtype)[labels]
+    grad, loss, wrong = fused.softmax_xent(_device(logits), _device(onehot), _device(labels), 0.25)
+    expected = generic.softmax_xent(logits.copy(), onehot, labels, 0.25)
+    assert grad.shape == (9, 5) and grad.dtype == dtype and loss.shape == () and loss.dtype == dtype
+    np.testing.assert_allclose(grad, expected[0], **tol)
+    np.testing.assert_allclose(loss, expected[1], **tol)
+    assert float(wrong) == float(expected[2]) >= 1
+
+    out, upstream = np.maximum(rng.standard_normal((6, 4)), 0).astype(dtype), rng.standard_normal((6, 4)).astype(dtype)
+    np.testing.assert_array_equal(fused.relu_backward(_device(upstream), _device(out)),
+                                  generic.relu_backward(upstream, out))
+
+    for decay in (0.0, 0.01):
+        param, step = rng.standard_normal((4, 3)).astype(dtype), rng.standard_normal((4, 3)).astype(dtype)
+        updated, reference = _device(param.copy()), param.copy()
+        fused.sgd_(updated, _device(step), decay)
+        generic.sgd_(reference, step, decay)
+        np.testing.assert_allclose(updated, reference, **tol)
+
+    for l2 in (0.0, 0.1):
+        state = [rng.standard_normal((4, 3)).astype(dtype) for _ in range(3)]
+        state[2] = np.abs(state[2])  # v >= 0
+        grad_w = rng.standard_normal((4, 3)).astype(dtype)
+        mine, theirs = [_device(a.copy()) for a in state], [a.copy() for a in state]
+        for _ in range(3):  # buffers carry over between steps
+            fused.adam_(*mine, _device(grad_w), 0.9, 0.999, 1e-3, 1e-8, l2)
+            generic.adam_(*theirs, grad_w, 0.9, 0.999, 1e-3, 1e-8, l2)
+        for a, b in zip(mine, theirs):
+            np.testing.assert_allclose(a, b, **tol)
+
+
+def test_eager_weight_update_goes_through_cublas_gemm(emulated):
+    """Outside a recorded step the update is ``cupy.cublas.gemm`` on a transposed minibatch view."""
+    import array_api_compat.numpy as xp
+
+    kernels = emulated[0].CupyKernels(xp)
+    rng = np.random.default_rng(4)
+    X, g = rng.standard_normal((10, 6)).astype(np.float32), rng.standard_normal((4, 3)).astype(np.float32)
+    W = rng.standard_normal((6, 3)).astype(np.float32)
+    updated = _device(W.copy())
+    kernels.matmul_update_(updated, _device(X)[3:7].T, _device(g), -0.5, 0.9)
+    np.testing.assert_allclose(updated, 0.9 * W - 0.5 * (X[3:7].T @ g), rtol=1e-5, atol=1e-6)
+
+
+def test_kernel_translation_refuses_c_it_does_not_understand():
+    """A kernel in C the emulation cannot translate fails loudly instead of being skipped."""
+    with pytest.raises(SyntaxError):
+        _ElementwiseKernel("T x", "T y", "y = x > 0 && x < 1 ? x : 0", "unknown")
