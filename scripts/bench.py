@@ -142,6 +142,30 @@ def portablenn_fit(spec, X, y, W1, W2, fast=True, graph=False):
     return run
 
 
+def kernels_loop(spec, X, y, W1, W2):
+    """portablenn's kernels for the same math in a flat loop: ``fit`` without its layers, loop and input check.
+
+    Not a way to train: it splits the fast path's ratio into the kernels' share and the framework's.
+    """
+    dev = pn.device(spec)
+    k = dev.kernels
+    Xd, yd = dev.asarray(X), dev.asarray(y)
+    onehot = dev.asarray(np.eye(10, dtype=X.dtype)[y])
+
+    def run():
+        A, B = dev.asarray(W1), dev.asarray(W2)
+        for i in range(0, X.shape[0], BATCH):
+            xb, yb, ob = Xd[i:i + BATCH, :], yd[i:i + BATCH], onehot[i:i + BATCH, :]
+            z = k.relu(k.matmul(xb, A))
+            g, _, _ = k.softmax_xent(k.matmul(z, B), ob, yb, LR / BATCH)
+            dz = k.relu_backward(k.matmul(g, B.T), z)
+            k.matmul_update_(B, z.T, g, -1.0)
+            k.matmul_update_(A, xb.T, dz, -1.0)
+        dev.synchronize()
+        return A, B
+    return run
+
+
 # -- spiral full-batch steps ------------------------------------------------------------------------
 def spiral_numpy(X, y, steps):
     """The CS231n case study's 2-layer network loop, verbatim in spirit (float64)."""
@@ -324,6 +348,7 @@ def main(argv=None):
         "hand-written NumPy (reference)": lambda: numpy_loop(X, y, W1, W2),
         "portablenn numpy (fast path)": portablenn_fit("cpu", X, y, W1, W2),
         "portablenn numpy (generic Array API)": portablenn_fit("cpu", X, y, W1, W2, fast=False),
+        "portablenn numpy kernels, flat loop (no fit)": kernels_loop("cpu", X, y, W1, W2),
         "same loop via array-api-compat": lambda: xp_loop(npx, X, y, W1, W2),
         "five GEMMs alone": lambda: gemms_only(X, W1, W2),
     }
