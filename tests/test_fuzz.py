@@ -1,0 +1,111 @@
+"""Nothing let in, fuzzed: random truncation and byte flips of data files and checkpoints either load the
+saved data or raise the documented error. Apart from ``test_reliability.py``: only this needs hypothesis."""
+import gzip
+import io
+
+import numpy as np
+import pytest
+
+import portablenn as pn
+from portablenn import checkpoint
+from portablenn.datasets import DatasetError
+from portablenn.datasets.files import load_csv, load_npz
+from portablenn.datasets.mnist import read_idx
+
+hypothesis = pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _idx_bytes(array):
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    return header + array.astype(np.uint8).tobytes()
+
+
+def _mutate(data, cut, flips):
+    """Truncate ``data`` to ``cut`` bytes, then XOR the bytes at ``flips`` positions."""
+    data = bytearray(data[:cut])
+    for position, value in flips:
+        if data:
+            data[position % len(data)] ^= value or 1
+    return bytes(data)
+
+
+MUTATION = st.tuples(st.integers(0, 10_000), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)),
+                                                      max_size=4))
+
+
+# -- readers: random truncation and byte flips either load correct data or raise the documented error ----
+@FUZZ
+@given(mutation=MUTATION, gz=st.booleans())
+def test_idx_reader_survives_corruption(tmp_path_factory, mutation, gz):
+    original = np.arange(2 * 4 * 3, dtype=np.uint8).reshape(2, 4, 3)
+    data = _mutate(_idx_bytes(original), min(mutation[0], 12 + original.size), mutation[1])
+    path = tmp_path_factory.mktemp("idx") / ("f.idx" + (".gz" if gz else ""))
+    path.write_bytes(gzip.compress(data) if gz else data)
+    try:
+        loaded = read_idx(path)
+    except DatasetError:
+        return
+    assert isinstance(loaded, np.ndarray) and loaded.size == int(np.prod(loaded.shape))
+    if data == _idx_bytes(original):
+        np.testing.assert_array_equal(loaded, original)
+
+
+@FUZZ
+@given(mutation=MUTATION)
+def test_csv_reader_survives_corruption(tmp_path_factory, mutation):
+    text = "x1,x2,label\n0.5,1.5,0\n-2,3,1\n4,5e-3,2\n"
+    data = _mutate(text.encode(), mutation[0], mutation[1])
+    path = tmp_path_factory.mktemp("csv") / "d.csv"
+    path.write_bytes(data)
+    try:
+        X, y = load_csv(path)
+    except DatasetError:
+        return
+    assert X.ndim == 2 and X.shape[0] == y.shape[0] > 0 and np.all(np.isfinite(X)) and y.dtype.kind == "i"
+    if data == text.encode():
+        np.testing.assert_allclose(X, [[0.5, 1.5], [-2, 3], [4, 5e-3]], rtol=1e-6)
+        np.testing.assert_array_equal(y, [0, 1, 2])
+
+
+@FUZZ
+@given(mutation=MUTATION)
+def test_npz_reader_survives_corruption(tmp_path_factory, mutation):
+    buffer = io.BytesIO()
+    np.savez(buffer, X=np.arange(12, dtype=np.float32).reshape(4, 3), y=np.array([0, 1, 1, 0]))
+    data = _mutate(buffer.getvalue(), mutation[0], mutation[1])
+    path = tmp_path_factory.mktemp("npz") / "d.npz"
+    path.write_bytes(data)
+    try:
+        X, y = load_npz(path)
+    except DatasetError:
+        return
+    assert X.ndim == 2 and X.shape[0] == y.shape[0] and np.all(np.isfinite(X))
+
+
+@pytest.fixture(scope="module")
+def saved_checkpoint(tmp_path_factory):
+    model = pn.mlp([3, 4, 2], seed=1)
+    path = tmp_path_factory.mktemp("ckpt") / "m.safetensors"
+    checkpoint.save(model, path, optimizer=pn.SGD(0.1, momentum=0.9).bind(model), metadata={"epoch": 3})
+    return path.read_bytes(), model.state_dict()
+
+
+@FUZZ
+@given(mutation=MUTATION)
+def test_checkpoint_reader_survives_corruption(tmp_path_factory, saved_checkpoint, mutation):
+    original, state = saved_checkpoint
+    data = _mutate(original, mutation[0], mutation[1])
+    path = tmp_path_factory.mktemp("ckpt") / "m.safetensors"
+    path.write_bytes(data)
+    try:
+        loaded = checkpoint.load_checkpoint(path)
+    except checkpoint.CheckpointError:
+        return
+    # anything that loads is the saved state itself: corruption of data or header is detected (checksum)
+    assert set(loaded.state_dict) == set(state) and loaded.metadata["epoch"] == "3"
+    for key in state:
+        np.testing.assert_array_equal(loaded.state_dict[key], state[key])
