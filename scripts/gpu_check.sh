@@ -19,8 +19,11 @@ fi
 export PYTHONPATH=$PWD:${PYTHONPATH:-} PYTHONUNBUFFERED=1
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv; } 2>&1 | tee "$out/machine.txt"
 python3 -m portablenn info 2>&1 | tee "$out/info.txt"
+# every gpu test skips (and pytest passes) where CuPy cannot use the GPU: that must not read as a pass
+python3 -c "from portablenn import backend; dev, why = backend.probe('cuda'); print('cuda:', why or 'usable');
+raise SystemExit(dev is None)" 2>&1 | tee -a "$out/machine.txt"; cuda_rc=${PIPESTATUS[0]}
 python3 -m pytest -q -ra -m gpu tests 2>&1 | tee "$out/pytest-gpu.txt"; gpu_rc=${PIPESTATUS[0]}
 python3 -m pytest -q -ra tests 2>&1 | tee "$out/pytest-all.txt"; all_rc=${PIPESTATUS[0]}
 python3 scripts/bench.py --json "$out/bench.json" 2>&1 | tee "$out/bench.txt"; bench_rc=${PIPESTATUS[0]}
-echo "gpu tests rc=$gpu_rc, all tests rc=$all_rc, bench rc=$bench_rc" | tee -a "$out/machine.txt"
-[ "$gpu_rc" -eq 0 ] && [ "$all_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+echo "cuda usable rc=$cuda_rc, gpu tests rc=$gpu_rc, all tests rc=$all_rc, bench rc=$bench_rc" | tee -a "$out/machine.txt"
+[ "$cuda_rc" -eq 0 ] && [ "$gpu_rc" -eq 0 ] && [ "$all_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
