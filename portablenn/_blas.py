@@ -19,13 +19,18 @@ _SYMBOLS = (("scipy_cblas_{}gemm64_", ctypes.c_int64), ("cblas_{}gemm64_", ctype
             ("cblas_{}gemm", ctypes.c_int))
 
 
-def _libraries():
-    paths = []
+def loaded_libraries(word):
+    """Paths of the shared libraries this process has loaded whose file name contains ``word`` (Linux)."""
     try:
         with open("/proc/self/maps") as maps:
-            paths += [line.split()[-1] for line in maps if "blas" in line.lower() and ".so" in line]
+            paths = [line.split()[-1] for line in maps if ".so" in line]
     except OSError:
-        pass
+        return []
+    return list(dict.fromkeys(p for p in paths if word in os.path.basename(p).lower()))
+
+
+def _libraries():
+    paths = loaded_libraries("blas")
     here = os.path.dirname(np.__file__)
     for pattern in (here + ".libs/*blas*", here + "/.dylibs/*blas*"):
         paths += glob.glob(pattern)

@@ -7,6 +7,8 @@ step is recorded once as a CUDA graph and replayed: one launch per step (``_Grap
 equal the generic ``Kernels`` up to float rounding; the parity tests run both.
 """
 import contextlib
+import ctypes
+import functools
 import os
 import threading
 import warnings
@@ -14,7 +16,7 @@ import warnings
 import cupy
 import numpy
 from cupy import cublas
-from cupy_backends.cuda.libs import cublas as cublas_api  # the raw API: takes our own handle
+from cupy_backends.cuda.libs import cublas as cublas_api  # handles and their settings; GEMMs: _cublas_gemm
 
 from . import _blas
 from .kernels import Kernels
@@ -89,18 +91,23 @@ class CupyKernels(Kernels):
         op_a, op_b = _blas._operand(a), _blas._operand(b)
         if op_a is None or op_b is None or 0 in a.shape or 0 in b.shape:
             return False
+        gemm = _cublas_gemm().get(c.dtype.char)
+        if gemm is None:
+            return False
         (m, n), k = c.shape, a.shape[1]
-        gemm = cublas_api.sgemm if c.dtype.char == "f" else cublas_api.dgemm
-        # alpha and beta by address (CuPy >= 13), in host memory: the handle is in host pointer mode,
-        # where cuBLAS reads them at the call, and a recording keeps their values
+        # alpha and beta by address, in host memory: the handle is in host pointer mode, where cuBLAS
+        # reads them at the call, and a recording keeps their values
         scalars = numpy.array([alpha, beta], dtype=c.dtype)
         address = scalars.ctypes.data
-        gemm(self._handle, _OPS[op_b[0]], _OPS[op_a[0]], n, m, k, address, b.data.ptr, op_b[1],
-             a.data.ptr, op_a[1], address + scalars.itemsize, c.data.ptr, n)
+        status = gemm(self._handle, _OPS[op_b[0]], _OPS[op_a[0]], n, m, k, address, b.data.ptr, op_b[1],
+                      a.data.ptr, op_a[1], address + scalars.itemsize, c.data.ptr, n)
+        if status:
+            raise RuntimeError(f"cuBLAS {c.dtype.char}gemm failed with status {status}")
         return True
 
     @contextlib.contextmanager
     def _private_blas(self, handle, stream):
+        # here, before the stream starts recording: CuPy refuses cublasSetStream on a recording stream
         cublas_api.setStream(handle, stream.ptr)
         self._private.handle = handle
         try:
@@ -137,26 +144,53 @@ class CupyKernels(Kernels):
 
 
 _OPS = {_blas._NO_TRANS: cublas_api.CUBLAS_OP_N, _blas._TRANS: cublas_api.CUBLAS_OP_T}  # from CBLAS's flags
+_TF32_TENSOR_OP_MATH = 3  # cublasMath_t's CUBLAS_TF32_TENSOR_OP_MATH (cublas_api.h); CuPy 14.2 has no name for it
+
+
+@functools.lru_cache(maxsize=None)
+def _cublas_gemm():
+    """``{"f": cublasSgemm_v2, "d": cublasDgemm_v2}`` of the libcublas CuPy loaded, through ctypes; {} if not found.
+
+    The private handle's GEMMs bypass CuPy's wrappers (``cupy_backends.cuda.libs.cublas.sgemm``): they
+    call ``cublasSetStream`` before every GEMM, which CuPy refuses while the current stream records
+    ("calling cuBLAS API during stream capture is currently unsupported", CuPy 14.2's ``cublas.pyx``).
+    The handle's stream is set once instead, before the recording starts (``_private_blas``).
+    """
+    names = _blas.loaded_libraries("libcublas.so") or ["libcublas.so.13", "libcublas.so.12", "libcublas.so"]
+    for name in names:
+        try:
+            lib = ctypes.CDLL(name)
+            functions = {"f": lib.cublasSgemm_v2, "d": lib.cublasDgemm_v2}
+        except (OSError, AttributeError):
+            continue
+        for fn in functions.values():
+            i, p = ctypes.c_int, ctypes.c_void_p
+            fn.argtypes = [p, i, i, i, i, i, p, p, i, p, i, p, p, i]
+            fn.restype = i
+        return functions
+    return {}
 
 
 def _tf32():
-    """Whether CuPy's float32 matmuls use TF32: ``CUPY_TF32=1`` (CuPy 13) or ``set_compute_type`` (13, 14)."""
+    """Whether CuPy's float32 matmuls use TF32: ``CUPY_TF32=1`` or ``set_compute_type`` (CuPy 13 and 14)."""
     try:
         from cupy._core import _routines_linalg as linalg
 
         return linalg.get_compute_type(numpy.dtype(numpy.float32)) == linalg.COMPUTE_TYPE_TF32
-    except Exception:  # a private API: if it moved, fall back on CuPy 13's switch
-        return os.environ.get("CUPY_TF32") == "1"
+    except Exception:  # a private API: if it moved, read the variable as CuPy 14.2 does
+        try:
+            return int(os.environ.get("CUPY_TF32", "0")) > 0
+        except ValueError:
+            return False
 
 
 class _GraphStep:
     """Call ``step`` once eagerly, record it as a CUDA graph on the second call, replay it ever after.
 
     The eager first call compiles the kernels, creates the optimizer's buffers and warms up a
-    private memory pool and a private cuBLAS handle on the stream that then records, so the
-    recording finds its memory ready (cuBLAS's default workspace for that stream included; one of
-    our own would not stay, as each ``cublasSetStream``, which CuPy's wrapper calls before every
-    GEMM, resets it). Everything the step allocates comes from that pool, which nothing else
+    private memory pool and a private cuBLAS handle (GEMMs through ``_cublas_gemm``) on the stream
+    that then records, so the recording finds its memory ready, cuBLAS's default workspace for that
+    stream included. Everything the step allocates comes from that pool, which nothing else
     allocates from: no other array can be given memory that the graph writes. The pool lives as
     long as the graph and every array taken from it (the optimizer's buffers outlive ``fit``).
     Recording does not execute, so the second call records and then launches; the launches go to
@@ -170,7 +204,7 @@ class _GraphStep:
         self.handle = cublas_api.create()
         cublas_api.setPointerMode(self.handle, cublas_api.CUBLAS_POINTER_MODE_HOST)
         if _tf32():  # as CuPy's own matmuls
-            cublas_api.setMathMode(self.handle, cublas_api.CUBLAS_TF32_TENSOR_OP_MATH)
+            cublas_api.setMathMode(self.handle, _TF32_TENSOR_OP_MATH)
         self.graph, self.warm, self.failed = None, False, False
 
     def __call__(self):

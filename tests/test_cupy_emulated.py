@@ -1,8 +1,10 @@
 """The host-side logic of the CuPy CUDA-graph path, run here without a GPU against a stand-in CuPy.
 
 ``backend_cupy`` is imported with fake ``cupy`` modules: NumPy arrays that expose ``.data.ptr``,
-a column-major ``cublasSgemm``/``cublasDgemm`` emulated from raw addresses (scalars by address,
-as CuPy >= 13 passes them), and streams/graphs that log what they are asked to do. This checks
+a column-major ``cublasSgemm_v2``/``cublasDgemm_v2`` emulated from raw addresses (scalars by
+address), CuPy 14.2's cuBLAS module as its source has it (its wrappers refuse a recording stream,
+``CUBLAS_TF32_TENSOR_OP_MATH`` is not there), and streams/graphs that log what they are asked to do.
+Both were bugs here that only a GPU run would otherwise have shown. This checks
 what a GPU would otherwise be the first to check: the row-major to column-major operand mapping
 of the private-handle GEMM, the warm-up / record-once / replay / fall-back sequence of
 ``_GraphStep``, and the math of the fused kernels: their CUDA C operations are translated to NumPy
@@ -41,6 +43,7 @@ def _column_major(address, rows, cols, ld, dtype):
 
 
 def _gemm(dtype):
+    """``cublasSgemm_v2``/``cublasDgemm_v2`` (column-major, scalars by address), returning cuBLAS's status."""
     def gemm(handle, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
         scalar = np.ctypeslib.as_ctypes_type(dtype)
         alpha, beta = scalar.from_address(alpha).value, scalar.from_address(beta).value
@@ -48,7 +51,17 @@ def _gemm(dtype):
         op_b = _column_major(b, *((k, n) if transb == 0 else (n, k)), ldb, dtype)
         out = _column_major(c, m, n, ldc, dtype)
         out[...] = alpha * ((op_a if transa == 0 else op_a.T) @ (op_b if transb == 0 else op_b.T)) + beta * out
+        return 0
     return gemm
+
+
+def _refused_while_recording(log, gemm):
+    """CuPy 14.2's wrapper: ``cublasSetStream`` to the current stream first, refused while it records."""
+    def wrapper(handle, *args):
+        if log.current[-1].capturing:
+            raise NotImplementedError("calling cuBLAS API during stream capture is currently unsupported")
+        return gemm(handle, *args)
+    return wrapper
 
 
 _C_FUNCTIONS = {"exp": np.exp, "log": np.log, "sqrt": np.sqrt, "where": np.where}
@@ -122,11 +135,13 @@ class _Log:
     def __init__(self):
         self.events = []
         self.current = []
+        self.streams = {}  # by pointer
 
 
 class _Stream:
     def __init__(self, log, non_blocking=False):
         self.log, self.ptr, self.capturing = log, id(self), False
+        log.streams[self.ptr] = self
 
     def __enter__(self):
         self.log.current.append(self)
@@ -177,11 +192,18 @@ def emulated(monkeypatch):
         MemoryPointer=lambda memory, offset: types.SimpleNamespace(memory=memory, offset=offset),
         UnownedMemory=lambda ptr, size, owner, device_id: types.SimpleNamespace(ptr=ptr, owner=owner))
     api = types.ModuleType("cupy_backends.cuda.libs.cublas")
-    api.CUBLAS_OP_N, api.CUBLAS_OP_T, api.CUBLAS_POINTER_MODE_HOST, api.CUBLAS_TF32_TENSOR_OP_MATH = 0, 1, 0, 3
+    # the names CuPy 14.2's module has (no CUBLAS_TF32_TENSOR_OP_MATH), refusing what it refuses
+    api.CUBLAS_OP_N, api.CUBLAS_OP_T, api.CUBLAS_POINTER_MODE_HOST = 0, 1, 0
     api.create, api.destroy = (lambda: 7), (lambda handle: None)
-    api.setStream = lambda handle, stream: log.events.append(("setStream", handle, stream))
-    api.setPointerMode = api.setMathMode = lambda handle, mode: None
-    api.sgemm, api.dgemm = _gemm(np.float32), _gemm(np.float64)
+
+    def set_stream(handle, stream):
+        if log.streams[stream].capturing:
+            raise NotImplementedError("calling cuBLAS API during stream capture is currently unsupported")
+        log.events.append(("setStream", handle, stream))
+    api.setStream = set_stream
+    api.setPointerMode = lambda handle, mode: None
+    api.setMathMode = lambda handle, mode: log.events.append(("setMathMode", handle, mode))
+    api.sgemm, api.dgemm = (_refused_while_recording(log, _gemm(t)) for t in (np.float32, np.float64))
     libs = types.ModuleType("cupy_backends.cuda.libs")
     libs.cublas = api
     for name, module in {"cupy": cupy, "cupy.cublas": cupy.cublas, "cupy_backends": types.ModuleType("x"),
@@ -193,6 +215,7 @@ def emulated(monkeypatch):
     monkeypatch.setattr(portablenn, "backend_cupy", None, raising=False)
     module = importlib.import_module("portablenn.backend_cupy")
     monkeypatch.setattr(module, "_tf32", lambda: False)
+    monkeypatch.setattr(module, "_cublas_gemm", lambda: {"f": _gemm(np.float32), "d": _gemm(np.float64)})
     return module, log
 
 
@@ -369,3 +392,40 @@ def test_kernel_translation_refuses_c_it_does_not_understand():
     """A kernel in C the emulation cannot translate fails loudly instead of being skipped."""
     with pytest.raises(SyntaxError):
         _ElementwiseKernel("T x", "T y", "y = x > 0 && x < 1 ? x : 0", "unknown")
+
+
+def test_gemms_in_a_recorded_step_bypass_cupys_wrappers(emulated):
+    """CuPy 14.2's cuBLAS wrappers set the handle's stream before every call and refuse that while the
+    stream records: the recorded step's GEMMs (forward, backward, update) must still be recorded."""
+    import array_api_compat.numpy as xp
+
+    module, log = emulated
+    kernels = module.CupyKernels(xp)
+    rng = np.random.default_rng(5)
+    X, W = (rng.standard_normal(s).astype(np.float32).view(_DeviceArray) for s in ((8, 5), (5, 3)))
+    start = np.asarray(W).copy()
+    results = []
+
+    def step():
+        y = kernels.matmul(X, W)
+        kernels.matmul_update_(W, X.T, y, -0.01)
+        results.append(np.asarray(y).copy())
+
+    run = kernels.capture(step)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # a refused recording would warn
+        run()
+        run()
+    assert run.graph is not None and log.events.count("launch") == 1
+    # the eager warm-up and the recording (which the stand-in executes) each did one step
+    expected = start - 0.01 * (np.asarray(X).T @ (np.asarray(X) @ start))
+    np.testing.assert_allclose(results[0], np.asarray(X) @ start, rtol=1e-5)
+    np.testing.assert_allclose(results[1], np.asarray(X) @ expected, rtol=1e-5)
+
+
+def test_tf32_sets_the_private_handles_math_mode_by_number(emulated, monkeypatch):
+    """CuPy 14.2 names no ``CUBLAS_TF32_TENSOR_OP_MATH``: the private handle gets cuBLAS's value, 3."""
+    module, log = emulated
+    monkeypatch.setattr(module, "_tf32", lambda: True)
+    module._GraphStep(_kernels(module), lambda: None)
+    assert ("setMathMode", 7, 3) in log.events
