@@ -124,7 +124,7 @@ class _ReductionKernel:
         return np.asarray(total).view(_DeviceArray)
 
 
-def _cublas_gemm(transa, transb, a, b, out=None, alpha=1.0, beta=0.0):
+def _cupy_cublas_gemm(transa, transb, a, b, out=None, alpha=1.0, beta=0.0):
     """``cupy.cublas.gemm``: ``out = alpha op(a) @ op(b) + beta out``."""
     a, b = (a.T if transa == "T" else a), (b.T if transb == "T" else b)
     out[...] = alpha * (np.asarray(a) @ np.asarray(b)) + beta * np.asarray(out)
@@ -182,7 +182,7 @@ def emulated(monkeypatch):
     cupy.empty = lambda shape, dtype: np.empty(shape, dtype).view(_DeviceArray)
     cupy.maximum, cupy.broadcast_to, cupy.matmul = np.maximum, np.broadcast_to, np.matmul
     cupy.cublas = types.ModuleType("cupy.cublas")
-    cupy.cublas.gemm = _cublas_gemm
+    cupy.cublas.gemm = _cupy_cublas_gemm
     cupy.cuda = types.SimpleNamespace(
         MemoryPool=lambda: types.SimpleNamespace(
             malloc=lambda size: types.SimpleNamespace(ptr=4096, device_id=0)),
