@@ -33,6 +33,14 @@ def _mutate(data, cut, flips):
     return bytes(data)
 
 
+def _mutated_file(tmp_path_factory, original, mutation, name):
+    """``original`` mutated by ``mutation`` and written to a fresh file ``name``: ``(path, bytes written)``."""
+    data = _mutate(original, mutation[0], mutation[1])
+    path = tmp_path_factory.mktemp("fuzz") / name
+    path.write_bytes(data)
+    return path, data
+
+
 MUTATION = st.tuples(st.integers(0, 10_000), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)),
                                                       max_size=4))
 
@@ -58,9 +66,7 @@ def test_idx_reader_survives_corruption(tmp_path_factory, mutation, gz):
 @given(mutation=MUTATION)
 def test_csv_reader_survives_corruption(tmp_path_factory, mutation):
     text = "x1,x2,label\n0.5,1.5,0\n-2,3,1\n4,5e-3,2\n"
-    data = _mutate(text.encode(), mutation[0], mutation[1])
-    path = tmp_path_factory.mktemp("csv") / "d.csv"
-    path.write_bytes(data)
+    path, data = _mutated_file(tmp_path_factory, text.encode(), mutation, "d.csv")
     try:
         X, y = load_csv(path)
     except DatasetError:
@@ -76,9 +82,7 @@ def test_csv_reader_survives_corruption(tmp_path_factory, mutation):
 def test_npz_reader_survives_corruption(tmp_path_factory, mutation):
     buffer = io.BytesIO()
     np.savez(buffer, X=np.arange(12, dtype=np.float32).reshape(4, 3), y=np.array([0, 1, 1, 0]))
-    data = _mutate(buffer.getvalue(), mutation[0], mutation[1])
-    path = tmp_path_factory.mktemp("npz") / "d.npz"
-    path.write_bytes(data)
+    path, _ = _mutated_file(tmp_path_factory, buffer.getvalue(), mutation, "d.npz")
     try:
         X, y = load_npz(path)
     except DatasetError:
@@ -98,9 +102,7 @@ def saved_checkpoint(tmp_path_factory):
 @given(mutation=MUTATION)
 def test_checkpoint_reader_survives_corruption(tmp_path_factory, saved_checkpoint, mutation):
     original, state = saved_checkpoint
-    data = _mutate(original, mutation[0], mutation[1])
-    path = tmp_path_factory.mktemp("ckpt") / "m.safetensors"
-    path.write_bytes(data)
+    path, _ = _mutated_file(tmp_path_factory, original, mutation, "m.safetensors")
     try:
         loaded = checkpoint.load_checkpoint(path)
     except checkpoint.CheckpointError:
