@@ -15,6 +15,7 @@ first ``--device cuda`` run. What it cannot check: launches, results, cuBLAS and
 Exits 1 naming the kernel and NVRTC's first error if one does not compile.
 """
 import argparse
+import importlib
 import os
 import sys
 import types
@@ -35,8 +36,8 @@ def _import_backend():
     """portablenn.backend_cupy, with a stand-in cuBLAS where the library is not installed (unused here)."""
     import cupy_backends.cuda.libs as libs
     try:
-        libs.cublas  # noqa: B018 (loads it, or raises ImportError where the library is missing)
-    except ImportError:  # both packages load these modules lazily, by attribute
+        importlib.import_module("cupy_backends.cuda.libs.cublas")  # ImportError where libcublas is missing
+    except ImportError:  # CuPy 14 loads these modules lazily, by attribute: replace both ways in
         libs.cublas = sys.modules["cupy_backends.cuda.libs.cublas"] = types.ModuleType("cublas")
         libs.cublas.CUBLAS_OP_N, libs.cublas.CUBLAS_OP_T = 0, 1
         cupy.cublas = sys.modules["cupy.cublas"] = types.ModuleType("cupy.cublas")
