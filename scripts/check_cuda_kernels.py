@@ -2,8 +2,8 @@
 
 Not a test: a developer's check for the sessions that have no GPU. CuPy writes the CUDA source of an
 ``ElementwiseKernel``/``ReductionKernel`` only when it is called, which needs a device; this script
-builds the same source with CuPy's own code generators (private functions of CuPy 14, which this
-script is pinned to) and compiles it for sm_90 (H100/H200), float32 and float64, with the array
+builds the same source with CuPy's own code generators (private functions, as in CuPy 13.6 and
+14.2) and compiles it for sm_90 (H100/H200), float32 and float64, with the array
 layouts CuPy launches them with. A typo or a type error in a kernel fails here instead of on the
 first ``--device cuda`` run. What it cannot check: launches, results, cuBLAS and CUDA graphs (the
 `gpu` tests do, on a GPU). Set up once, where pip can reach PyPI (no GPU or driver needed)::
@@ -11,6 +11,9 @@ first ``--device cuda`` run. What it cannot check: launches, results, cuBLAS and
     python3 -m venv /tmp/nvrtc && /tmp/nvrtc/bin/pip install numpy array-api-compat cupy-cuda13x \
         "nvidia-cuda-nvrtc==13.*" "nvidia-cuda-runtime==13.*"
     /tmp/nvrtc/bin/python scripts/check_cuda_kernels.py
+
+(or ``cupy-cuda12x`` with ``nvidia-cuda-nvrtc-cu12`` and ``nvidia-cuda-runtime-cu12``, their lib
+folders on ``LD_LIBRARY_PATH``: CuPy 13 does not look in the pip packages by itself).
 
 Exits 1 naming the kernel and NVRTC's first error if one does not compile.
 """
