@@ -3,6 +3,9 @@
 The fast path hands raw pointers and strides to BLAS, so a wrong address or leading dimension would
 silently train on the wrong numbers: each case compares ``c += alpha * (a @ b)`` with NumPy's.
 """
+import os
+import sys
+
 import numpy as np
 import pytest
 
@@ -63,3 +66,11 @@ def test_gemm_update_declines_what_it_cannot_do():
     assert not blas.gemm_update(c, a[:, ::2], b[::2], 1.0)  # every other column: no leading dimension fits
     assert not blas.gemm_update(np.zeros((4, 2), np.int64), a.astype(np.int64), b.astype(np.int64), 1)
     np.testing.assert_array_equal(c, 0.0)  # nothing was written by a declined call
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_loaded_libraries_finds_numpys_blas_by_file_name():
+    """The finder the CuPy backend also uses (for libcublas): NumPy's BLAS is loaded, so it is listed."""
+    found = blas.loaded_libraries("blas")
+    assert found and all("blas" in os.path.basename(p).lower() and os.path.exists(p) for p in found)
+    assert blas.loaded_libraries("no-library-is-called-this") == []

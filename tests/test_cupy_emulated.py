@@ -429,3 +429,15 @@ def test_tf32_sets_the_private_handles_math_mode_by_number(emulated, monkeypatch
     monkeypatch.setattr(module, "_tf32", lambda: True)
     module._GraphStep(_kernels(module), lambda: None)
     assert ("setMathMode", 7, 3) in log.events
+
+
+def test_private_gemm_declines_without_libcublas(emulated, monkeypatch):
+    """Where ctypes finds no libcublas the private handle's GEMM declines and CuPy's own matmul runs
+    (a recording then fails with CuPy's refusal and a warning, and training goes on eagerly)."""
+    module = emulated[0]
+    monkeypatch.setattr(module, "_cublas_gemm", lambda: {})
+    kernels = _kernels(module)
+    rng = np.random.default_rng(6)
+    a, b = (rng.standard_normal(s).astype(np.float32).view(_DeviceArray) for s in ((4, 3), (3, 2)))
+    assert not kernels._gemm(np.empty((4, 2), np.float32).view(_DeviceArray), a, b, 1.0, 0.0)
+    np.testing.assert_allclose(kernels.matmul(a, b), np.asarray(a) @ np.asarray(b), rtol=1e-6)
