@@ -180,6 +180,11 @@ def _row(cells, widths):
     return "| " + " | ".join(str(c).rjust(w) for c, w in zip(cells, widths)) + " |"
 
 
+def _loss(value):
+    """A loss for the table: 5 decimals, or 4 significant digits in exponent form once it is huge."""
+    return f"{value:.5f}" if abs(value) < 1e5 else f"{value:.4e}"
+
+
 @contextlib.contextmanager
 def _progress(epochs, quiet):
     """tqdm bars for epochs and batches, or None where tqdm is missing, --quiet, or not a terminal."""
@@ -312,6 +317,8 @@ def train(args):
     if args.cuda_graph and not optimizer.replayable:
         raise CLIError(f"--cuda-graph replays the same step every time: it needs --optimizer sgd, "
                        f"not {type(optimizer).__name__}")
+    if not args.resume and args.batch_size is None and opts["batch_size"] > X.shape[0]:
+        opts["batch_size"] = 0  # the default minibatch is larger than this dataset: one full batch
     batch = opts["batch_size"] or None
     ranks = f" x {comm.size} MPI ranks" if comm is not None else ""
     say(f"portablenn {__version__} | device {dev.name}{ranks}" + (f" (auto: {why})" if why else "")
@@ -355,9 +362,9 @@ def train(args):
                 bar.update(1)
                 bar.set_postfix(loss=f"{r['loss']:.4f}", err=f"{r['error']:.4f}", refresh=False)
             if not (r["epoch"] % opts["log_every"] and r["epoch"] not in (done + 1, opts["epochs"])):
-                cells = [r["epoch"], f"{r['loss']:.5f}", f"{r['error']:.5f}"]
+                cells = [r["epoch"], _loss(r["loss"]), f"{r['error']:.5f}"]
                 if "val_loss" in r:
-                    cells += [f"{r['val_loss']:.5f}", f"{r['val_error']:.5f}"]
+                    cells += [_loss(r["val_loss"]), f"{r['val_error']:.5f}"]
                 write(_row(cells, widths))
             if args.checkpoint_every and r["epoch"] % args.checkpoint_every == 0:
                 save(args.save, r["epoch"])
@@ -393,7 +400,7 @@ def train(args):
     print(f"trained in {time.perf_counter() - began:.2f} s")
     for name in ["train"] + evals:
         loss, err = evaluate(model, *splits[name], l2=opts["l2"])
-        print(f"{name:>10s}: loss {loss:.5f}  accuracy {100 * (1 - err):.2f}%")
+        print(f"{name:>10s}: loss {_loss(loss)}  accuracy {100 * (1 - err):.2f}%")
     if args.save:
         save(args.save, opts["epochs"])
         print(f"saved {args.save}")
@@ -440,7 +447,7 @@ def evaluate_command(args):
     classes = model.out_features
     confusion = np.bincount(np.asarray(y, dtype=np.int64) * classes + pred,
                             minlength=classes * classes).reshape(classes, classes)
-    print(f"{dataset} {split}: {X.shape[0]} samples | loss {loss:.5f} | error {err:.5f} | "
+    print(f"{dataset} {split}: {X.shape[0]} samples | loss {_loss(loss)} | error {err:.5f} | "
           f"accuracy {100 * (1 - err):.2f}%")
     print("confusion matrix (rows: true class, columns: predicted):")
     width = max(len(str(confusion.max())), len(str(classes - 1))) + 1

@@ -21,7 +21,7 @@ from .losses import softmax
 from .models import mlp
 from .optim import SGD, Adam
 from .train import fit
-from .validation import check_features
+from .validation import check_features, check_range
 
 __all__ = ["MLPClassifier"]
 
@@ -270,10 +270,11 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
         spec = _input_device(X)
         if spec is None:
             X = _validate_data(self, X, reset=False, dtype=(np.float64, np.float32))
+            check_range(X, self.model_.dtype)
             dev = backend.device(self.device)
         else:
             _validate_data(self, X, skip_check_array=True, reset=False)
-            check_features(X, self.n_features_in_)
+            check_features(X, self.n_features_in_, dtype=self.model_.dtype)
             dev = backend.device(spec)
         model = self.model_.to(dev)
         xp, n = dev.xp, X.shape[0]

@@ -43,7 +43,7 @@ class _DeviceData:
     """A labelled dataset held once on the device: X, integer labels and one-hot rows."""
 
     def __init__(self, device, X, y, model, name="X"):
-        n = check_features(X, model.in_features, name)
+        n = check_features(X, model.in_features, name, dtype=model.dtype)
         labels = check_labels(y, n, model.out_features, "y" if name == "X" else f"{name} labels")
         self.n, self.xp = n, device.xp
         self.X = device.asarray(X, dtype=model.dtype)
@@ -298,7 +298,7 @@ def evaluate(model, X, y, *, l2=0.0, device=None):
 def _forward_all(model, X, device, head):
     dev = model.device if device is None else backend.device(device)
     model.to(dev)
-    n = check_features(X, model.in_features)
+    n = check_features(X, model.in_features, dtype=model.dtype)
     with dev.activate():
         Xd = dev.asarray(X, dtype=model.dtype)
         parts = [head(dev.xp, model.forward(Xd[s:min(s + _EVAL_CHUNK, n), :])) for s in range(0, n, _EVAL_CHUNK)]

@@ -6,15 +6,18 @@ from array_api_compat import array_namespace, is_array_api_obj
 
 from .backend import _host
 
-__all__ = ["InputError", "check_features", "check_labels", "check_batch_size"]
+__all__ = ["InputError", "check_features", "check_range", "check_labels", "check_batch_size"]
 
 
 class InputError(ValueError):
     """Data or arguments that cannot be trained on; the message says what is wrong."""
 
 
-def check_features(X, in_features=None, name="X"):
-    """Check that ``X`` is a finite numeric 2-D array ``(n_samples, in_features)``; returns n_samples."""
+def check_features(X, in_features=None, name="X", dtype=None):
+    """Check that ``X`` is a finite numeric 2-D array ``(n_samples, in_features)``; returns n_samples.
+
+    With ``dtype`` (the float dtype ``X`` is about to be cast to) also ``check_range``.
+    """
     if not is_array_api_obj(X):
         try:
             X = np.asarray(X)
@@ -34,12 +37,31 @@ def check_features(X, in_features=None, name="X"):
         bad = int(_host(xp.sum(xp.astype(~xp.isfinite(X), xp.int32))))
         if bad:
             raise InputError(f"{name} contains {bad} NaN or infinite value(s)")
+    if dtype is not None:
+        check_range(X, dtype, name)
     return X.shape[0]
+
+
+def check_range(X, dtype, name="X"):
+    """Check that the finite floats ``X`` stay finite once cast to the float dtype ``dtype``.
+
+    Only a cast to fewer bits can overflow (float64 values beyond 3.4e38 become float32 infinities);
+    integers always fit. Costs a min and a max of ``X`` then, nothing otherwise.
+    """
+    xp = array_namespace(X)
+    target = np.finfo(dtype)
+    if not xp.isdtype(X.dtype, "real floating") or xp.finfo(X.dtype).bits <= target.bits:
+        return
+    largest = float(target.max)
+    if float(_host(xp.max(X))) > largest or float(_host(xp.min(X))) < -largest:
+        raise InputError(f"{name} has values too large for {target.dtype} (magnitude above {largest:.4g}); "
+                         f"scale the data or train in float64")
 
 
 def _sum(xp, X):
     if isinstance(X, np.ndarray):  # as row sums by BLAS gemv: all cores at memory speed, ~2x np.sum
-        return np.sum(X @ np.ones(X.shape[1], X.dtype))
+        with np.errstate(over="ignore", invalid="ignore"):  # an overflow only sends us to the full check
+            return np.sum(X @ np.ones(X.shape[1], X.dtype))
     return xp.sum(X)
 
 

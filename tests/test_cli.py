@@ -277,6 +277,26 @@ def test_csv_and_npz_datasets_with_validation_files(tmp_path):
         assert accuracy > 80
 
 
+def test_small_files_default_to_one_full_batch_and_huge_values_are_named(tmp_path):
+    """The file datasets' default minibatch (100) is more than 30 samples: one full batch, not an error;
+    an explicit --batch-size beyond them is one. Values a float32 model cannot hold are named."""
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((30, 2)), np.arange(30) % 3
+    np.savez(tmp_path / "small.npz", X=X, y=y)
+    result = run("train", "--dataset", "npz:small.npz", "--epochs", "2", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "| batch full |" in result.stdout
+    assert_clean_error(run("train", "--dataset", "npz:small.npz", "--batch-size", "100", cwd=tmp_path),
+                       "batch_size must be between 1 and the number of samples (30), got 100")
+    X[3, 1] = 1e39
+    np.savez(tmp_path / "huge.npz", X=X, y=y)
+    assert_clean_error(run("train", "--dataset", "npz:huge.npz", cwd=tmp_path),
+                       "X has values too large for float32")
+    result = run("train", "--dataset", "npz:huge.npz", "--dtype", "float64", "--epochs", "1", "--quiet", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "e+" in result.stdout.split("train: loss")[1]  # a huge loss in exponent form, not 40 digits
+
+
 def test_plot_writes_readable_pngs(tmp_path):
     pytest.importorskip("matplotlib")
     from matplotlib.image import imread

@@ -54,6 +54,8 @@ def test_csv_trains(tmp_path):
     ("1,2,0\n3,4,1\n5,nan,1\n", r"line 3, column 2: 'nan' is NaN or infinite"),
     ("1,2,0\n\n3,-inf,1\n", r"line 3, column 2: '-inf' is NaN or infinite"),
     ("1,1e400,0\n", r"line 1, column 2: '1e400' is NaN or infinite"),
+    ("0.5,1.5,0\n4,5e53,2\n", r"line 2, column 2: '5e53' is too large for float32 \(at most 3\.403e\+38\)"),
+    ("1,2,0\n3,4,1e30\n", r"line 2: label '1e30' is too large to be a class index \(at most 2147483647\)"),
     ("1,2,0\n3,4,1.5\n", r"line 2: label '1.5' in the last column is not an integer class index"),
     ("1,2,0\n3,4,-1\n", r"line 2: label '-1' is negative"),
 ])
@@ -101,6 +103,8 @@ def test_npz_round_trip(tmp_path):
     ({"X": np.zeros((2, 2)), "y": np.array(["a", "b"])}, r"y must hold integer class indices, got dtype <U1"),
     ({"X": np.array([["a", "b"]]), "y": np.zeros(1, int)}, r"X must hold numbers, got dtype <U1"),
     ({"X": np.zeros((2, 2)), "y": np.array([0, -3])}, r"negative label \(-3\)"),
+    ({"X": np.zeros((2, 2)), "y": np.array([0.0, 1e30])}, r"y has a label too large to be a class index"),
+    ({"X": np.zeros((2, 2)), "y": np.array([0, 2**63], np.uint64)}, r"y has a label too large to be a class index"),
 ])
 def test_bad_npz(tmp_path, arrays, message):
     np.savez(tmp_path / "d.npz", **arrays)

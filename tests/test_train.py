@@ -1,5 +1,7 @@
 """fit / evaluate / predict / predict_proba: API behaviour on every device, state dicts, host syncs,
 and input validation."""
+import warnings
+
 import numpy as np
 import pytest
 
@@ -443,6 +445,8 @@ def _bad_cases():
     nan_X[3, 2] = np.nan
     inf_X = X.copy()
     inf_X[0, 0] = -np.inf
+    big_X = X.copy()
+    big_X[4, 1] = -1e39  # finite in float64, -inf in the float32 model
     return [
         ("X-1d", dict(X=X[:, 0]), "X must be 2-D (n_samples, n_features), got shape (30,)"),
         ("X-3d", dict(X=X.reshape(30, 2, 2)), "X must be 2-D"),
@@ -451,6 +455,8 @@ def _bad_cases():
         ("length-mismatch", dict(y=y[:29]), "X has 30 samples but y has 29 labels"),
         ("nan", dict(X=nan_X), "X contains 1 NaN or infinite value(s)"),
         ("inf", dict(X=inf_X), "X contains 1 NaN or infinite value(s)"),
+        ("beyond-float32", dict(X=big_X), "X has values too large for float32 (magnitude above 3.403e+38)"),
+        ("val-beyond-float32", dict(validation=(big_X, y)), "validation X has values too large for float32"),
         ("negative-label", dict(y=np.where(np.arange(30) == 5, -1, y)), "y has a negative label (-1)"),
         ("label-too-big", dict(y=np.where(np.arange(30) == 5, 3, y)), "y has label 3 but the model has only 3 classes"),
         ("float-labels", dict(y=y + 0.5), "y must hold integer class indices; found non-integer values"),
@@ -503,12 +509,25 @@ def test_bad_inputs_given_as_device_arrays(device):
 
 
 def test_huge_but_finite_X_is_accepted():
-    """Values whose sum overflows are still finite: no spurious NaN/inf error."""
+    """Values whose sum overflows are still finite: no spurious NaN/inf error; float64 holds them."""
     X, y = classification_data(n=20, features=4)
     X[:, 0] = 1e308
     from portablenn.validation import check_features
-    with np.errstate(over="ignore"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nor an overflow warning from the check's sum
         assert check_features(X, 4) == 20
+        assert check_features(X, 4, dtype="float64") == 20
+        with pytest.raises(pn.InputError, match="too large for float32"):
+            check_features(X, 4, dtype="float32")
+    assert check_features(np.full((3, 4), 2**62, np.int64), 4, dtype="float32") == 3  # integers always fit
+
+
+def test_values_beyond_float32_train_in_float64():
+    """What a float32 model refuses, a float64 one takes (one full-batch step: the loss is finite)."""
+    X, y = classification_data(n=20, features=4)
+    X[3, 2] = 1e39
+    history = pn.fit(pn.mlp([4, 5, 3], dtype="float64"), X, y, optimizer=pn.SGD(1e-3), epochs=1, batch_size=None)
+    assert np.isfinite(history["loss"][0])
 
 
 @pytest.mark.parametrize("fn", ["evaluate", "predict", "predict_proba"])
@@ -523,6 +542,9 @@ def test_bad_inputs_to_evaluate_and_predict(fn):
     bad = X.copy()
     bad[0, 0] = np.nan
     with pytest.raises(pn.InputError, match="NaN"):
+        call(bad, y)
+    bad[0, 0] = 1e39
+    with pytest.raises(pn.InputError, match="X has values too large for float32"):
         call(bad, y)
 
 

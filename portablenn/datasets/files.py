@@ -66,10 +66,10 @@ def load_csv(path):
         raise DatasetError(f"CSV file {path} has one column; expected features followed by a label column")
     bad = ~np.isfinite(data)
     if bad.any():
-        r, c = (int(i) for i in np.argwhere(bad)[0])
-        number, line = _data_row(path, header, r)
-        raise DatasetError(f"CSV file {path} line {number}, column {c + 1}: {line.split(',')[c].strip()!r} "
-                           "is NaN or infinite")
+        raise _cell_error(path, header, bad, "is NaN or infinite")
+    too_large = np.abs(data[:, :-1]) > _FLOAT32_MAX  # finite in float64, infinite once float32
+    if too_large.any():
+        raise _cell_error(path, header, too_large, f"is too large for float32 (at most {_FLOAT32_MAX:.4g})")
     labels = data[:, -1]
     wrong = labels != np.round(labels)
     if wrong.any():
@@ -80,7 +80,22 @@ def load_csv(path):
         number, line = _data_row(path, header, int(np.argmax(labels < 0)))
         raise DatasetError(f"CSV file {path} line {number}: label {line.split(',')[-1].strip()!r} is negative; "
                            "class labels must be 0, 1, 2, ...")
+    if (labels > _MAX_LABEL).any():
+        number, line = _data_row(path, header, int(np.argmax(labels > _MAX_LABEL)))
+        raise DatasetError(f"CSV file {path} line {number}: label {line.split(',')[-1].strip()!r} is too large "
+                           f"to be a class index (at most {_MAX_LABEL})")
     return data[:, :-1].astype(np.float32), labels.astype(np.int64)
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+_MAX_LABEL = 2**31 - 1  # far beyond any class count, and well inside int64 for the cast
+
+
+def _cell_error(path, header, mask, problem):
+    """A DatasetError naming the line, column and text of the first data cell where ``mask`` is set."""
+    r, c = (int(i) for i in np.argwhere(mask)[0])
+    number, line = _data_row(path, header, r)
+    return DatasetError(f"CSV file {path} line {number}, column {c + 1}: {line.split(',')[c].strip()!r} {problem}")
 
 
 def _rows(path):
@@ -183,6 +198,9 @@ def load_npz(path):
     if y.size and y.min() < 0:
         raise DatasetError(f"NPZ file {path}: y has a negative label ({int(y.min())}); "
                            "class labels must be 0, 1, 2, ...")
+    if y.size and y.max() > _MAX_LABEL:
+        raise DatasetError(f"NPZ file {path}: y has a label too large to be a class index ({y.max()}; "
+                           f"at most {_MAX_LABEL})")
     return X, y.astype(np.int64)
 
 
