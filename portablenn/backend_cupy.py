@@ -59,7 +59,7 @@ class CupyKernels(Kernels):
 
     @property
     def _handle(self):
-        """The private cuBLAS handle of this thread's step being recorded (CuPy refuses its own then), or None."""
+        """The private cuBLAS handle of the step this thread runs or records (see ``_cublas_gemm``), or None."""
         return getattr(self._private, "handle", None)
 
     def matmul(self, a, b, out=None):
@@ -144,7 +144,7 @@ class CupyKernels(Kernels):
 
 
 _OPS = {_blas._NO_TRANS: cublas_api.CUBLAS_OP_N, _blas._TRANS: cublas_api.CUBLAS_OP_T}  # from CBLAS's flags
-_TF32_TENSOR_OP_MATH = 3  # cublasMath_t's CUBLAS_TF32_TENSOR_OP_MATH (cublas_api.h); CuPy 14.2 has no name for it
+_TF32_TENSOR_OP_MATH = 3  # cublasMath_t's CUBLAS_TF32_TENSOR_OP_MATH (cublas_api.h): CuPy 13.6 and 14.2 name none
 
 
 @functools.lru_cache(maxsize=None)
