@@ -79,8 +79,3 @@ class NumpyKernels(Kernels):
         if decay:
             param *= 1.0 - decay
         np.subtract(param, grad, out=param)
-
-
-def _sub_(a, value):
-    a -= value
-    return a
