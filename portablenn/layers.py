@@ -12,7 +12,11 @@ class Module:
     input_grad=True)``, which fills ``grads`` and returns the gradient with respect to its input
     (or None when ``input_grad`` is False: the first layer never needs it in training). Layers with
     parameters also take ``optimizer``: an optimizer that updates during backward (plain SGD).
+    ``keeps_output`` says whether backward reads the array forward returned (activations do): a
+    caller that overwrites the model's output in place (the fast loss kernels) must copy it then.
     """
+
+    keeps_output = False
 
     def __init__(self):
         self.params = {}
@@ -74,6 +78,8 @@ class Linear(Module):
 class ReLU(Module):
     """``max(x, 0)`` elementwise."""
 
+    keeps_output = True
+
     def forward(self, x):  # (batch, n) -> (batch, n)
         self._out = self.kernels.relu(x)
         return self._out
@@ -84,6 +90,8 @@ class ReLU(Module):
 
 class Sigmoid(Module):
     """The logistic function ``1 / (1 + exp(-x))``, computed as ``(tanh(x/2) + 1) / 2`` (no overflow)."""
+
+    keeps_output = True
 
     def forward(self, x):  # (batch, n) -> (batch, n)
         self._out = 0.5 * (self.xp.tanh(0.5 * x) + 1.0)
@@ -96,6 +104,8 @@ class Sigmoid(Module):
 
 class Tanh(Module):
     """Hyperbolic tangent elementwise."""
+
+    keeps_output = True
 
     def forward(self, x):  # (batch, n) -> (batch, n)
         self._out = self.xp.tanh(x)
@@ -133,6 +143,10 @@ class Sequential(Module):
             else:
                 grad_output = layer.backward(grad_output, wants)
         return grad_output
+
+    @property
+    def keeps_output(self):
+        return bool(self.layers) and self.layers[-1].keeps_output
 
     def __len__(self):
         return len(self.layers)

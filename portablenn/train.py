@@ -147,10 +147,13 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
     starts = range(0, data.n, batch)
     steps = len(starts)
     weights = weight_matrices(model) if l2 else None
+    copy_logits = model.keeps_output  # the loss kernel may overwrite logits that backward still reads
 
     def train_step(xb, yb, onehot, rows):
         """One minibatch (this rank's part of ``rows``): forward, backward, update -> device (loss sum, wrong)."""
         logits = model.forward(xb)
+        if copy_logits:
+            logits = dev.xp.asarray(logits, copy=True)
         grad, loss, wrong = kernels.softmax_xent(logits, onehot, yb, optimizer.grad_scale / rows)
         if l2:
             loss = loss + xb.shape[0] * l2_penalty(model, l2, weights)

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import portablenn as pn
+from portablenn.models import ACTIVATIONS
 
 from _support import classification_data, fit_with_snapshots
 from _tolerances import assert_close, assert_state_close
@@ -27,6 +28,11 @@ SCENARIOS = {
                                              validation=True), 64),
     "inorder-uneven-last-batch": (dict(sizes=[6, 8, 3]), lambda: pn.SGD(0.2),
                                   dict(epochs=5, batch_size=16, shuffle=False), 50),
+    # an activation after the last Linear: backward reads the very array the loss kernel is handed
+    "inorder-sgd-ends-in-relu": (dict(sizes=[6, 8, 3], then="relu"), lambda: pn.SGD(0.2),
+                                 dict(epochs=5, batch_size=16, shuffle=False), 64),
+    "shuffle-momentum-ends-in-sigmoid": (dict(sizes=[6, 8, 3], then="sigmoid"), lambda: pn.SGD(0.5, momentum=0.9),
+                                         dict(epochs=5, batch_size=16, shuffle=True, seed=6), 64),
 }
 
 _REFERENCE = {}
@@ -44,7 +50,11 @@ def _run(dev, scenario, dtype):
     kwargs = dict(fit_kwargs)
     if kwargs.pop("validation", False):
         kwargs["validation"] = (Xv, yv)
+    model_kwargs = dict(model_kwargs)
+    then = model_kwargs.pop("then", None)
     model = pn.mlp(dtype=dtype, seed=11, **model_kwargs)
+    if then is not None:
+        model = pn.Sequential(model.layers + [ACTIVATIONS[then]()])
     initial = model.state_dict()
     history, states, records = fit_with_snapshots(model, X, y, optimizer=make_opt(), device=dev, **kwargs)
     return model, initial, history, states, records
