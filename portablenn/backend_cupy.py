@@ -1,10 +1,11 @@
 """CuPy fast path: fused elementwise/reduction kernels, cuBLAS GEMM updates and CUDA-graph replay.
 
 On a GPU a minibatch step is launch-bound: the generic softmax cross-entropy is ~15 kernels, this
-one is 7; ReLU backward is one kernel instead of three; the SGD weight update is one cuBLAS GEMM
-with ``beta = 1``; Adam updates ``param, m, v`` in one kernel. With ``fit(graph=True)`` the whole
-step is recorded once as a CUDA graph and replayed: one launch per step (``_GraphStep``). Results
-equal the generic ``Kernels`` up to float rounding; the parity tests run both.
+one is 2 (a thread per row, then the batch's sums; 7 beyond 256 classes); ReLU backward is one
+kernel instead of three; the SGD weight update is one cuBLAS GEMM with ``beta = 1``; Adam updates
+``param, m, v`` in one kernel. With ``fit(graph=True)`` the whole step is recorded once as a CUDA
+graph and replayed: one launch per step (``_GraphStep``). Results equal the generic ``Kernels`` up
+to float rounding; the parity tests run both.
 """
 import contextlib
 import ctypes
@@ -36,6 +37,30 @@ _xent_grad = cupy.ElementwiseKernel(
 _xent_loss = cupy.ReductionKernel(
     "T x, T top, T total, T onehot", "T loss", "onehot * (log(total) + top - x)", "a + b", "loss = a", "0",
     "portablenn_xent_loss")
+
+# One thread per row of (batch, classes) logits, for few classes (a row's loop is serial): the row's
+# maximum and arg-max, the sum of exponentials, the gradient row, and into ``stats`` (2, batch) the row's
+# loss and whether it was predicted wrong. The arithmetic of each gradient element is the generic
+# twin's; the arg-max is the first maximal logit, as ``argmax``.
+_xent_rows = cupy.ElementwiseKernel(
+    "raw T x, raw I labels, T scale, int32 classes", "raw T grad, raw T stats",
+    """
+    const ptrdiff_t row = (ptrdiff_t)i * classes;
+    const int label = labels[i];
+    T top = x[row];
+    int best = 0;
+    for (int j = 1; j < classes; ++j) {
+        if (x[row + j] > top) { top = x[row + j]; best = j; }
+    }
+    T total = 0;
+    for (int j = 0; j < classes; ++j) total += exp(x[row + j] - top);
+    for (int j = 0; j < classes; ++j) {
+        grad[row + j] = (exp(x[row + j] - top) / total - (j == label ? (T)1 : (T)0)) * scale;
+    }
+    stats[i] = log(total) + top - x[row + label];
+    stats[_ind.size() + i] = best != label ? (T)1 : (T)0;
+    """, "portablenn_xent_rows")
+_ROW_KERNEL_CLASSES = 256  # beyond, a row per thread is too serial: seven kernels over all elements
 
 _adam = cupy.ElementwiseKernel(
     "T grad, T beta1, T beta2, T step_size, T eps_hat, T l2", "T param, T m, T v",
@@ -125,6 +150,13 @@ class CupyKernels(Kernels):
         return _relu_backward(grad_output, output)
 
     def softmax_xent(self, logits, onehot, labels, scale):
+        n, classes = logits.shape
+        if 0 < classes <= _ROW_KERNEL_CLASSES and n:
+            grad = cupy.empty((n, classes), logits.dtype)
+            stats = cupy.empty((2, n), logits.dtype)  # each row's loss and wrong prediction
+            _xent_rows(logits, labels, logits.dtype.type(scale), numpy.int32(classes), grad, stats, size=n)
+            sums = stats.sum(axis=1)
+            return grad, sums[0], sums[1]
         top = cupy.broadcast_to(logits.max(axis=1, keepdims=True), logits.shape)
         total = cupy.broadcast_to(_row_sum_exp(logits, top, axis=1, keepdims=True), logits.shape)
         grad = _xent_grad(logits, top, total, onehot, logits.dtype.type(scale))

@@ -52,16 +52,35 @@ def _array(dtype, ndim):
     return _kernel._ArgInfo(_NDARRAY, cupy.ndarray, numpy.dtype(dtype), ndim, ndim == 0, True)
 
 
+def _scalar_arg(dtype):
+    return _kernel._ArgInfo(_SCALAR, _scalar.CScalar, numpy.dtype(dtype), 0, True, True)
+
+
 def _indexer(ndim):
     return _kernel._ArgInfo(_INDEXER, Indexer, None, ndim, True, True)
 
 
+# How backend_cupy launches its kernels: parameters passed as host scalars, the dimensions of raw
+# arrays (CuPy keeps their shape), and the dtypes of type placeholders other than T
+_SCALARS = {"scale", "keep", "beta1", "beta2", "step_size", "eps_hat", "l2", "classes"}
+_RAW_NDIM = {"x": 2, "labels": 1, "grad": 2, "stats": 2}
+_PLACEHOLDERS = {"I": "int64"}
+
+
 def _elementwise_source(kernel, dtype, ndim):
-    """Source of ``kernel`` with every parameter an array of ``ndim`` dimensions (after CuPy reduces dims)."""
-    infos = tuple(_array(dtype, ndim) for _ in range(kernel.nargs)) + (_indexer(ndim),)
-    types_ = _kernel._TypeMap((("T", numpy.dtype(dtype)),))
-    return _kernel._get_elementwise_kernel_code(infos, types_, kernel.params, kernel.operation, kernel.name,
-                                                kernel.preamble)
+    """Source of ``kernel`` as launched: its non-raw arrays of ``ndim`` dimensions (after CuPy reduces
+    dims), raw arrays of their own, scalars as scalars."""
+    types_ = {"T": numpy.dtype(dtype), **{k: numpy.dtype(v) for k, v in _PLACEHOLDERS.items()}}
+    infos = []
+    for p in kernel.params[:kernel.nargs]:
+        kind = p.dtype if p.dtype is not None else types_[p.ctype]
+        if p.name in _SCALARS:
+            infos.append(_scalar_arg(kind))
+        else:
+            infos.append(_array(kind, _RAW_NDIM[p.name] if p.raw else ndim))
+    infos.append(_indexer(1 if any(p.raw for p in kernel.params[:kernel.nargs]) else ndim))
+    return _kernel._get_elementwise_kernel_code(tuple(infos), _kernel._TypeMap(tuple(types_.items())),
+                                                kernel.params, kernel.operation, kernel.name, kernel.preamble)
 
 
 def _reduction_source(kernel, dtype, in_ndim, out_ndim):

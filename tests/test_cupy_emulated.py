@@ -8,13 +8,19 @@ Both were bugs here that only a GPU run would otherwise have shown. This checks
 what a GPU would otherwise be the first to check: the row-major to column-major operand mapping
 of the private-handle GEMM, the warm-up / record-once / replay / fall-back sequence of
 ``_GraphStep``, and the math of the fused kernels: their CUDA C operations are translated to NumPy
-statement by statement (``scripts/check_cuda_kernels.py`` compiles the same strings with NVRTC).
+statement by statement, or, for a kernel over raw arrays (loops, indices), compiled as written for
+the host with a C++ compiler (``scripts/check_cuda_kernels.py`` compiles the same strings with NVRTC).
 The real thing is tested by the ``gpu`` tests; these skip where CuPy is usable.
 """
+import ctypes
+import hashlib
 import importlib
 import itertools
 import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import types
 import warnings
 
@@ -108,6 +114,85 @@ class _ElementwiseKernel:
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
 
 
+_CXX = shutil.which("g++") or shutil.which("c++")
+_C_TYPES = {np.dtype(np.float32): ("float", ctypes.c_float), np.dtype(np.float64): ("double", ctypes.c_double),
+            np.dtype(np.int32): ("int32_t", ctypes.c_int32), np.dtype(np.int64): ("int64_t", ctypes.c_int64)}
+_HOST_SOURCE = """#include <cmath>
+#include <cstddef>
+#include <cstdint>
+using std::exp; using std::log; using std::sqrt;
+{typedefs}
+struct Indexer {{ ptrdiff_t n; ptrdiff_t size() const {{ return n; }} }};
+extern "C" void kernel(ptrdiff_t size, {params}) {{
+  const Indexer _ind{{size}};
+  for (ptrdiff_t i = 0; i < size; ++i) {{
+{operation}
+  }}
+}}
+"""
+
+
+class _HostElementwiseKernel:
+    """``cupy.ElementwiseKernel`` over raw arrays, its C operation compiled as written for the host.
+
+    CuPy runs the operation once per index ``i`` with raw arrays indexed flat (for C-contiguous
+    arrays, a plain pointer offset) and scalars by value; here it is the body of a C++ loop over
+    ``i`` with pointers (``const`` for inputs, as CuPy's ``const CArray``) and ``_ind.size()``.
+    Only what these kernels use: raw C-contiguous arrays, scalars, a ``size=`` launch.
+    """
+
+    _built = {}  # source -> compiled function
+
+    def __init__(self, in_params, out_params, operation, name, **kwargs):
+        self.params = [(p.split(), i < len(in_params.split(","))) for i, p in
+                       enumerate(f"{in_params}, {out_params}".split(","))]
+        self.operation, self.name = operation, name
+
+    def __call__(self, *args, size):
+        if _CXX is None:
+            pytest.skip("no C++ compiler to run a raw CUDA kernel's C on the host")
+        types_, decls, argtypes, values = {}, [], [ctypes.c_ssize_t], [size]
+        for (words, is_input), arg in zip(self.params, args):
+            *kind, type_, name = words
+            if "raw" in kind:
+                assert isinstance(arg, np.ndarray) and arg.flags.c_contiguous, f"{name}: raw arrays are contiguous here"
+                dtype = arg.dtype
+                decls.append(f"{'const ' if is_input else ''}{type_} *{name}")
+                argtypes.append(ctypes.c_void_p)
+                values.append(arg.__array_interface__["data"][0])
+            else:
+                assert np.ndim(arg) == 0, f"{name}: non-raw parameters are scalars here"
+                dtype = np.dtype(type_) if len(type_) > 1 else np.asarray(arg).dtype
+                decls.append(f"{_C_TYPES[dtype][0] if len(type_) > 1 else type_} {name}")
+                argtypes.append(_C_TYPES[dtype][1])
+                values.append(np.asarray(arg).item())
+            if len(type_) == 1:
+                assert types_.setdefault(type_, dtype) == dtype, f"{type_} bound to two dtypes"
+        source = _HOST_SOURCE.format(typedefs="\n".join(f"typedef {_C_TYPES[d][0]} {t};" for t, d in types_.items()),
+                                     params=", ".join(decls), operation=self.operation)
+        function = self._built.get(source) or self._build(source)
+        function.argtypes = argtypes
+        function(*values)
+
+    @classmethod
+    def _build(cls, source):
+        folder = tempfile.mkdtemp(prefix="portablenn-kernel-")
+        stem = f"{folder}/{hashlib.sha1(source.encode()).hexdigest()[:12]}"
+        with open(stem + ".cpp", "w") as f:
+            f.write(source)
+        done = subprocess.run([_CXX, "-O2", "-std=c++17", "-shared", "-fPIC", "-o", stem + ".so", stem + ".cpp"],
+                              capture_output=True, text=True)
+        assert done.returncode == 0, f"the kernel's C does not compile on the host:\n{done.stderr}"
+        cls._built[source] = ctypes.CDLL(stem + ".so").kernel
+        return cls._built[source]
+
+
+def _elementwise_kernel(in_params, out_params, operation, name, **kwargs):
+    """The stand-in ``cupy.ElementwiseKernel``: translated to NumPy, or compiled for the host if over raw arrays."""
+    raw = any("raw" in p.split()[:-2] for p in f"{in_params}, {out_params}".split(","))
+    return (_HostElementwiseKernel if raw else _ElementwiseKernel)(in_params, out_params, operation, name, **kwargs)
+
+
 class _ReductionKernel:
     """``cupy.ReductionKernel`` run with NumPy, for the sums these kernels are (``a + b`` from 0)."""
 
@@ -178,7 +263,7 @@ def emulated(monkeypatch):
     log = _Log()
     log.current.append(_Stream(log))
     cupy = types.ModuleType("cupy")
-    cupy.ElementwiseKernel, cupy.ReductionKernel = _ElementwiseKernel, _ReductionKernel
+    cupy.ElementwiseKernel, cupy.ReductionKernel = _elementwise_kernel, _ReductionKernel
     cupy.empty = lambda shape, dtype: np.empty(shape, dtype).view(_DeviceArray)
     cupy.maximum, cupy.broadcast_to, cupy.matmul = np.maximum, np.broadcast_to, np.matmul
     cupy.cublas = types.ModuleType("cupy.cublas")
@@ -332,26 +417,39 @@ def _device(a):
     return np.asarray(a).view(_DeviceArray)
 
 
+@pytest.mark.parametrize("classes", [5, 300])  # one thread per row up to 256 classes, seven kernels beyond
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fused_kernels_compute_what_the_generic_kernels_define(emulated, dtype):
-    """Each fused CUDA kernel (its C operation, translated) against ``Kernels``, the definition."""
+def test_fused_softmax_xent_computes_what_the_generic_kernel_defines(emulated, dtype, classes):
+    """The fused softmax cross-entropy (its C, run on the host) against ``Kernels``, the definition."""
     import array_api_compat.numpy as xp
 
     fused, generic = emulated[0].CupyKernels(xp), Kernels(xp)
     rng = np.random.default_rng(3)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
-    logits = (20 * rng.standard_normal((9, 5))).astype(dtype)
+    logits = (20 * rng.standard_normal((9, classes))).astype(dtype)
     logits[0] += 1000  # the row maximum keeps exp finite
-    labels = rng.integers(0, 5, 9)
+    logits[2, 1:] = logits[2, 0] = logits[2].max()  # a tie: the first maximal logit is the prediction
+    labels = rng.integers(1, classes, 9)
     labels[1] = np.argmin(logits[1])  # at least one wrong prediction
-    onehot = np.eye(5, dtype=dtype)[labels]
+    labels[2] = 0  # right only if ties go to the first maximal logit
+    labels[3] = np.argmax(logits[3])  # and one right
+    onehot = np.eye(classes, dtype=dtype)[labels]
     grad, loss, wrong = fused.softmax_xent(_device(logits), _device(onehot), _device(labels), 0.25)
     expected = generic.softmax_xent(logits.copy(), onehot, labels, 0.25)
-    assert grad.shape == (9, 5) and grad.dtype == dtype and loss.shape == () and loss.dtype == dtype
+    assert grad.shape == (9, classes) and grad.dtype == dtype and loss.shape == () and loss.dtype == dtype
     np.testing.assert_allclose(grad, expected[0], **tol)
     np.testing.assert_allclose(loss, expected[1], **tol)
     assert float(wrong) == float(expected[2]) >= 1
 
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_kernels_compute_what_the_generic_kernels_define(emulated, dtype):
+    """Each other fused CUDA kernel (its C operation, translated) against ``Kernels``, the definition."""
+    import array_api_compat.numpy as xp
+
+    fused, generic = emulated[0].CupyKernels(xp), Kernels(xp)
+    rng = np.random.default_rng(3)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
     out, upstream = np.maximum(rng.standard_normal((6, 4)), 0).astype(dtype), rng.standard_normal((6, 4)).astype(dtype)
     np.testing.assert_array_equal(fused.relu_backward(_device(upstream), _device(out)),
                                   generic.relu_backward(upstream, out))

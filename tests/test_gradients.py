@@ -130,11 +130,12 @@ def test_softmax_cross_entropy_gradient(device64):
     _fd_close(grad, _central_difference(loss, logits))
 
 
+@pytest.mark.parametrize("classes", [4, 300])  # CuPy: a thread per row up to 256 classes, seven kernels beyond
 @pytest.mark.parametrize("scale", [1.0, 0.37, 1 / 7])
-def test_fused_softmax_xent_matches_reference(device, dtype, scale):
+def test_fused_softmax_xent_matches_reference(device, dtype, scale, classes):
     """``kernels.softmax_xent`` (fast twin or generic) == the separate loss and gradient functions."""
     dev, rng = device, np.random.default_rng(4)
-    batch, classes = 7, 4
+    batch = 7
     logits = (3.0 * rng.standard_normal((batch, classes))).astype(dtype)
     labels = rng.integers(0, classes, batch)
     labels[:2] = np.argmax(logits[:2], axis=1)  # at least two rows right, and (almost surely) some wrong
