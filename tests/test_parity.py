@@ -6,7 +6,7 @@ import pytest
 import portablenn as pn
 from portablenn.models import ACTIVATIONS
 
-from _support import classification_data, fit_with_snapshots
+from _support import classification_data, fit_with_snapshots, require_dtype
 from _tolerances import assert_close, assert_state_close
 
 # id -> (model kwargs, optimizer factory, fit kwargs, n_samples)
@@ -200,3 +200,44 @@ def test_parameters_loaded_from_transposed_arrays_train_identically(dtype):
     for m in (reference, model):
         pn.fit(m, X, y, optimizer=pn.SGD(0.2), epochs=3, batch_size=16, l2=1e-3)
     assert_state_close(model.state_dict(), reference.state_dict(), dtype)
+
+
+def _random_setup(seed):
+    """A random small training run: architecture, final activation or not, batch, optimizer, L2, order, graph."""
+    rng = np.random.default_rng(seed)
+    classes = int(rng.integers(2, 6))
+    sizes = [int(s) for s in rng.integers(1, 10, int(rng.integers(1, 4)))] + [classes]
+    n = int(rng.integers(1, 41))
+    optimizer = str(rng.choice(["sgd", "momentum", "nesterov", "adam"]))
+    setup = dict(sizes=sizes, activation=str(rng.choice(list(ACTIVATIONS))), bias=bool(rng.random() < 0.6),
+                 then=[None, "relu", "sigmoid", "tanh"][int(rng.integers(0, 4))], optimizer=optimizer,
+                 fit=dict(batch_size=[None, 1, int(rng.integers(1, n + 1))][int(rng.integers(0, 3))], epochs=3,
+                          l2=float(rng.choice([0.0, 1e-2])), shuffle=bool(rng.random() < 0.5), seed=seed,
+                          graph=bool(rng.random() < 0.3) and optimizer != "adam"))
+    X, y = rng.standard_normal((n, sizes[0])), rng.integers(0, classes, n)
+    return setup, X, y
+
+
+def _random_run(dev, seed):
+    setup, X, y = _random_setup(seed)
+    optimizer = {"sgd": lambda: pn.SGD(0.3), "momentum": lambda: pn.SGD(0.1, momentum=0.9),
+                 "nesterov": lambda: pn.SGD(0.1, momentum=0.9, nesterov=True),
+                 "adam": lambda: pn.Adam(0.01)}[setup["optimizer"]]()
+    model = pn.mlp(setup["sizes"], activation=setup["activation"], bias=setup["bias"], dtype="float64", seed=seed)
+    if setup["then"] is not None:
+        model = pn.Sequential(model.layers + [ACTIVATIONS[setup["then"]]()])
+    history = pn.fit(model, X, y, optimizer=optimizer, device=dev, **setup["fit"])
+    return setup, model.state_dict(), history["loss"]
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_random_small_runs_train_alike_on_every_device(device, seed):
+    """Random architectures (one to three layers, widths 1-9, any activation, with or without a final
+    one), batches (1, odd, full), optimizers, L2, order and graph, float64: each device's weights and
+    losses equal the generic Array API kernels' on NumPy. A final activation once trained the NumPy
+    fast path on wrong gradients (its loss kernel overwrote the logits the activation still reads)."""
+    require_dtype(device, "float64")
+    setup, ref_state, ref_loss = _random_run(pn.device("numpy", fast=False), seed)
+    _, state, loss = _random_run(device, seed)
+    assert_state_close(state, ref_state, "float64", factor=10, err_msg=str(setup))
+    assert_close(loss, ref_loss, "float64", factor=10, err_msg=str(setup))
