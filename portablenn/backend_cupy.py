@@ -62,6 +62,31 @@ _xent_rows = cupy.ElementwiseKernel(
     """, "portablenn_xent_rows")
 _ROW_KERNEL_CLASSES = 256  # beyond, a row per thread is too serial: seven kernels over all elements
 
+# The minibatch of a recorded step, one thread per element of xb (batch, features): rows start + r of
+# the epoch (through the permutation ``order`` when shuffled); each row's first thread copies its
+# label and one-hot row. All arrays C-contiguous.
+_minibatch = cupy.ElementwiseKernel(
+    "raw T X, raw I y, raw T onehot, raw I order, raw I start, int32 shuffled, int32 features, int32 classes",
+    "raw T xb, raw I yb, raw T ob",
+    """
+    const ptrdiff_t r = i / features, c = i % features;
+    const ptrdiff_t row = shuffled ? (ptrdiff_t)order[start[0] + r] : (ptrdiff_t)start[0] + r;
+    xb[i] = X[row * features + c];
+    if (c == 0) {
+        yb[r] = y[row];
+        for (int k = 0; k < classes; ++k) ob[r * classes + k] = onehot[row * classes + k];
+    }
+    """, "portablenn_minibatch")
+
+# After a recorded step, in one thread: the step's loss into the epoch's vector, the error count, the counter
+_record_step = cupy.ElementwiseKernel(
+    "T loss, T wrong, int32 batch", "raw T losses, raw T wrong_total, raw I start",
+    """
+    losses[start[0] / batch] = loss;
+    wrong_total[0] += wrong;
+    start[0] += batch;
+    """, "portablenn_record_step")
+
 _adam = cupy.ElementwiseKernel(
     "T grad, T beta1, T beta2, T step_size, T eps_hat, T l2", "T param, T m, T v",
     """
@@ -163,6 +188,19 @@ class CupyKernels(Kernels):
         loss_sum = _xent_loss(logits, top, total, onehot)
         wrong = (logits.argmax(axis=1) != labels).sum(dtype=logits.dtype)
         return grad, loss_sum, wrong
+
+    def minibatch(self, X, y, onehot, order, start, offsets):
+        if not (X.flags.c_contiguous and onehot.flags.c_contiguous and X.ndim == onehot.ndim == 2):
+            return super().minibatch(X, y, onehot, order, start, offsets)
+        (batch,), (features, classes) = offsets.shape, (X.shape[1], onehot.shape[1])
+        xb, yb = cupy.empty((batch, features), X.dtype), cupy.empty((batch,), y.dtype)
+        ob = cupy.empty((batch, classes), onehot.dtype)
+        _minibatch(X, y, onehot, start if order is None else order, start, numpy.int32(order is not None),
+                   numpy.int32(features), numpy.int32(classes), xb, yb, ob, size=batch * features)
+        return xb, yb, ob
+
+    def record_step(self, losses, wrong_total, start, starts, loss, wrong, batch):
+        _record_step(loss, wrong, numpy.int32(batch), losses, wrong_total, start)
 
     def sgd_(self, param, grad, decay):
         if decay:

@@ -96,6 +96,27 @@ class Kernels:
         velocity += grad
         param -= (grad + momentum * velocity) if nesterov else velocity
 
+    def minibatch(self, X, y, onehot, order, start, offsets):
+        """The rows at positions ``start + offsets`` (through the permutation ``order`` unless None) of
+        ``X (n, in)``, ``y (n,)`` and ``onehot (n, classes)``: copies, for a step whose addresses are fixed.
+
+        ``start`` is a 0-d index array on the device, ``offsets`` is ``arange(batch)``.
+        """
+        xp = self.xp
+        rows = start + offsets
+        if order is not None:
+            rows = xp.take(order, rows, axis=0)
+        return xp.take(X, rows, axis=0), xp.take(y, rows, axis=0), xp.take(onehot, rows, axis=0)
+
+    def record_step(self, losses, wrong_total, start, starts, loss, wrong, batch):
+        """In place, after a fixed-address step: ``losses[start // batch] = loss``, ``wrong_total +=
+        wrong``, ``start += batch``. ``starts`` is ``arange(len(losses)) * batch``; 0-d arrays but ``losses``.
+        """
+        # where, not a product with a mask: an infinite loss must not turn the other steps into NaN
+        losses[...] = self.xp.where(starts == start, loss, losses)
+        wrong_total += wrong
+        start += batch
+
     def capture(self, step):
         """``step`` (a callable of no arguments) as a function to call once per minibatch.
 

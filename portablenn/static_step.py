@@ -3,8 +3,8 @@
 A captured graph replays fixed kernels on fixed memory: it cannot slice ``X[start:stop]`` at a new
 offset, nor write a step's loss to a new place. So here the minibatch's rows are gathered from
 static buffers by a step counter that lives on the device, the loss lands in a static per-epoch
-vector at the counter's position, and the counter then advances, all inside the step. The host
-only calls ``run()`` once per full minibatch; a partial last minibatch takes the ordinary path.
+vector at the counter's position, and the counter then advances, all inside the step
+(``Kernels.minibatch`` and ``Kernels.record_step``: on CuPy one kernel each). The host only calls ``run()`` once per full minibatch; a partial last minibatch takes the ordinary path.
 
 On CuPy ``Kernels.capture`` records the step as a CUDA graph on its second call and replays it
 from then on; elsewhere the step runs eagerly (the same operations, so the CPU tests check the
@@ -67,14 +67,7 @@ class StaticStep:
         return wrong + self.wrong
 
     def _step(self):
-        xp, data = self.dev.xp, self.data
-        rows = self.start + self._offsets
-        if self.shuffled:
-            rows = xp.take(self.order, rows, axis=0)
-        xb, yb, onehot = (xp.take(data.X, rows, axis=0), xp.take(data.y, rows, axis=0),
-                          xp.take(data.onehot, rows, axis=0))
+        kernels, data = self.dev.kernels, self.data
+        xb, yb, onehot = kernels.minibatch(data.X, data.y, data.onehot, self.order, self.start, self._offsets)
         loss, wrong = self._train_step(xb, yb, onehot, self.batch)
-        # where, not a product with a mask: an infinite loss must not turn the other steps into NaN
-        self.losses[...] = xp.where(self._starts == self.start, loss, self.losses)
-        self.wrong += wrong
-        self.start += self.batch
+        kernels.record_step(self.losses, self.wrong, self.start, self._starts, loss, wrong, self.batch)

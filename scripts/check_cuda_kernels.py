@@ -61,9 +61,12 @@ def _indexer(ndim):
 
 
 # How backend_cupy launches its kernels: parameters passed as host scalars, the dimensions of raw
-# arrays (CuPy keeps their shape), and the dtypes of type placeholders other than T
-_SCALARS = {"scale", "keep", "beta1", "beta2", "step_size", "eps_hat", "l2", "classes"}
-_RAW_NDIM = {"x": 2, "labels": 1, "grad": 2, "stats": 2}
+# arrays (CuPy keeps their shape) and of 0-d arrays, and the dtypes of type placeholders other than T
+_SCALARS = {"scale", "keep", "beta1", "beta2", "step_size", "eps_hat", "l2", "classes", "shuffled", "features",
+            "batch"}
+_NDIM = {"portablenn_xent_rows": {"x": 2, "labels": 1, "grad": 2, "stats": 2},
+         "portablenn_minibatch": {"X": 2, "y": 1, "onehot": 2, "order": 1, "start": 0, "xb": 2, "yb": 1, "ob": 2},
+         "portablenn_record_step": {"loss": 0, "wrong": 0, "losses": 1, "wrong_total": 0, "start": 0}}
 _PLACEHOLDERS = {"I": "int64"}
 
 
@@ -71,14 +74,16 @@ def _elementwise_source(kernel, dtype, ndim):
     """Source of ``kernel`` as launched: its non-raw arrays of ``ndim`` dimensions (after CuPy reduces
     dims), raw arrays of their own, scalars as scalars."""
     types_ = {"T": numpy.dtype(dtype), **{k: numpy.dtype(v) for k, v in _PLACEHOLDERS.items()}}
-    infos = []
-    for p in kernel.params[:kernel.nargs]:
+    infos, params, dims = [], kernel.params[:kernel.nargs], _NDIM.get(kernel.name, {})
+    for p in params:
         kind = p.dtype if p.dtype is not None else types_[p.ctype]
         if p.name in _SCALARS:
             infos.append(_scalar_arg(kind))
         else:
-            infos.append(_array(kind, _RAW_NDIM[p.name] if p.raw else ndim))
-    infos.append(_indexer(1 if any(p.raw for p in kernel.params[:kernel.nargs]) else ndim))
+            infos.append(_array(kind, dims[p.name] if p.raw or p.name in dims else ndim))
+    shaped = [p for p in params if not p.raw and p.name not in _SCALARS]
+    index_ndim = 1 if not shaped else 0 if all(dims.get(p.name) == 0 for p in shaped) else ndim
+    infos.append(_indexer(index_ndim))
     return _kernel._get_elementwise_kernel_code(tuple(infos), _kernel._TypeMap(tuple(types_.items())),
                                                 kernel.params, kernel.operation, kernel.name, kernel.preamble)
 

@@ -138,7 +138,7 @@ class _HostElementwiseKernel:
     CuPy runs the operation once per index ``i`` with raw arrays indexed flat (for C-contiguous
     arrays, a plain pointer offset) and scalars by value; here it is the body of a C++ loop over
     ``i`` with pointers (``const`` for inputs, as CuPy's ``const CArray``) and ``_ind.size()``.
-    Only what these kernels use: raw C-contiguous arrays, scalars, a ``size=`` launch.
+    Only what these kernels use: raw C-contiguous arrays, scalars and 0-d arrays (read by value).
     """
 
     _built = {}  # source -> compiled function
@@ -148,9 +148,12 @@ class _HostElementwiseKernel:
                        enumerate(f"{in_params}, {out_params}".split(","))]
         self.operation, self.name = operation, name
 
-    def __call__(self, *args, size):
+    def __call__(self, *args, size=None):
         if _CXX is None:
             pytest.skip("no C++ compiler to run a raw CUDA kernel's C on the host")
+        if size is None:  # as CuPy: the broadcast size of the non-raw arguments (0-d here: one thread)
+            size = int(np.prod(np.broadcast_shapes(*(np.shape(a) for (w, _), a in zip(self.params, args)
+                                                     if "raw" not in w))))
         types_, decls, argtypes, values = {}, [], [ctypes.c_ssize_t], [size]
         for (words, is_input), arg in zip(self.params, args):
             *kind, type_, name = words
@@ -440,6 +443,44 @@ def test_fused_softmax_xent_computes_what_the_generic_kernel_defines(emulated, d
     np.testing.assert_allclose(grad, expected[0], **tol)
     np.testing.assert_allclose(loss, expected[1], **tol)
     assert float(wrong) == float(expected[2]) >= 1
+
+
+@pytest.mark.parametrize("features", [1, 3])  # fewer than the classes: the one-hot row is a loop
+@pytest.mark.parametrize("shuffled", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_recorded_step_bookkeeping_computes_what_the_generic_kernels_define(emulated, dtype, shuffled, features):
+    """The minibatch gather and the step record of a CUDA-graph step (their C, run on the host) against
+    ``Kernels``: the same rows, labels and one-hot rows; the loss at the step's place, the count, the counter."""
+    import array_api_compat.numpy as xp
+
+    fused, generic = emulated[0].CupyKernels(xp), Kernels(xp)
+    rng = np.random.default_rng(8)
+    n, classes, batch = 23, 4, 5
+    X = rng.standard_normal((n, features)).astype(dtype)
+    y = rng.integers(0, classes, n)
+    onehot = np.eye(classes, dtype=dtype)[y]
+    order = rng.permutation(n) if shuffled else None
+    offsets, starts = np.arange(batch), np.arange(n // batch) * batch
+    state = {name: (np.zeros(n // batch, dtype), np.zeros((), dtype), np.zeros((), np.int64)) for name in "fg"}
+    for step in range(n // batch):
+        for name, kernels in (("f", fused), ("g", generic)):
+            losses, wrong, start = state[name]
+            args = [_device(a) for a in (X, y, onehot)] + [None if order is None else _device(order)]
+            got = kernels.minibatch(*args, _device(start) if name == "f" else start, _device(offsets))
+            rows = (order[step * batch:][:batch] if shuffled else np.arange(step * batch, step * batch + batch))
+            for part, whole in zip(got, (X, y, onehot)):
+                np.testing.assert_array_equal(part, whole[rows])
+            assert got[1].dtype == y.dtype and got[0].dtype == got[2].dtype == dtype
+            loss, count = np.asarray(10.0 * step + 1, dtype), np.asarray(step % 3, dtype)
+            if name == "f":
+                views = [_device(a) for a in state[name]]
+                kernels.record_step(*views, _device(starts), loss, count, batch)
+            else:
+                kernels.record_step(losses, wrong, start, starts, loss, count, batch)
+    for a, b in zip(state["f"], state["g"]):
+        np.testing.assert_array_equal(a, b)
+    assert int(state["f"][2]) == (n // batch) * batch and float(state["f"][1]) == sum(s % 3 for s in range(n // batch))
+    np.testing.assert_array_equal(state["f"][0], 10.0 * np.arange(n // batch) + 1)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
