@@ -179,14 +179,14 @@ class _HostElementwiseKernel:
 
     @classmethod
     def _build(cls, source):
-        folder = tempfile.mkdtemp(prefix="portablenn-kernel-")
-        stem = f"{folder}/{hashlib.sha1(source.encode()).hexdigest()[:12]}"
-        with open(stem + ".cpp", "w") as f:
-            f.write(source)
-        done = subprocess.run([_CXX, "-O2", "-std=c++17", "-shared", "-fPIC", "-o", stem + ".so", stem + ".cpp"],
-                              capture_output=True, text=True)
-        assert done.returncode == 0, f"the kernel's C does not compile on the host:\n{done.stderr}"
-        cls._built[source] = ctypes.CDLL(stem + ".so").kernel
+        with tempfile.TemporaryDirectory(prefix="portablenn-kernel-") as folder:  # a loaded library outlives its file
+            stem = f"{folder}/{hashlib.sha1(source.encode()).hexdigest()[:12]}"
+            with open(stem + ".cpp", "w") as f:
+                f.write(source)
+            done = subprocess.run([_CXX, "-O2", "-std=c++17", "-shared", "-fPIC", "-o", stem + ".so", stem + ".cpp"],
+                                  capture_output=True, text=True)
+            assert done.returncode == 0, f"the kernel's C does not compile on the host:\n{done.stderr}"
+            cls._built[source] = ctypes.CDLL(stem + ".so").kernel
         return cls._built[source]
 
 
