@@ -64,7 +64,7 @@ _ROW_KERNEL_CLASSES = 256  # beyond, a row per thread is too serial: seven kerne
 
 # The minibatch of a recorded step, one thread per element of xb (batch, features): rows start + r of
 # the epoch (through the permutation ``order`` when shuffled); each row's first thread copies its
-# label and one-hot row. All arrays C-contiguous.
+# label and one-hot row. Indices are flat, in C order: CuPy's raw arrays map them to any layout.
 _minibatch = cupy.ElementwiseKernel(
     "raw T X, raw I y, raw T onehot, raw I order, raw I start, int32 shuffled, int32 features, int32 classes",
     "raw T xb, raw I yb, raw T ob",
@@ -190,8 +190,6 @@ class CupyKernels(Kernels):
         return grad, loss_sum, wrong
 
     def minibatch(self, X, y, onehot, order, start, offsets):
-        if not (X.flags.c_contiguous and onehot.flags.c_contiguous and X.ndim == onehot.ndim == 2):
-            return super().minibatch(X, y, onehot, order, start, offsets)
         (batch,), (features, classes) = offsets.shape, (X.shape[1], onehot.shape[1])
         xb, yb = cupy.empty((batch, features), X.dtype), cupy.empty((batch,), y.dtype)
         ob = cupy.empty((batch, classes), onehot.dtype)

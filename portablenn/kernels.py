@@ -110,7 +110,7 @@ class Kernels:
 
     def record_step(self, losses, wrong_total, start, starts, loss, wrong, batch):
         """In place, after a fixed-address step: ``losses[start // batch] = loss``, ``wrong_total +=
-        wrong``, ``start += batch``. ``starts`` is ``arange(len(losses)) * batch``; 0-d arrays but ``losses``.
+        wrong``, ``start += batch``. ``starts`` is ``arange(len(losses)) * batch``; the others are 0-d.
         """
         # where, not a product with a mask: an infinite loss must not turn the other steps into NaN
         losses[...] = self.xp.where(starts == start, loss, losses)

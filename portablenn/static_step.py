@@ -4,7 +4,8 @@ A captured graph replays fixed kernels on fixed memory: it cannot slice ``X[star
 offset, nor write a step's loss to a new place. So here the minibatch's rows are gathered from
 static buffers by a step counter that lives on the device, the loss lands in a static per-epoch
 vector at the counter's position, and the counter then advances, all inside the step
-(``Kernels.minibatch`` and ``Kernels.record_step``: on CuPy one kernel each). The host only calls ``run()`` once per full minibatch; a partial last minibatch takes the ordinary path.
+(``Kernels.minibatch`` and ``Kernels.record_step``: on CuPy one kernel each). The host only calls
+``run()`` once per full minibatch; a partial last minibatch takes the ordinary path.
 
 On CuPy ``Kernels.capture`` records the step as a CUDA graph on its second call and replays it
 from then on; elsewhere the step runs eagerly (the same operations, so the CPU tests check the
