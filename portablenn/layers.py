@@ -1,4 +1,6 @@
 """Layers with hand-written backward passes: Linear, ReLU, Sigmoid, Tanh and the Sequential container."""
+import copy
+
 from . import backend
 from .init import linear_params
 
@@ -116,11 +118,31 @@ class Tanh(Module):
         return grad_output * (1.0 - self._out * self._out) if input_grad else None
 
 
+def _own_positions(layers):
+    """Give every position its own layer: each keeps its forward's arrays for its backward.
+
+    A layer object listed twice (``act = ReLU()`` used after every Linear, as in PyTorch) would
+    backpropagate the second use's cache through the first. A parameterless repeat is replaced by a
+    copy; a repeat with parameters (weight sharing, which would need summed gradients) is refused.
+    """
+    first = {}
+    for i, layer in enumerate(layers):
+        j = first.setdefault(id(layer), i)
+        if j == i:
+            continue
+        if layer.params:
+            raise ValueError(f"layer {i} is layer {j} again ({layer!r}): a layer with parameters can appear only "
+                             f"once (weight sharing is not supported); create a separate layer")
+        layers[i] = copy.copy(layer)
+        layers[i].params, layers[i].grads = {}, {}
+
+
 class Sequential(Module):
     """Layers applied in order; parameters are keyed ``"<index>.<name>"`` as in PyTorch."""
 
     def __init__(self, *layers):
         self.layers = list(layers[0]) if len(layers) == 1 and isinstance(layers[0], (list, tuple)) else list(layers)
+        _own_positions(self.layers)
         linears = [(i, l) for i, l in enumerate(self.layers) if isinstance(l, Linear)]
         for (i, a), (j, b) in zip(linears, linears[1:]):
             if a.out_features != b.in_features:

@@ -6,7 +6,7 @@ import pytest
 import portablenn as pn
 
 from _support import copy_state, host, host_softmax, host_xent, require_dtype
-from _tolerances import FD_RTOL, FD_STEP, assert_close
+from _tolerances import FD_RTOL, FD_STEP, assert_close, assert_state_close
 
 
 def _fd_close(analytic, numeric, err_msg=""):
@@ -214,6 +214,31 @@ def test_mlp_gradients_against_finite_differences(device64, sizes, activation, b
             return full_loss(st)
         _fd_close(analytic[key], _central_difference(f, value), key)
     _fd_close(dX, _central_difference(lambda Xh: full_loss(state, Xh), X), "input")
+
+
+def test_one_activation_object_used_twice_trains_as_two(device):
+    """``act = ReLU()`` after every Linear (common in PyTorch code): each use must keep its own cached
+    output for backward. Before, the second use's cache served both and the gradients were wrong."""
+    require_dtype(device, "float64")
+    X, y = np.random.default_rng(0).standard_normal((40, 4)), np.arange(40) % 3
+
+    def model(shared):
+        act, kw = pn.ReLU(), dict(rng=np.random.default_rng(1), dtype="float64")
+        acts = (act, act) if shared else (pn.ReLU(), pn.ReLU())
+        return pn.Sequential(pn.Linear(4, 6, **kw), acts[0], pn.Linear(6, 6, **kw), acts[1], pn.Linear(6, 3, **kw))
+
+    shared, separate = model(True), model(False)
+    assert shared.layers[1] is not shared.layers[3] and type(shared.layers[3]) is pn.ReLU
+    for m in (shared, separate):
+        pn.fit(m, X, y, optimizer=pn.SGD(0.3), epochs=3, batch_size=8, shuffle=False, device=device)
+    assert_state_close(shared.state_dict(), separate.state_dict(), "float64", factor=0)
+
+
+def test_a_layer_with_parameters_used_twice_is_refused():
+    linear = pn.Linear(5, 5)
+    with pytest.raises(ValueError, match=r"layer 2 is layer 0 again \(Linear\(5, 5, bias=True\)\): a layer with "
+                                         r"parameters can appear only once"):
+        pn.Sequential(linear, pn.ReLU(), linear)
 
 
 def test_l2_penalty_value(device, dtype):
