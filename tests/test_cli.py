@@ -144,6 +144,49 @@ def test_parity_catches_a_real_difference(monkeypatch, capsys):
     assert "FAIL" in capsys.readouterr().out
 
 
+def test_parity_step_by_step_names_the_first_step_that_diverges(monkeypatch, capsys):
+    """--steps N compares after each of the first N minibatch steps (spanning epochs) and names the first
+    step beyond --rtol: here a backend whose weights go wrong from step 4 on."""
+    from portablenn import cli
+
+    real_fit = cli.fit
+    calls = []
+
+    def late_skew(model, X, y, *, on_step, **kw):
+        calls.append(1)
+        weight = model.layers[0].params
+
+        def step_then_skew(epoch, step, steps):
+            if len(calls) == 2 and (epoch, step) == (2, 1):  # the 4th step: 3 steps an epoch
+                weight["weight"][...] *= 1.01
+            on_step(epoch, step, steps)
+        return real_fit(model, X, y, on_step=step_then_skew, **kw)
+
+    monkeypatch.setattr(cli, "fit", late_skew)
+    argv = ["parity", "--dataset", "lines", "--batch-size", "8", "--dtype", "float64", "--no-shuffle", "--steps", "5"]
+    assert cli.main(argv) == 1
+    out = capsys.readouterr().out
+    rows = [line.split("|")[1].strip() for line in out.splitlines() if "array_api_strict:device1 |" in line]
+    assert rows == ["1.1", "1.2", "1.3", "2.1", "2.2"]
+    assert "first 5 steps" in out and out.rstrip().endswith("first above it at epoch.step 2.1 on array_api_strict:device1")
+    monkeypatch.setattr(cli, "fit", real_fit)
+    assert cli.main(argv) == 0 and capsys.readouterr().out.rstrip().splitlines()[-1].startswith("PASS")
+
+
+def test_a_reader_that_goes_away_stops_the_command_quietly():
+    """``portablenn train | head -1``: the closed pipe ends the run as SIGPIPE would (exit 141), with no
+    traceback or error message, whether it shows in a print or in the last flush."""
+    env = {**os.environ, "PORTABLENN_DISABLE_CUDA": ""}
+    for epochs in ("3000", "2"):
+        proc = subprocess.Popen([sys.executable, "-m", "portablenn", "train", "--dataset", "spiral", "--epochs", epochs],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        assert proc.stdout.readline().startswith("portablenn")
+        proc.stdout.close()
+        err = proc.stderr.read()
+        code = proc.wait(timeout=300)
+        assert code in ((141,) if epochs == "3000" else (0, 141)) and err == "", (epochs, code, err)
+
+
 def test_python_m_and_console_script_agree():
     result = run("--version")
     assert result.returncode == 0 and result.stdout.strip() == f"portablenn {pn.__version__}"
