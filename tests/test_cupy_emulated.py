@@ -580,3 +580,31 @@ def test_private_gemm_declines_without_libcublas(emulated, monkeypatch):
     a, b = (rng.standard_normal(s).astype(np.float32).view(_DeviceArray) for s in ((4, 3), (3, 2)))
     assert not kernels._gemm(np.empty((4, 2), np.float32).view(_DeviceArray), a, b, 1.0, 0.0)
     np.testing.assert_allclose(kernels.matmul(a, b), np.asarray(a) @ np.asarray(b), rtol=1e-6)
+
+
+@pytest.mark.parametrize("classes", [3, 300])  # the row softmax kernel, and the seven-kernel path beyond 256
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])  # weights updated in backward (cuBLAS), or after
+def test_fit_through_the_emulated_cupy_kernels_trains_as_the_generic_ones(emulated, classes, optimizer):
+    """``fit`` end to end (eager) with ``CupyKernels`` in place of NumPy's: every fused kernel in the
+    order, with the arguments and dtypes ``fit`` gives them. Weights and History equal the generic path's."""
+    import array_api_compat.numpy as xp
+
+    from _support import classification_data
+    from _tolerances import assert_close, assert_state_close
+
+    cupy_like = backend.Device("numpy:emulated-cupy", xp, fast=False)
+    cupy_like.kernels = emulated[0].CupyKernels(xp)
+    X, y = classification_data(n=45, features=4, classes=classes, seed=2)
+    results = []
+    for dev in (cupy_like, portablenn.device("numpy", fast=False)):
+        model = portablenn.mlp([4, 6, classes], dtype="float64", seed=1)
+        opt = portablenn.SGD(0.2) if optimizer == "sgd" else portablenn.SGD(0.1, momentum=0.9)
+        history = portablenn.fit(model, X, y, optimizer=opt, epochs=3, batch_size=8, l2=1e-3, device=dev,
+                                 validation=(X[:9], y[:9]))
+        assert all(type(layer.kernels).__name__ == ("CupyKernels" if dev is cupy_like else "Kernels")
+                   for layer in model.layers)
+        results.append((model.state_dict(), history))
+    (state, history), (reference, expected) = results
+    assert_state_close(state, reference, "float64", factor=10)
+    for field in ("loss", "error", "val_loss", "val_error"):
+        assert_close(history[field], expected[field], "float64", factor=10)
