@@ -13,7 +13,8 @@ first ``--device cuda`` run. What it cannot check: launches, results, cuBLAS and
     /tmp/nvrtc/bin/python scripts/check_cuda_kernels.py
 
 (or ``cupy-cuda12x`` with ``nvidia-cuda-nvrtc-cu12`` and ``nvidia-cuda-runtime-cu12``, their lib
-folders on ``LD_LIBRARY_PATH``: CuPy 13 does not look in the pip packages by itself).
+folders on ``LD_LIBRARY_PATH`` and ``CUDA_PATH`` set to the ``nvidia/cuda_runtime`` folder, for
+``cuda_fp16.h``: CuPy 13 does not look in the pip packages by itself).
 
 Exits 1 naming the kernel and NVRTC's first error if one does not compile.
 """
@@ -48,8 +49,8 @@ def _import_backend():
     return backend_cupy
 
 
-def _array(dtype, ndim):
-    return _kernel._ArgInfo(_NDARRAY, cupy.ndarray, numpy.dtype(dtype), ndim, ndim == 0, True)
+def _array(dtype, ndim, contiguous=False):
+    return _kernel._ArgInfo(_NDARRAY, cupy.ndarray, numpy.dtype(dtype), ndim, contiguous or ndim == 0, True)
 
 
 def _scalar_arg(dtype):
@@ -70,7 +71,7 @@ _NDIM = {"portablenn_xent_rows": {"x": 2, "labels": 1, "grad": 2, "stats": 2},
 _PLACEHOLDERS = {"I": "int64"}
 
 
-def _elementwise_source(kernel, dtype, ndim):
+def _elementwise_source(kernel, dtype, ndim, contiguous=False):
     """Source of ``kernel`` as launched: its non-raw arrays of ``ndim`` dimensions (after CuPy reduces
     dims), raw arrays of their own, scalars as scalars."""
     types_ = {"T": numpy.dtype(dtype), **{k: numpy.dtype(v) for k, v in _PLACEHOLDERS.items()}}
@@ -80,7 +81,7 @@ def _elementwise_source(kernel, dtype, ndim):
         if p.name in _SCALARS:
             infos.append(_scalar_arg(kind))
         else:
-            infos.append(_array(kind, dims[p.name] if p.raw or p.name in dims else ndim))
+            infos.append(_array(kind, dims[p.name] if p.raw or p.name in dims else ndim, contiguous))
     shaped = [p for p in params if not p.raw and p.name not in _SCALARS]
     index_ndim = 1 if not shaped else 0 if all(dims.get(p.name) == 0 for p in shaped) else ndim
     infos.append(_indexer(index_ndim))
@@ -129,13 +130,14 @@ def main(argv=None):
         return 1
     failed = 0
     for name, kernel in found.items():
-        shapes = ([(2, 1), (1, 0)] if isinstance(kernel, cupy.ReductionKernel) else [1, 2])
+        # elementwise: (dims, C-contiguous), the two ways CuPy's CArray indexes
+        shapes = ([(2, 1), (1, 0)] if isinstance(kernel, cupy.ReductionKernel) else [(1, False), (2, False), (1, True)])
         for dtype in ("float32", "float64"):
             for shape in shapes:
                 if isinstance(kernel, cupy.ReductionKernel):
                     source = _reduction_source(kernel, dtype, *shape)
                 else:
-                    source = _elementwise_source(kernel, dtype, shape)
+                    source = _elementwise_source(kernel, dtype, *shape)
                 try:
                     size = compile_source(source, args.arch)
                 except compiler.CompileException as exc:
