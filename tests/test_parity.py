@@ -227,17 +227,20 @@ def _random_run(dev, seed):
     if setup["then"] is not None:
         model = pn.Sequential(model.layers + [ACTIVATIONS[setup["then"]]()])
     history = pn.fit(model, X, y, optimizer=optimizer, device=dev, **setup["fit"])
-    return setup, model.state_dict(), history["loss"]
+    after = (pn.evaluate(model, X, y, l2=setup["fit"]["l2"]), pn.predict_proba(model, X))
+    return setup, model.state_dict(), history["loss"], after
 
 
 @pytest.mark.parametrize("seed", range(16))
 def test_random_small_runs_train_alike_on_every_device(device, seed):
     """Random architectures (one to three layers, widths 1-9, any activation, with or without a final
-    one), batches (1, odd, full), optimizers, L2, order and graph, float64: each device's weights and
-    losses equal the generic Array API kernels' on NumPy. A final activation once trained the NumPy
+    one), batches (1, odd, full), optimizers, L2, order and graph, float64: each device's weights,
+    losses, and then ``evaluate`` and ``predict_proba``, equal the generic Array API kernels' on NumPy. A final activation once trained the NumPy
     fast path on wrong gradients (its loss kernel overwrote the logits the activation still reads)."""
     require_dtype(device, "float64")
-    setup, ref_state, ref_loss = _random_run(pn.device("numpy", fast=False), seed)
-    _, state, loss = _random_run(device, seed)
+    setup, ref_state, ref_loss, (ref_eval, ref_proba) = _random_run(pn.device("numpy", fast=False), seed)
+    _, state, loss, (evaluated, proba) = _random_run(device, seed)
     assert_state_close(state, ref_state, "float64", factor=10, err_msg=str(setup))
     assert_close(loss, ref_loss, "float64", factor=10, err_msg=str(setup))
+    assert_close(evaluated, ref_eval, "float64", factor=10, err_msg=str(setup))  # (loss, error) after training
+    assert_close(proba, ref_proba, "float64", factor=10, err_msg=str(setup))
