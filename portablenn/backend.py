@@ -3,14 +3,22 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import warnings
 
 import numpy as np
 
-__all__ = ["Device", "DeviceError", "device", "device_specs", "probe"]
+__all__ = ["Device", "DeviceError", "KERNEL_MODES", "KernelFallbackWarning", "device", "device_specs", "probe"]
+
+KERNEL_MODES = ("auto", "fast", "generic")
 
 
 class DeviceError(ValueError):
     """A device spec that is unknown here or that cannot run on this machine."""
+
+
+class KernelFallbackWarning(RuntimeWarning):
+    """An accelerator's fast kernels failed their self-test: the device uses the generic kernels instead."""
 
 
 class Device:
@@ -26,27 +34,55 @@ class Device:
         The library's own device object (``None`` where it has one device only).
     kind : {"cpu", "cuda"}
         Where the memory lives.
-    fast : bool
-        Use the backend's hand-tuned kernels (``out=``, fused GPU kernels) instead of the generic
-        Array API ones. Both give the same results; parity tests run both.
+    fast : bool, optional
+        The old spelling of ``kernels``: True is "fast", False is "generic".
+    kernels : {"auto", "fast", "generic"}, optional
+        Which kernels run the hot path (default "auto"). "fast": the backend's hand-tuned ones
+        (``out=`` buffers, fused GPU kernels, BLAS updates); "generic": the Array API ``Kernels``
+        they must match. "auto" is "fast", except that on an accelerator the fast kernels first
+        prove themselves on a tiny problem against the generic ones (``kernel_check``); if they
+        fail, a ``KernelFallbackWarning`` says why, once, and the generic kernels run.
     """
 
-    def __init__(self, name, xp, native=None, kind="cpu", fast=True):
+    def __init__(self, name, xp, native=None, kind="cpu", fast=None, *, kernels=None):
         self.name = name
         self.xp = xp
         self.native = native
         self.kind = kind
-        self.fast = fast
-        self.kernels = _make_kernels(self, fast)
+        mode = _kernel_mode(fast, kernels)
+        # only an accelerator's kernels are checked: the CPU ones are tested wherever the tests run
+        self.kernel_mode = "fast" if mode == "auto" and kind == "cpu" else mode
+        self.kernel_status = None  # "fast", "generic", "fast (self-test passed)", "generic (fallback: ...)"
+        self._kernels = None
+        self._choosing = threading.Lock()
+
+    @property
+    def fast(self):
+        """Whether the hand-tuned kernels may run (kernel mode "fast" or "auto")."""
+        return self.kernel_mode != "generic"
+
+    @property
+    def kernels(self):
+        """The hot-path kernels (``portablenn.kernels.Kernels`` or a backend twin), chosen on first use."""
+        if self._kernels is None:
+            with self._choosing:
+                if self._kernels is None:
+                    self._kernels, self.kernel_status = _choose_kernels(self)
+        return self._kernels
+
+    @kernels.setter
+    def kernels(self, value):
+        self._kernels, self.kernel_status = value, type(value).__name__
 
     def __repr__(self):
-        return f"Device({self.name!r}{'' if self.fast else ', fast=False'})"
+        default = "auto" if self.kind != "cpu" else "fast"
+        return f"Device({self.name!r}{'' if self.kernel_mode == default else f', kernels={self.kernel_mode!r}'})"
 
     def __eq__(self, other):
-        return isinstance(other, Device) and (self.name, self.fast) == (other.name, other.fast)
+        return isinstance(other, Device) and (self.name, self.kernel_mode) == (other.name, other.kernel_mode)
 
     def __hash__(self):
-        return hash((self.name, self.fast))
+        return hash((self.name, self.kernel_mode))
 
     @property
     def library(self):
@@ -161,18 +197,55 @@ def _host(array):
     return np.asarray(array)
 
 
-def _make_kernels(dev, fast):
-    from . import kernels
+def _kernel_mode(fast, kernels):
+    """The kernel mode from ``device``'s two keywords (``fast`` is the old spelling)."""
+    if kernels is None:
+        return "auto" if fast is None else "fast" if fast else "generic"
+    if kernels not in KERNEL_MODES:
+        raise DeviceError(f"unknown kernels {kernels!r}; expected one of " + ", ".join(KERNEL_MODES))
+    if fast is not None and bool(fast) != (kernels != "generic"):
+        raise DeviceError(f"fast={fast!r} contradicts kernels={kernels!r}")
+    return kernels
 
-    if fast and dev.library == "numpy":
+
+def _fast_kernels(dev):
+    """The backend's hand-tuned twin of ``Kernels`` for ``dev``, or None where its library has none."""
+    if dev.library == "numpy":
         from .backend_numpy import NumpyKernels
 
         return NumpyKernels(dev.xp)
-    if fast and dev.library == "cupy":
+    if dev.library == "cupy":
         from .backend_cupy import CupyKernels
 
         return CupyKernels(dev.xp)
-    return kernels.Kernels(dev.xp)
+    return None
+
+
+def _choose_kernels(dev):
+    """``(kernels, status)`` for ``dev``'s kernel mode; "auto" runs the self-test (``kernel_check``)."""
+    from .kernels import Kernels
+
+    if dev.kernel_mode == "generic":
+        return Kernels(dev.xp), "generic"
+    if dev.kernel_mode == "fast":
+        fast = _fast_kernels(dev)
+        return (Kernels(dev.xp), "generic (no fast kernels for this library)") if fast is None else (fast, "fast")
+    from . import kernel_check
+
+    try:
+        fast = _fast_kernels(dev)
+    except Exception as exc:  # a broken install, a library that refuses to load
+        fast, problem = None, f"loading them raised {kernel_check.describe(exc)}"
+    else:
+        if fast is None:
+            return Kernels(dev.xp), "generic (no fast kernels for this library)"
+        problem = kernel_check.check(dev, fast, Kernels(dev.xp))
+    if problem is None:
+        return fast, "fast (self-test passed)"
+    warnings.warn(f"the fast kernels of {dev.name} failed their self-test ({problem}), so it trains with the "
+                  f"generic Array API kernels (kernels='fast' forces the fast ones)", KernelFallbackWarning,
+                  stacklevel=2)
+    return Kernels(dev.xp), f"generic (fallback: {problem})"
 
 
 # -- spec resolution -----------------------------------------------------------------------------
@@ -180,7 +253,7 @@ def _make_kernels(dev, fast):
 _STRICT_DEVICES = ("CPU_DEVICE", "device1", "device2", "no_float64")
 
 
-def device(spec="cpu", *, fast=None, verbose=False):
+def device(spec="cpu", *, fast=None, kernels=None, verbose=False):
     """Resolve a device spec.
 
     Parameters
@@ -189,9 +262,11 @@ def device(spec="cpu", *, fast=None, verbose=False):
         ``"cpu"`` | ``"numpy"`` | ``"cuda"`` | ``"cuda:N"`` | ``"auto"`` | ``"array_api_strict"`` |
         ``"array_api_strict:NAME"`` (NAME in CPU_DEVICE, device1, device2, no_float64) |
         ``"torch"`` | ``"torch:cpu"`` | ``"torch:cuda"`` | ``"torch:cuda:N"``.
+    kernels : {"auto", "fast", "generic"}, optional
+        Which kernels run the hot path (see ``Device``); default "auto" for a spec string (the fast
+        ones, proven on first use on an accelerator), unchanged for a Device.
     fast : bool, optional
-        Use backend fast paths where they exist (NumPy ``out=`` and BLAS, fused CuPy kernels);
-        default True for a spec string, unchanged for a Device.
+        The old spelling: True is ``kernels="fast"``, False is ``kernels="generic"``.
     verbose : bool
         For ``"auto"``: print which device was chosen and why.
 
@@ -201,23 +276,27 @@ def device(spec="cpu", *, fast=None, verbose=False):
         For an unknown spec or a device that cannot run here, with the reason in one sentence.
     """
     if isinstance(spec, Device):
-        return spec if fast is None or spec.fast == fast else device(spec.name, fast=fast)
+        if fast is None and kernels is None:
+            return spec
+        mode = _kernel_mode(fast, kernels)
+        same = mode == spec.kernel_mode or (mode == "auto" and spec.kind == "cpu")
+        return spec if same else device(spec.name, kernels=mode)
     if not isinstance(spec, str):
         raise DeviceError(f"device spec must be a string such as 'cpu' or 'cuda:0', not {type(spec).__name__}")
-    dev = _resolve(spec, True if fast is None else bool(fast), verbose)  # checks availability every time
-    return _CACHE.setdefault((dev.name, dev.fast), dev)  # but one Device (and its kernels) per device
+    dev = _resolve(spec, _kernel_mode(fast, kernels), verbose)  # checks availability every time
+    return _CACHE.setdefault((dev.name, dev.kernel_mode), dev)  # but one Device (and its kernels) per device
 
 
 _CACHE = {}
 
 
-def _resolve(spec, fast, verbose):
+def _resolve(spec, mode, verbose):
     s = spec.strip().lower() if not spec.startswith("array_api_strict:") else spec.strip()
     if s in ("cpu", "numpy", "numpy:cpu"):
-        return _numpy_device(fast)
+        return _numpy_device(mode)
     if s == "auto":
         reason = _cuda_problem(0)
-        dev = _numpy_device(fast) if reason else _cupy_device(0, fast)
+        dev = _numpy_device(mode) if reason else _cupy_device(0, mode)
         if verbose:
             print(f"device auto -> {dev.name}" + (f" ({reason})" if reason else ""))
         return dev
@@ -226,11 +305,11 @@ def _resolve(spec, fast, verbose):
         reason = _cuda_problem(index)
         if reason:
             raise DeviceError(f"cannot use {spec}: {reason}")
-        return _cupy_device(index, fast)
+        return _cupy_device(index, mode)
     if s == "array_api_strict" or s.startswith("array_api_strict:"):
-        return _strict_device(spec, s.split(":", 1)[1] if ":" in s else "CPU_DEVICE", fast)
+        return _strict_device(spec, s.split(":", 1)[1] if ":" in s else "CPU_DEVICE", mode)
     if s == "torch" or s.startswith("torch:"):
-        return _torch_device(spec, s.split(":", 1)[1] if ":" in s else "cpu", fast)
+        return _torch_device(spec, s.split(":", 1)[1] if ":" in s else "cpu", mode)
     raise DeviceError(f"unknown device {spec!r}; expected cpu, cuda, cuda:N, auto, "
                       "array_api_strict[:NAME] or torch[:cpu|cuda[:N]]")
 
@@ -241,10 +320,10 @@ def _index(spec, text):
     return int(text)
 
 
-def _numpy_device(fast):
+def _numpy_device(mode):
     import array_api_compat.numpy as xp
 
-    return Device("numpy", xp, None, "cpu", fast)
+    return Device("numpy", xp, None, "cpu", kernels=mode)
 
 
 def _cuda_problem(index):
@@ -266,14 +345,14 @@ def _cuda_problem(index):
     return None
 
 
-def _cupy_device(index, fast):
+def _cupy_device(index, mode):
     import array_api_compat.cupy as xp
     import cupy
 
-    return Device(f"cupy:{index}", xp, cupy.cuda.Device(index), "cuda", fast)
+    return Device(f"cupy:{index}", xp, cupy.cuda.Device(index), "cuda", kernels=mode)
 
 
-def _strict_device(spec, name, fast):
+def _strict_device(spec, name, mode):
     try:
         import array_api_strict as strict
     except ImportError:
@@ -282,22 +361,22 @@ def _strict_device(spec, name, fast):
     if name not in _STRICT_DEVICES:
         raise DeviceError(f"unknown array_api_strict device {name!r}; expected one of "
                           + ", ".join(_STRICT_DEVICES))
-    return Device(f"array_api_strict:{name}", strict, strict.Device(name), "cpu", fast)
+    return Device(f"array_api_strict:{name}", strict, strict.Device(name), "cpu", kernels=mode)
 
 
-def _torch_device(spec, rest, fast):
+def _torch_device(spec, rest, mode):
     try:
         import torch
         import array_api_compat.torch as xp
     except ImportError:
         raise DeviceError(f"cannot use {spec}: PyTorch is not installed") from None
     if rest == "cpu":
-        return Device("torch:cpu", xp, torch.device("cpu"), "cpu", fast)
+        return Device("torch:cpu", xp, torch.device("cpu"), "cpu", kernels=mode)
     if rest == "cuda" or rest.startswith("cuda:"):
         index = _index(spec, rest.split(":", 1)[1] if ":" in rest else "0")
         if not torch.cuda.is_available() or index >= torch.cuda.device_count():
             raise DeviceError(f"cannot use {spec}: PyTorch sees no CUDA GPU {index}")
-        return Device(f"torch:cuda:{index}", xp, torch.device("cuda", index), "cuda", fast)
+        return Device(f"torch:cuda:{index}", xp, torch.device("cuda", index), "cuda", kernels=mode)
     raise DeviceError(f"unknown torch device {spec!r}; expected torch, torch:cpu or torch:cuda[:N]")
 
 

@@ -168,6 +168,11 @@ class CupyKernels(Kernels):
     def capture(self, step):
         return _GraphStep(self, step)
 
+    @property
+    def tf32(self):
+        """Whether float32 matmuls run on TF32 tensor cores (``kernel_check`` then allows their error)."""
+        return _tf32()
+
     def relu(self, x):
         return cupy.maximum(x, 0)
 
@@ -263,33 +268,47 @@ class _GraphStep:
     long as the graph and every array taken from it (the optimizer's buffers outlive ``fit``).
     Recording does not execute, so the second call records and then launches; the launches go to
     the current stream, in order with the eager work around them.
+
+    If CUDA or CuPy refuses any part of it (the handle, the recording, building the graph, a
+    launch), a ``RuntimeWarning`` says which and why, and the step runs eagerly from then on: no
+    step is lost or run twice. ``close`` releases the graph and the handle when ``fit`` ends.
     """
 
     def __init__(self, kernels, step):
         self.kernels, self.step = kernels, step
-        self.pool = cupy.cuda.MemoryPool()
-        self.stream = cupy.cuda.Stream(non_blocking=True)
-        self.handle = cublas_api.create()
-        cublas_api.setPointerMode(self.handle, cublas_api.CUBLAS_POINTER_MODE_HOST)
-        if _tf32():  # as CuPy's own matmuls
-            cublas_api.setMathMode(self.handle, _TF32_TENSOR_OP_MATH)
-        self.graph, self.warm, self.failed = None, False, False
+        self.graph, self.warm, self.failed, self.handle = None, False, False, None
+        try:
+            self.pool = cupy.cuda.MemoryPool()
+            self.stream = cupy.cuda.Stream(non_blocking=True)
+            self.handle = cublas_api.create()
+            cublas_api.setPointerMode(self.handle, cublas_api.CUBLAS_POINTER_MODE_HOST)
+            if _tf32():  # as CuPy's own matmuls
+                cublas_api.setMathMode(self.handle, _TF32_TENSOR_OP_MATH)
+        except Exception as exc:
+            self._give_up("preparing", exc)
 
     def __call__(self):
+        if self.failed:
+            self.step()
+            return
         current = cupy.cuda.get_current_stream()
         if self.graph is None:
             self.stream.wait_event(current.record())  # after the eager work queued so far
             with cupy.cuda.using_allocator(self._malloc), \
                     self.kernels._private_blas(self.handle, self.stream), self.stream:
-                if self.warm and not self.failed:
+                if self.warm:
                     self.graph = self._record()
-                if self.graph is None:  # the warm-up, or every step once recording has failed
+                if self.graph is None:  # the warm-up, or this step after a failed recording
                     self.step()
                     self.warm = True
             current.wait_event(self.stream.record())
             if self.graph is None:
                 return
-        self.graph.launch(current)
+        try:
+            self.graph.launch(current)
+        except Exception as exc:  # refused at the launch: nothing of this step ran
+            self._give_up("launching", exc)
+            self.step()
 
     def _malloc(self, size):
         # CuPy's pooled memory holds its pool by a weak reference and the pool frees its blocks when it
@@ -299,23 +318,40 @@ class _GraphStep:
         return cupy.cuda.MemoryPointer(cupy.cuda.UnownedMemory(block.ptr, size, owner, block.device_id), 0)
 
     def _record(self):
-        """The recorded graph, or None (with a warning) if CUDA or CuPy refused to record the step.
+        """The recorded graph, or None (with a warning) if CUDA or CuPy refused to record or build it.
 
-        Recording executes nothing, so after a refusal the step simply runs eagerly from then on.
+        Recording executes nothing, so after a refusal the step simply runs eagerly.
         """
-        self.stream.begin_capture()
         try:
+            self.stream.begin_capture()
             self.step()
         except Exception as exc:
             with contextlib.suppress(Exception):  # leave the stream usable
                 self.stream.end_capture()
-            self.failed = True
-            warnings.warn(f"recording the training step as a CUDA graph failed ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0] if str(exc) else ''}); training goes on without one",
-                          RuntimeWarning, stacklevel=4)
+            self._give_up("recording", exc)
             return None
-        return self.stream.end_capture()
+        try:
+            return self.stream.end_capture()  # ends the capture and instantiates the graph
+        except Exception as exc:
+            self._give_up("building", exc)
+            return None
 
-    def __del__(self):
-        with contextlib.suppress(Exception):
-            cublas_api.destroy(self.handle)
+    def _give_up(self, what, exc):
+        self.failed, self.graph = True, None
+        warnings.warn(f"{what} the training step as a CUDA graph failed ({type(exc).__name__}: "
+                      f"{str(exc).splitlines()[0] if str(exc) else ''}); training goes on without one",
+                      RuntimeWarning, stacklevel=4)
+        self.close()
+
+    def close(self):
+        """Release the graph and the private cuBLAS handle; later calls run the step eagerly.
+
+        Called by ``fit`` when it ends, in its own thread, not left to ``__del__``: the garbage
+        collector could run ``cublasDestroy`` (a device-wide synchronisation) at any moment, during
+        another fit's recording too.
+        """
+        self.failed, self.graph = True, None
+        handle, self.handle = self.handle, None
+        if handle is not None:
+            with contextlib.suppress(Exception):
+                cublas_api.destroy(handle)

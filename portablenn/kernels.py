@@ -122,7 +122,8 @@ class Kernels:
 
         A twin may record the operations of ``step`` once and replay them (CuPy: a CUDA graph);
         ``step`` must then keep its shapes and buffers fixed and never read data back to the host
-        (``static_step.StaticStep``). Here it simply runs every time.
+        (``static_step.StaticStep``). The result may have a ``close()``, called when training ends
+        (releasing what a recording holds). Here it simply runs every time.
         """
         return step
 

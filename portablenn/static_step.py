@@ -67,6 +67,15 @@ class StaticStep:
         step_losses[:self.steps] = self.losses
         return wrong + self.wrong
 
+    def close(self):
+        """Release the recorded step (its graph and cuBLAS handle on CuPy); ``fit`` calls it when it ends.
+
+        Also breaks the cycle between this object and the recording, which holds ``_step``.
+        """
+        close, self._run = getattr(self._run, "close", None), None
+        if close is not None:
+            close()
+
     def _step(self):
         kernels, data = self.dev.kernels, self.data
         xb, yb, onehot = kernels.minibatch(data.X, data.y, data.onehot, self.order, self.start, self._offsets)

@@ -171,43 +171,47 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
     with dev.activate():
         shuffled = bool(shuffle) and batch < data.n
         static = StaticStep(dev, data, batch, shuffled, train_step, optimizer, model.dtype) if graph else None
-        for epoch in range(initial_epoch + 1, epochs + 1):
-            began = time.perf_counter()
-            if not pending:  # a block of metric rows, read back in one transfer by _flush
-                block = dev.zeros((min(log_every, epochs - epoch + 1), _LOSSES + steps), model.dtype)
-            row = block[len(pending), :]
-            step_losses = row[_LOSSES:]  # per-step loss sums: the epoch's loss, and where it diverged
-            order = None
-            if shuffled:
-                order = dev.asarray(np.random.default_rng([seed, epoch]).permutation(data.n), dtype=dev.index_dtype)
-            wrong = 0.0
+        try:
+            for epoch in range(initial_epoch + 1, epochs + 1):
+                began = time.perf_counter()
+                if not pending:  # a block of metric rows, read back in one transfer by _flush
+                    block = dev.zeros((min(log_every, epochs - epoch + 1), _LOSSES + steps), model.dtype)
+                row = block[len(pending), :]
+                step_losses = row[_LOSSES:]  # per-step loss sums: the epoch's loss, and where it diverged
+                order = None
+                if shuffled:
+                    order = dev.asarray(np.random.default_rng([seed, epoch]).permutation(data.n), dtype=dev.index_dtype)
+                wrong = 0.0
+                if static is not None:
+                    static.start_epoch(order)
+                for step, start in enumerate(starts):
+                    if static is not None and step < static.steps:
+                        static.run()  # a full minibatch through the recorded step
+                    else:
+                        stop = min(start + batch, data.n)
+                        # -- distributed hook 2: this rank's slice of the global minibatch, scaled by its global rows
+                        lo, hi = (start, stop) if dist is None else dist.shard(start, stop)
+                        xb, yb, onehot = data.rows(lo, hi, order)
+                        step_losses[step], step_wrong = train_step(xb, yb, onehot, stop - start)
+                        wrong = wrong + step_wrong
+                    if on_step is not None:
+                        on_step(epoch, step + 1, steps)
+                if static is not None:
+                    wrong = static.finish_epoch(step_losses, wrong)
+                row[_WRONG] = wrong
+                if val is not None:
+                    row[_VAL_LOSS], row[_VAL_WRONG] = _totals(model, val)
+                    if l2:
+                        row[_L2] = l2_penalty(model, l2, weights)
+                if dist is not None:  # -- distributed hook 4: one small allreduce of the epoch's sums
+                    dist.epoch_metrics(row)
+                pending.append((epoch, began))
+                if epoch % log_every == 0 or epoch == epochs:
+                    _flush(dev, block, pending, history, callback, optimizer, data.n,
+                           None if val is None else dist.val_n if dist is not None else val.n)
+        finally:  # the recorded step holds a graph and a cuBLAS handle: released here, not by the GC
             if static is not None:
-                static.start_epoch(order)
-            for step, start in enumerate(starts):
-                if static is not None and step < static.steps:
-                    static.run()  # a full minibatch through the recorded step
-                else:
-                    stop = min(start + batch, data.n)
-                    # -- distributed hook 2: this rank's slice of the global minibatch, scaled by its global rows
-                    lo, hi = (start, stop) if dist is None else dist.shard(start, stop)
-                    xb, yb, onehot = data.rows(lo, hi, order)
-                    step_losses[step], step_wrong = train_step(xb, yb, onehot, stop - start)
-                    wrong = wrong + step_wrong
-                if on_step is not None:
-                    on_step(epoch, step + 1, steps)
-            if static is not None:
-                wrong = static.finish_epoch(step_losses, wrong)
-            row[_WRONG] = wrong
-            if val is not None:
-                row[_VAL_LOSS], row[_VAL_WRONG] = _totals(model, val)
-                if l2:
-                    row[_L2] = l2_penalty(model, l2, weights)
-            if dist is not None:  # -- distributed hook 4: one small allreduce of the epoch's sums
-                dist.epoch_metrics(row)
-            pending.append((epoch, began))
-            if epoch % log_every == 0 or epoch == epochs:
-                _flush(dev, block, pending, history, callback, optimizer, data.n,
-                       None if val is None else dist.val_n if dist is not None else val.n)
+                static.close()
     return history
 
 

@@ -608,3 +608,186 @@ def test_fit_through_the_emulated_cupy_kernels_trains_as_the_generic_ones(emulat
     assert_state_close(state, reference, "float64", factor=10)
     for field in ("loss", "error", "val_loss", "val_error"):
         assert_close(history[field], expected[field], "float64", factor=10)
+
+
+# -- the guard: fast kernels prove themselves first, and a CUDA graph that fails is a warning -------------
+def _cupy_error(module, name):
+    """An exception class as CuPy raises it (``cupy.cuda.compiler.CompileException``, ...)."""
+    return type(name, (RuntimeError,), {"__module__": module})
+
+
+@pytest.fixture
+def auto_device(emulated, monkeypatch):
+    """A CUDA Device in ``kernels="auto"`` mode whose fast kernels are the emulated CuPy ones."""
+    import array_api_compat.numpy as xp
+
+    module = emulated[0]
+    monkeypatch.setattr(backend, "_fast_kernels", lambda dev: module.CupyKernels(dev.xp))
+    dev = backend.Device("numpy:emulated-cupy", xp, None, "cuda")
+    assert dev.kernel_mode == "auto"
+    return dev
+
+
+def _train(dev, graph=False):
+    from _support import classification_data
+
+    X, y = classification_data(n=45, features=4, classes=3, seed=2)
+    model = portablenn.mlp([4, 6, 3], dtype="float64", seed=1)
+    history = portablenn.fit(model, X, y, optimizer=portablenn.SGD(0.1, momentum=0.9), epochs=3, batch_size=8,
+                             l2=1e-3, device=dev, graph=graph, validation=(X[:9], y[:9]))
+    return model.state_dict(), history
+
+
+def _assert_trains_as_generic(dev, graph=False, reference_device=None):
+    """``dev`` trains bit for bit as the ordinary loop on ``reference_device`` (default NumPy's generic kernels)."""
+    state, history = _train(dev, graph)
+    reference, expected = _train(reference_device or portablenn.device("numpy", fast=False))
+    for key in reference:
+        np.testing.assert_array_equal(state[key], reference[key], err_msg=key)
+    assert history["loss"] == expected["loss"] and history["val_error"] == expected["val_error"]
+
+
+def test_correct_fast_kernels_pass_their_self_test(auto_device):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kernels = auto_device.kernels
+    assert type(kernels).__name__ == "CupyKernels" and auto_device.kernel_status == "fast (self-test passed)"
+
+
+def _compile_error(emulated):
+    module = emulated[0]
+
+    def broken(*args, **kwargs):
+        raise _cupy_error("cupy.cuda.compiler", "CompileException")("error: identifier \"T\" is undefined\nmore")
+    return module, "_xent_rows", broken, "softmax_xent raised CompileException: error: identifier \"T\" is undefined"
+
+
+def _cublas_failure(emulated):
+    def broken(*args, **kwargs):
+        raise _cupy_error("cupy_backends.cuda.libs.cublas", "CUBLASError")("CUBLAS_STATUS_EXECUTION_FAILED")
+    return sys.modules["cupy"].cublas, "gemm", broken, \
+        "weight update (matmul_update_) raised CUBLASError: CUBLAS_STATUS_EXECUTION_FAILED"
+
+
+def _wrong_result(emulated):
+    broken = _elementwise_kernel("T grad, T out", "T grad_input", "grad_input = out >= (T)0 ? grad : (T)0", "bad")
+    return emulated[0], "_relu_backward", broken, "relu is off by"
+
+
+def _not_finite(emulated):
+    broken = _elementwise_kernel("T grad, T keep", "T param", "param = param * keep - grad / 0", "bad")
+    return emulated[0], "_sgd_decay", broken, "sgd_ gave non-finite values"
+
+
+@pytest.mark.parametrize("inject", [_compile_error, _cublas_failure, _wrong_result, _not_finite])
+def test_a_failing_fast_kernel_falls_back_to_the_generic_ones_with_one_warning(emulated, auto_device, monkeypatch,
+                                                                                 inject):
+    owner, name, broken, words = inject(emulated)
+    monkeypatch.setattr(owner, name, broken)
+    with pytest.warns(backend.KernelFallbackWarning) as caught:
+        _assert_trains_as_generic(auto_device)
+        _assert_trains_as_generic(auto_device)  # a second fit: no second self-test, no second warning
+    caught = [w for w in caught if w.category is backend.KernelFallbackWarning]
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert message.startswith("the fast kernels of numpy:emulated-cupy failed their self-test (") and words in message
+    assert "\n" not in message and message.endswith("(kernels='fast' forces the fast ones)")
+    assert type(auto_device.kernels) is Kernels and auto_device.kernel_status.startswith("generic (fallback: ")
+
+
+def test_fast_kernels_that_cannot_even_load_fall_back(emulated, monkeypatch):
+    import array_api_compat.numpy as xp
+
+    def broken(dev):
+        raise ImportError("libnvrtc.so.13: cannot open shared object file")
+    monkeypatch.setattr(backend, "_fast_kernels", broken)
+    dev = backend.Device("numpy:emulated-cupy", xp, None, "cuda")
+    with pytest.warns(backend.KernelFallbackWarning, match="loading them raised ImportError: libnvrtc"):
+        assert type(dev.kernels) is Kernels
+
+
+def test_kernels_fast_skips_the_self_test(emulated, monkeypatch):
+    import array_api_compat.numpy as xp
+
+    module = emulated[0]
+    monkeypatch.setattr(backend, "_fast_kernels", lambda dev: module.CupyKernels(dev.xp))
+    monkeypatch.setattr(module, "_relu_backward", _wrong_result(emulated)[2])
+    dev = backend.Device("numpy:emulated-cupy", xp, None, "cuda", kernels="fast")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert type(dev.kernels).__name__ == "CupyKernels" and dev.kernel_status == "fast"
+
+
+def test_a_refused_graph_recording_trains_eagerly_as_the_ordinary_loop(emulated, auto_device, monkeypatch):
+    """``fit(graph=True)``: CUDA refuses to start the recording (before anything runs) -> one warning,
+    and the epoch's steps all run eagerly, once each: the weights of the ordinary loop, bit for bit."""
+    module, log = emulated
+    monkeypatch.setattr(module, "_cublas_gemm", lambda: {})
+
+    def refuse(self, mode=None):
+        raise _cupy_error("cupy_backends.cuda.api.runtime", "CUDARuntimeError")(
+            "cudaErrorStreamCaptureUnsupported: operation not permitted when stream is capturing")
+    monkeypatch.setattr(_Stream, "begin_capture", refuse)
+    with pytest.warns(RuntimeWarning, match="^recording the training step as a CUDA graph failed "
+                                            r"\(CUDARuntimeError: cudaErrorStreamCaptureUnsupported"):
+        _assert_trains_as_generic(auto_device, graph=True, reference_device=auto_device)
+    assert "launch" not in log.events and type(auto_device.kernels).__name__ == "CupyKernels"
+
+
+def _graph_step(emulated, monkeypatch, where):
+    """A ``_GraphStep`` of a counting step, with building (``end_capture``) or launching made to fail."""
+    module, log = emulated
+    kernels = _kernels(module)
+    kernels._private.handle = None
+    destroyed = []
+    monkeypatch.setattr(sys.modules["cupy_backends.cuda.libs.cublas"], "destroy", destroyed.append)
+    error = _cupy_error("cupy_backends.cuda.api.runtime", "CUDARuntimeError")("cudaErrorInvalidValue: invalid argument")
+    if where == "building":
+        original = _Stream.end_capture
+
+        def end_capture(self):
+            original(self)
+            raise error
+        monkeypatch.setattr(_Stream, "end_capture", end_capture)
+    runs = []  # one entry per execution of the step (a recording does not execute on a GPU)
+    run = kernels.capture(lambda: runs.append(log.current[-1].capturing))
+    if where == "launching":
+        run.graph = types.SimpleNamespace(launch=lambda stream: (_ for _ in ()).throw(error))
+        run.warm = True
+    return run, runs, destroyed
+
+
+@pytest.mark.parametrize("where", ["building", "launching"])
+def test_a_graph_that_fails_to_build_or_launch_runs_every_step_once_eagerly(emulated, monkeypatch, where):
+    run, runs, destroyed = _graph_step(emulated, monkeypatch, where)
+    with pytest.warns(RuntimeWarning, match=f"^{where} the training step as a CUDA graph failed "
+                                            r"\(CUDARuntimeError: cudaErrorInvalidValue"):
+        for _ in range(4):
+            run()
+    eager = [capturing for capturing in runs if not capturing]
+    assert len(eager) == 4  # each of the 4 calls ran the step exactly once, outside any recording
+    assert run.failed and run.graph is None and destroyed == [7]  # the handle released at the failure
+
+
+def test_fit_releases_the_graph_and_its_cublas_handle_when_it_ends(emulated, auto_device, monkeypatch):
+    """Released explicitly by ``fit``, not by ``__del__`` (which the cycle collector runs at any moment)."""
+    module, log = emulated
+    monkeypatch.setattr(module, "_cublas_gemm", lambda: {})
+    destroyed = []
+    monkeypatch.setattr(sys.modules["cupy_backends.cuda.libs.cublas"], "destroy", destroyed.append)
+    created = []
+    monkeypatch.setattr(module._GraphStep, "__init__", _recording(module._GraphStep.__init__, created))
+    _train(auto_device, graph=True)
+    assert len(created) == 1 and destroyed == [7] and created[0].handle is None and created[0].graph is None
+    assert "launch" in log.events and not hasattr(module._GraphStep, "__del__")
+    with pytest.raises(RuntimeError):  # a fit that raises releases it too
+        monkeypatch.setattr(portablenn.train, "_flush", lambda *a: (_ for _ in ()).throw(RuntimeError("boom")))
+        _train(auto_device, graph=True)
+    assert destroyed == [7, 7] and created[1].handle is None
+
+
+def _recording(init, created):
+    def wrapped(self, *args):
+        init(self, *args)
+        created.append(self)
+    return wrapped
