@@ -1,5 +1,5 @@
 """portablenn: a small, fast MLP trainer written once against the Python Array API (NumPy, CuPy, ...)."""
-from .backend import Device, DeviceError, device
+from .backend import Device, DeviceError, KernelFallbackWarning, device
 from .checkpoint import CheckpointError, load, save
 from .layers import Linear, Module, ReLU, Sequential, Sigmoid, Tanh
 from .losses import l2_penalty, softmax_cross_entropy, softmax_cross_entropy_grad
@@ -10,6 +10,6 @@ from .validation import InputError
 
 __version__ = "0.1.0"
 
-__all__ = ["Adam", "CheckpointError", "Device", "DeviceError", "DivergenceError", "History", "InputError", "Linear", "Module", "ReLU",
+__all__ = ["Adam", "CheckpointError", "Device", "DeviceError", "DivergenceError", "History", "InputError", "KernelFallbackWarning", "Linear", "Module", "ReLU",
            "SGD", "Sequential", "Sigmoid", "Tanh", "device", "evaluate", "fit", "l2_penalty", "load", "mlp", "predict",
            "predict_proba", "save", "softmax_cross_entropy", "softmax_cross_entropy_grad"]

@@ -279,8 +279,8 @@ def device(spec="cpu", *, fast=None, kernels=None, verbose=False):
         if fast is None and kernels is None:
             return spec
         mode = _kernel_mode(fast, kernels)
-        same = mode == spec.kernel_mode or (mode == "auto" and spec.kind == "cpu")
-        return spec if same else device(spec.name, kernels=mode)
+        mode = "fast" if mode == "auto" and spec.kind == "cpu" else mode  # as Device does
+        return spec if mode == spec.kernel_mode else device(spec.name, kernels=mode)
     if not isinstance(spec, str):
         raise DeviceError(f"device spec must be a string such as 'cpu' or 'cuda:0', not {type(spec).__name__}")
     dev = _resolve(spec, _kernel_mode(fast, kernels), verbose)  # checks availability every time

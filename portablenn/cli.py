@@ -6,6 +6,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +60,16 @@ def _model_args(p):
     p.add_argument("--dtype", choices=["float32", "float64"])
 
 
+def _kernels_arg(p):
+    p.add_argument("--kernels", default="auto", choices=backend.KERNEL_MODES,
+                   help="fast: the backend's fused kernels; generic: the Array API ones they must match; auto "
+                        "(default): fast, after a one-time self-test on a GPU (generic, with a warning, if it fails)")
+
+
+def _device(args, spec=None):
+    return backend.device(args.device if spec is None else spec, kernels=args.kernels)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="portablenn", description="A small, fast MLP trainer on NumPy or CuPy.")
     parser.add_argument("--version", action="version", version=f"portablenn {__version__}")
@@ -69,6 +80,7 @@ def build_parser():
                                             "CS231n spiral, 2-layer ReLU net, full-batch SGD.")
     _model_args(train)
     train.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto | array_api_strict[:NAME] | torch")
+    _kernels_arg(train)
     train.add_argument("--log-every", type=int, help="print a table row every N epochs")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.add_argument("--log", metavar="FILE", help="append one JSON object per epoch (JSON lines)")
@@ -83,7 +95,7 @@ def build_parser():
                        help="with --distributed: NCCL for GPUs, MPI otherwise (auto)")
     train.add_argument("--cuda-graph", action="store_true",
                        help="record the training step once as a CUDA graph and replay it: one launch per step "
-                            "(CuPy devices, SGD)")
+                            "(SGD; on a device other than CUDA the same fixed-address step runs eagerly)")
     train.add_argument("--resume", metavar="FILE", help="continue a saved run up to --epochs (the total); model, "
                                                         "optimizer state, options and shuffling are restored")
 
@@ -94,6 +106,7 @@ def build_parser():
     ev.add_argument("--data-dir")
     ev.add_argument("--no-download", action="store_true")
     ev.add_argument("--device", default="cpu")
+    _kernels_arg(ev)
 
     pr = commands.add_parser("predict", help="class indices and probabilities for the rows of a .npy/.csv file")
     pr.add_argument("--checkpoint", required=True)
@@ -101,6 +114,7 @@ def build_parser():
     pr.add_argument("--output", help=".npz (arrays classes, probabilities) or .csv; '-' prints CSV "
                                      "(default: INPUT.predictions.npz)")
     pr.add_argument("--device", default="cpu")
+    _kernels_arg(pr)
 
     dl = commands.add_parser("download", help="download a dataset into the cache (MNIST)")
     dl.add_argument("name", choices=["mnist"])
@@ -120,6 +134,7 @@ def build_parser():
     _model_args(pa)
     pa.add_argument("--devices", default="cpu,array_api_strict:device1",
                     help="comma-separated device specs; the first is the reference")
+    _kernels_arg(pa)
     pa.add_argument("--steps", type=int, metavar="N",
                     help="compare after each of the first N minibatch steps instead of each epoch (reads the "
                          "weights back every step: a diagnostic, slower than training)")
@@ -295,11 +310,9 @@ def train(args):
     comm = _communicator(args)
     root = comm is None or comm.rank == 0  # only rank 0 prints, logs, plots and writes files
     say = print if root else (lambda *a, **k: None)
-    dev = backend.device(args.device)
+    dev = _device(args)
     if args.checkpoint_every is not None and (args.checkpoint_every < 1 or not args.save):
         raise CLIError("--checkpoint-every N needs N >= 1 and --save PATH")
-    if args.cuda_graph and dev.library != "cupy":
-        raise CLIError(f"--cuda-graph needs a CUDA device (--device cuda), not {dev.name}")
     if args.cuda_graph and comm is not None:
         raise CLIError("--cuda-graph cannot be combined with --distributed")
     if args.resume:
@@ -330,7 +343,9 @@ def train(args):
           + f" | {args.dataset}: {X.shape[0]} train" + "".join(f", {splits[n][0].shape[0]} {n}" for n in evals))
     say(f"model {model.config['sizes']} {model.config['activation'] if len(model.config['sizes']) > 2 else 'linear'} "
           f"bias={model.config['bias']} {model.dtype} | {optimizer!r} l2={opts['l2']} | batch {batch or 'full'} | "
-          f"{opts['epochs']} epochs" + (f" (resuming after epoch {done} from {args.resume})" if args.resume else ""))
+          f"{opts['epochs']} epochs" + (f" (resuming after epoch {done} from {args.resume})" if args.resume else "")
+          + (" | --cuda-graph: no CUDA graph off a GPU, the same fixed-address step runs eagerly"
+             if args.cuda_graph and dev.library != "cupy" else ""))
     check_epochs(opts["epochs"])
     if args.resume and done >= opts["epochs"]:
         say(f"nothing to do: the checkpoint has {done} epochs and --epochs is {opts['epochs']}")
@@ -438,7 +453,8 @@ def _load_model(path, device):
 
 
 def evaluate_command(args):
-    model, meta = _load_model(args.checkpoint, args.device)
+    dev = _device(args)
+    model, meta = _load_model(args.checkpoint, dev)
     dataset = args.dataset or meta.get("dataset")
     if not dataset:
         raise CLIError("the checkpoint does not name its dataset; pass --dataset")
@@ -447,8 +463,8 @@ def evaluate_command(args):
     if split is None:
         raise CLIError(f"dataset {dataset} has no split {args.split!r}; choose one of {', '.join(splits)}")
     X, y = splits[split]
-    loss, err = evaluate(model, X, y, device=args.device)
-    pred = predict(model, X, device=args.device)
+    loss, err = evaluate(model, X, y, device=dev)
+    pred = predict(model, X, device=dev)
     classes = model.out_features
     confusion = np.bincount(np.asarray(y, dtype=np.int64) * classes + pred,
                             minlength=classes * classes).reshape(classes, classes)
@@ -463,7 +479,7 @@ def evaluate_command(args):
 
 
 def predict_command(args):
-    model, _ = _load_model(args.checkpoint, args.device)
+    model, _ = _load_model(args.checkpoint, _device(args))
     path = Path(args.input)
     if not path.is_file():
         raise CLIError(f"input file {path} does not exist")
@@ -519,10 +535,16 @@ def info(args):
             print(f"{name} {__import__(name).__version__}")
         except Exception:
             print(f"{name}: not installed")
-    print("devices:")
+    print("devices (kernels: what --kernels auto runs there):")
     for spec in backend.device_specs():
         dev, why = backend.probe(spec)
-        print(f"  {spec:28s} {'usable -> ' + dev.name if dev else 'not usable: ' + why}")
+        if dev is None:
+            print(f"  {spec:28s} not usable: {why}")
+            continue
+        with warnings.catch_warnings():  # the fallback is said here, in the kernels column
+            warnings.simplefilter("ignore", backend.KernelFallbackWarning)
+            dev.kernels  # noqa: B018 (chooses them: on a GPU, the self-test)
+        print(f"  {spec:28s} usable -> {dev.name}, kernels {dev.kernel_status}")
     if backend.probe("cuda")[0] is not None:
         import cupy
 
@@ -539,7 +561,7 @@ def parity(args):
         raise CLIError("parity needs at least two devices, e.g. --devices cpu,array_api_strict:device1")
     if args.steps is not None and args.steps < 1:
         raise CLIError(f"--steps must be a positive number of minibatch steps, got {args.steps}")
-    devices = [backend.device(s) for s in specs]
+    devices = [_device(args, s) for s in specs]
     splits = load_dataset(args.dataset, args.data_dir, args.seed, args.val, not args.no_download)
     X, y = splits["train"]
     if args.epochs is None:  # enough epochs for the steps asked for
@@ -587,8 +609,18 @@ COMMANDS = {"train": train, "eval": evaluate_command, "predict": predict_command
             "export": export_command, "info": info, "parity": parity}
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    print(f"portablenn: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv=None):
     """Entry point; returns the process exit code."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning  # a warning is one line, as an error is
+        return _main(argv)
+
+
+def _main(argv):
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -626,12 +658,23 @@ def _run(args):
         print("portablenn: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
-        if "OutOfMemory" not in type(exc).__name__ and "out of memory" not in str(exc).lower():
+        if "OutOfMemory" in type(exc).__name__ or "out of memory" in str(exc).lower():
+            # cupy.cuda.memory.OutOfMemoryError, torch.cuda.OutOfMemoryError
+            print(f"portablenn: error: the device ran out of memory ({_one_line(exc)}); "
+                  "try a smaller --batch-size or a smaller model", file=sys.stderr)
+            return 2
+        if not _from_cuda(exc):
             raise
-        # cupy.cuda.memory.OutOfMemoryError, torch.cuda.OutOfMemoryError
-        print(f"portablenn: error: the device ran out of memory ({_one_line(exc)}); "
-              "try a smaller --batch-size or a smaller model", file=sys.stderr)
-        return 2
+        print(f"portablenn: error: the GPU failed ({type(exc).__name__}: {_one_line(exc)}); rerun with "
+              "--kernels generic, and please report it with the output of 'portablenn info'", file=sys.stderr)
+        return 1
+
+
+def _from_cuda(exc):
+    """Whether ``exc`` comes from CUDA through CuPy (its runtime, driver, cuBLAS, NVRTC, compiler) or PyTorch."""
+    modules = [cls.__module__ or "" for cls in type(exc).__mro__]
+    return (any(m.split(".")[0] in ("cupy", "cupy_backends") for m in modules)
+            or str(exc).startswith(("CUDA error", "CUBLAS_STATUS", "cuDNN error")))
 
 
 def _one_line(exc):

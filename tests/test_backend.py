@@ -321,3 +321,71 @@ def test_cupy_installed_without_a_usable_gpu(monkeypatch, behaviour):
     with pytest.raises(pn.DeviceError) as info:
         pn.device("cuda:0")
     assert "cannot use cuda:0" in str(info.value) and "\n" not in str(info.value)
+
+
+# -- kernels="auto": the self-test ---------------------------------------------------------------------
+@pytest.mark.parametrize("spec", ["cpu", "array_api_strict:device1", "array_api_strict:no_float64"])
+def test_kernel_modes_resolve(spec):
+    """On the CPU "auto" is "fast" (nothing to prove); the modes are distinct devices; bad names are refused."""
+    auto, fast, generic = (pn.device(spec, kernels=m) for m in ("auto", "fast", "generic"))
+    assert auto is fast and auto.kernel_mode == "fast" and generic.kernel_mode == "generic"
+    assert pn.device(spec) is auto and pn.device(spec, fast=False) is generic
+    assert pn.device(generic, kernels="auto") is auto and pn.device(auto, kernels="generic") is generic
+    with pytest.raises(pn.DeviceError, match="unknown kernels 'turbo'"):
+        pn.device(spec, kernels="turbo")
+    with pytest.raises(pn.DeviceError, match="contradicts"):
+        pn.device(spec, fast=False, kernels="fast")
+
+
+@pytest.mark.parametrize("spec", ["cpu", "array_api_strict:device1", "array_api_strict:no_float64"])
+def test_the_self_test_passes_where_the_kernels_are_right_and_names_a_wrong_one(spec):
+    """``kernel_check.check`` runs on any device (array_api_strict:device1 too) and names the first bad kernel."""
+    from portablenn import kernel_check
+
+    dev = pn.device(spec)
+    fast = dev.kernels if type(dev.kernels) is not Kernels else Kernels(dev.xp)
+    assert kernel_check.check(dev, fast, Kernels(dev.xp)) is None
+
+    class Wrong(type(fast)):
+        def sq_sum(self, w):
+            return super().sq_sum(w) * 1.001
+
+    assert kernel_check.check(dev, Wrong(dev.xp), Kernels(dev.xp)).startswith(
+        "sq_sum is off by 1.0e-03 relative to the generic kernel (output 0, tolerance 0.0001) in float32")
+
+
+def test_the_self_test_names_a_kernel_that_raises_and_one_that_trains_wrong():
+    from portablenn import kernel_check
+
+    dev = pn.device("cpu")
+
+    class Raises(NumpyKernels):
+        def minibatch(self, *args):
+            raise IndexError("index 12 is out of bounds")
+
+    class TrainsWrong(NumpyKernels):  # right on every kernel case, wrong only in fit's order of calls
+        calls = 0
+
+        def softmax_xent(self, logits, onehot, labels, scale):
+            TrainsWrong.calls += 1
+            return super().softmax_xent(logits, onehot, labels, scale * (1.1 if TrainsWrong.calls > 4 else 1.0))
+
+    assert kernel_check.check(dev, Raises(dev.xp), Kernels(dev.xp)) == (
+        "minibatch raised IndexError: index 12 is out of bounds in float32")
+    assert kernel_check.check(dev, TrainsWrong(dev.xp), Kernels(dev.xp)).startswith(
+        "training a small MLP with SGD is off by")
+
+
+@pytest.mark.gpu
+def test_cuda_fast_kernels_pass_their_self_test_on_this_gpu():
+    """The default ``kernels="auto"`` on a real GPU: every fused kernel matches its generic twin, no warning."""
+    import warnings
+
+    from conftest import make_device
+
+    cuda = make_device("cuda")  # skips without a usable GPU
+    dev = pn.Device(cuda.name, cuda.xp, cuda.native, "cuda")  # a fresh one: its self-test runs here
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kernels = dev.kernels
+    assert dev.kernel_status == "fast (self-test passed)" and type(kernels).__name__ == "CupyKernels"

@@ -5,6 +5,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -93,7 +94,8 @@ def test_train_on_a_strict_device_matches_cpu():
     (["train", "--dtype", "float64", "--device", "array_api_strict:no_float64"], ["does not support float64"]),
     (["train", "--hidden", "0"], ["sizes"]),
     (["train", "--activation", "gelu"], ["invalid choice"]),
-    (["train", "--cuda-graph"], ["--cuda-graph needs a CUDA device (--device cuda), not numpy"]),
+    (["train", "--cuda-graph", "--optimizer", "adam"], ["--cuda-graph replays the same step every time"]),
+    (["train", "--kernels", "turbo"], ["invalid choice: 'turbo'"]),
     (["parity", "--devices", "cpu"], ["at least two devices"]),
     (["eval", "--checkpoint", "missing.safetensors"], ["missing.safetensors"]),
 ])
@@ -112,7 +114,9 @@ def test_info_lists_devices_and_why_not():
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert f"numpy {np.__version__}" in out and "array-api-compat" in out
-    assert "usable -> numpy" in out
+    assert "usable -> numpy, kernels fast" in out
+    strict_line = next(line for line in out.splitlines() if line.strip().startswith("array_api_strict:device1 "))
+    assert "kernels generic (no fast kernels for this library)" in strict_line
     assert "array_api_strict:device1" in out
     cuda_line = next(line for line in out.splitlines() if line.strip().startswith("cuda "))
     assert "not usable" in cuda_line and "PORTABLENN_DISABLE_CUDA" in cuda_line
@@ -298,6 +302,72 @@ def test_device_out_of_memory_is_one_sentence(monkeypatch, capsys):
     assert cli.main(["train", "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert "ran out of memory" in err and "--batch-size" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("kind, module", [("CUDARuntimeError", "cupy_backends.cuda.api.runtime"),
+                                          ("CUBLASError", "cupy_backends.cuda.libs.cublas"),
+                                          ("CompileException", "cupy.cuda.compiler")])
+def test_a_cuda_error_is_one_line_and_exit_1(monkeypatch, capsys, kind, module):
+    """An error from CUDA through CuPy (simulated: no GPU here) is one line naming it, never a traceback."""
+    from portablenn import cli
+
+    error = type(kind, (RuntimeError,), {"__module__": module})
+
+    def boom(*args, **kwargs):
+        raise error("cudaErrorIllegalAddress: an illegal memory access was encountered\n(more lines)")
+    monkeypatch.setattr(cli, "fit", boom)
+    assert cli.main(["train", "--epochs", "1"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"portablenn: error: the GPU failed ({kind}: cudaErrorIllegalAddress: an illegal memory")
+    assert "--kernels generic" in err and len(err.strip().splitlines()) == 1
+
+
+def test_other_unexpected_errors_still_raise(monkeypatch):
+    """Only CUDA's errors are turned into a line: a bug of portablenn's keeps its traceback."""
+    from portablenn import cli
+
+    monkeypatch.setattr(cli, "fit", lambda *a, **k: (_ for _ in ()).throw(KeyError("bug")))
+    with pytest.raises(KeyError):
+        cli.main(["train", "--epochs", "1"])
+
+
+def test_a_kernel_fallback_warning_is_one_line(monkeypatch, capsys):
+    from portablenn import backend, cli
+
+    def warn(*args, **kwargs):
+        warnings.warn("the fast kernels of cupy:0 failed their self-test (relu is off by 1.8e+00 ...), so it trains "
+                      "with the generic Array API kernels", backend.KernelFallbackWarning)
+    monkeypatch.setattr(cli, "fit", warn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        cli.main(["train", "--epochs", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert err == ("portablenn: warning: the fast kernels of cupy:0 failed their self-test (relu is off by 1.8e+00 "
+                   "...), so it trains with the generic Array API kernels\n")
+
+
+@pytest.mark.parametrize("kernels", ["fast", "generic"])
+def test_kernels_flag_picks_the_kernels(monkeypatch, kernels):
+    from portablenn import cli
+    from portablenn.backend_numpy import NumpyKernels
+
+    seen = []
+    monkeypatch.setattr(cli, "fit", lambda model, *a, device, **k: seen.append(type(device.kernels)))
+    monkeypatch.setattr(cli, "evaluate", lambda *a, **k: (0.0, 0.0))
+    assert cli.main(["train", "--epochs", "1", "--quiet", "--kernels", kernels]) == 0
+    assert seen == [NumpyKernels if kernels == "fast" else pn.kernels.Kernels]
+
+
+def test_cuda_graph_runs_its_static_step_on_the_cpu_as_fit_does():
+    """The CLI agrees with ``fit(graph=True)``: off a GPU the fixed-address step runs eagerly, same numbers."""
+    args = ("train", "--epochs", "30", "--quiet", "--batch-size", "100", "--dtype", "float64")
+    plain, graph = run(*args), run(*args, "--cuda-graph")
+    assert plain.returncode == 0 and graph.returncode == 0, plain.stderr + graph.stderr
+    assert "no CUDA graph off a GPU" in graph.stdout
+
+    def table(out):
+        return [line for line in out.splitlines() if line.startswith("|") and line[2:7].strip().isdigit()]
+    assert table(graph.stdout) == table(plain.stdout) and len(table(plain.stdout)) >= 2
 
 
 # -- your own data, plots, export ----------------------------------------------------------------------
