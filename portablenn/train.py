@@ -48,9 +48,14 @@ class _DeviceData:
         self.n, self.xp = n, device.xp
         self.X = device.asarray(X, dtype=model.dtype)
         self.y = device.asarray(labels, dtype=device.index_dtype)
-        with device.activate():  # rows of the identity picked by label: ~6x faster than comparing with arange
-            identity = device.xp.eye(model.out_features, dtype=device.dtype(model.dtype), device=device.native)
-        self.onehot = device.xp.take(identity, self.y, axis=0)
+        classes, xp, dtype = model.out_features, device.xp, device.dtype(model.dtype)
+        with device.activate():
+            if classes <= n:  # rows of the identity picked by label: ~6x faster than comparing with arange
+                identity = xp.eye(classes, dtype=dtype, device=device.native)
+                self.onehot = xp.take(identity, self.y, axis=0)
+            else:  # never classes squared: an identity larger than the one-hot rows themselves
+                columns = xp.arange(classes, dtype=self.y.dtype, device=device.native)
+                self.onehot = xp.astype(self.y[:, None] == columns, dtype)
 
     def rows(self, start, stop, index=None):
         """Rows ``start:stop`` in order, or at positions ``index[start:stop]`` (a device permutation)."""
