@@ -11,6 +11,11 @@ writes JSON (``--json``).
 
     python scripts/bench.py                 # everything available here
     python scripts/bench.py --quick         # fewer repetitions
+    python scripts/bench.py --gpu-epoch     # only the GPU MNIST epoch, against PyTorch CUDA eager (gpu_check.sh)
+    python scripts/bench.py --gpu-epoch --device cpu --rows 6000 --rounds 2   # its rehearsal on the CPU
+
+A variant that raises, in its correctness check or while timed, is reported as FAILED with the
+reason in one line; the others are still timed.
 """
 import argparse
 import json
@@ -126,16 +131,18 @@ def torch_autograd(torch, X, y, W1, W2, sync=lambda: None):
     return net[0].weight.detach().T, net[2].weight.detach().T
 
 
-def portablenn_fit(spec, X, y, W1, W2, fast=True, graph=False):
-    dev = pn.device(spec, fast=fast)
+def portablenn_fit(spec, X, y, W1, W2, kernels="fast", graph=False):
+    """``run(epochs=1)`` trains from (W1, W2) and returns the weights; ``run.history`` is its last History."""
+    dev = pn.device(spec, kernels=kernels)
     model = pn.mlp([784, HIDDEN, 10], bias=False)
     model.load_state_dict({"0.weight": W1, "2.weight": W2})
     model.to(dev)
     Xd, yd = dev.asarray(X), dev.asarray(y)  # data already resident, as for the other device variants
 
-    def run():
+    def run(epochs=1):
         model.load_state_dict({"0.weight": W1, "2.weight": W2})
-        pn.fit(model, Xd, yd, optimizer=pn.SGD(LR), epochs=1, batch_size=BATCH, shuffle=False, graph=graph)
+        run.history = pn.fit(model, Xd, yd, optimizer=pn.SGD(LR), epochs=epochs, batch_size=BATCH, shuffle=False,
+                             graph=graph)
         dev.synchronize()
         sd = model.state_dict()
         return sd["0.weight"], sd["2.weight"]
@@ -147,7 +154,7 @@ def kernels_loop(spec, X, y, W1, W2):
 
     Not a way to train: it splits the fast path's ratio into the kernels' share and the framework's.
     """
-    dev = pn.device(spec)
+    dev = pn.device(spec, kernels="fast")
     k = dev.kernels
     Xd, yd = dev.asarray(X), dev.asarray(y)
     onehot = dev.asarray(np.eye(10, dtype=X.dtype)[y])
@@ -216,8 +223,8 @@ def spiral_torch(torch, X, y, steps):
             b2 -= db2
 
 
-def spiral_portablenn(spec, X, y, steps, fast=True, graph=False):
-    dev = pn.device(spec, fast=fast)
+def spiral_portablenn(spec, X, y, steps, kernels="fast", graph=False):
+    dev = pn.device(spec, kernels=kernels)
     model = pn.mlp([2, 100, 3], init="small", dtype="float64")
     pn.fit(model, X, y, optimizer=pn.SGD(1.0), epochs=steps, batch_size=None, l2=1e-3,
            device=dev, log_every=steps, graph=graph)
@@ -271,52 +278,124 @@ print(f"data_mib={X.nbytes / 2**20:.1f} rss_before_fit_mib={before:.1f} peak_rss
 def memory(spec, *extra):
     """Peak host RSS (and GPU memory) of a fresh process that loads MNIST and fits 2 shuffled epochs."""
     import subprocess
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p)  # keep the caller's entries
     out = subprocess.run([sys.executable, "-c", MEMORY_PROBE, spec, *extra], capture_output=True, text=True,
-                         env={**os.environ, "PYTHONPATH": os.path.join(os.path.dirname(__file__), "..")})
-    return out.stdout.strip() or out.stderr.strip().splitlines()[-1]
+                         env={**os.environ, "PYTHONPATH": path})
+    return out.stdout.strip() or (out.stderr.strip().splitlines() or [f"exit {out.returncode}, no output"])[-1]
 
 
-def interleave(variants, repeat):
+def one_line(exc):
+    """``"TypeName: first line of the message"``: how a failed variant is reported."""
+    text = str(exc).strip().splitlines()
+    line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return line if len(line) <= 200 else line[:197] + "..."
+
+
+def add(variants, failed, name, make):
+    """``variants[name] = make()``, or the reason in ``failed[name]`` where setting the variant up raises."""
+    try:
+        variants[name] = make()
+    except Exception as exc:
+        failed[name] = f"set-up raised {one_line(exc)}"
+
+
+def weight_check(variants, failed, ref, names=None, rtol=1e-3):
+    """Run each variant once and compare its weights with ``ref``'s: ``{name: max |diff| / max |ref|}``.
+
+    A variant that raises, or whose weights differ by more than ``rtol`` relative, moves from
+    ``variants`` to ``failed`` (not timed: a fast wrong answer is no result).
+    """
+    ref = [np.asarray(r, dtype=np.float64) for r in ref]
+    scale = max(float(np.max(np.abs(r))) for r in ref)
+    check = {}
+    for name in list(variants if names is None else names):
+        try:
+            got = variants[name]()
+            rel = max(float(np.max(np.abs(backend._host(g).astype(np.float64) - r))) for g, r in zip(got, ref)) / scale
+            check[name] = rel
+            if not rel <= rtol:
+                raise AssertionError(f"weights differ from the NumPy reference by {rel:.1e} relative (> {rtol:g})")
+        except Exception as exc:
+            failed[name] = f"correctness check: {one_line(exc)}"
+            del variants[name]
+    return check
+
+
+def interleave(variants, repeat, failed=None, warmup=True):
     """Run every variant ``repeat`` times, round-robin (the order rotated each round so that no variant
-    always follows the same one); returns {name: [seconds of round 1, round 2, ...]}."""
-    times = {name: [] for name in variants}
-    for name, fn in variants.items():  # warm-up (imports, BLAS threads, GPU kernels, allocator)
-        fn()
-    names = list(variants)
-    for r in range(repeat):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            t = time.perf_counter()
+    always follows the same one); returns {name: [seconds of round 1, round 2, ...]}.
+
+    A variant that raises (in the warm-up or a timed round) is dropped with its reason in ``failed``
+    (one line); the others go on.
+    """
+    failed = {} if failed is None else failed
+    names = [name for name in variants if name not in failed]
+    times = {name: [] for name in names}
+
+    def call(name, stage):
+        try:
             variants[name]()
-            times[name].append(time.perf_counter() - t)
+            return True
+        except Exception as exc:
+            failed[name] = f"{stage}: {one_line(exc)}"
+            del times[name]
+            return False
+
+    if warmup:  # imports, BLAS threads, GPU kernels, allocator
+        for name in names:
+            call(name, "warm-up")
+    for r in range(repeat if names else 0):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            if name in times:
+                t = time.perf_counter()
+                if call(name, "timed run"):
+                    times[name].append(time.perf_counter() - t)
     return times
 
 
-def table(title, times, reference, unit=1e3, unit_name="ms", per=1):
+def table(title, times, reference, unit=1e3, unit_name="ms", per=1, failed=None, skipped=None):
     """Min and median times, and two ratios to the reference: of the minima, and the median over rounds
-    of each round's ratio (a shared machine's speed drifts; runs of one round are seconds apart)."""
-    ref = times[reference]
+    of each round's ratio (a shared machine's speed drifts; runs of one round are seconds apart).
+
+    Variants in ``failed`` and ``skipped`` ({name: reason}) get a row saying so; without a timed
+    reference the ratios are left empty.
+    """
+    ref = times.get(reference)
     print(f"\n{title}\n| variant | min {unit_name} | median {unit_name} | ratio (min) | ratio (paired median) |"
           "\n|---|---:|---:|---:|---:|")
     rows = []
     for name, ts in times.items():
-        paired = statistics.median(t / r for t, r in zip(ts, ref)) if len(ts) == len(ref) else None
-        row = {"variant": name, "min": min(ts) / per, "median": statistics.median(ts) / per,
-               "ratio": min(ts) / min(ref), "paired_ratio": paired}
+        paired = (statistics.median(t / r for t, r in zip(ts, ref)) if ref and len(ts) == len(ref) else None)
+        row = {"variant": name, "status": "ok", "min": min(ts) / per, "median": statistics.median(ts) / per,
+               "ratio": min(ts) / min(ref) if ref else None, "paired_ratio": paired}
         rows.append(row)
+        ratio = "" if row["ratio"] is None else f"{row['ratio']:.2f}x"
         shown = "" if paired is None else f"{paired:.2f}x"
-        print(f"| {name} | {row['min'] * unit:.2f} | {row['median'] * unit:.2f} | {row['ratio']:.2f}x | {shown} |")
+        print(f"| {name} | {row['min'] * unit:.2f} | {row['median'] * unit:.2f} | {ratio} | {shown} |")
+    for status, reasons in (("FAILED", failed or {}), ("SKIP", skipped or {})):
+        for name, reason in reasons.items():
+            rows.append({"variant": name, "status": status, "reason": reason})
+            print(f"| {name} | {status}: {reason} | | | |")
     return rows
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--repeat", type=int, default=11)
+    parser.add_argument("--repeat", "--rounds", type=int, default=11, help="timed rounds")
     parser.add_argument("--quick", action="store_true", help="3 repetitions")
     parser.add_argument("--spiral-steps", type=int, default=1000)
     parser.add_argument("--json", help="write the results here")
     parser.add_argument("--no-torch", action="store_true")
+    parser.add_argument("--gpu-epoch", action="store_true",
+                        help="only the MNIST epoch on --device against PyTorch CUDA eager, on synthetic data of "
+                             "MNIST's shape, with the GPU targets (scripts/gpu_check.sh)")
+    parser.add_argument("--device", default="cuda", help="--gpu-epoch: cuda, or cpu for a rehearsal")
+    parser.add_argument("--rows", type=int, default=60000, help="--gpu-epoch: rows of the synthetic data")
     args = parser.parse_args(argv)
     repeat = 3 if args.quick else args.repeat
+    if args.gpu_epoch:
+        return gpu_epoch(args.device, repeat, args.rows, args.json, use_torch=not args.no_torch)
 
     torch = None
     if not args.no_torch:
@@ -344,14 +423,13 @@ def main(argv=None):
     flops = 600 * 2 * BATCH * (784 * HIDDEN * 2 + HIDDEN * 10 * 3)
     import array_api_compat.numpy as npx
     ref = numpy_loop(X, y, W1, W2)
-    variants = {
-        "hand-written NumPy (reference)": lambda: numpy_loop(X, y, W1, W2),
-        "portablenn numpy (fast path)": portablenn_fit("cpu", X, y, W1, W2),
-        "portablenn numpy (generic Array API)": portablenn_fit("cpu", X, y, W1, W2, fast=False),
-        "portablenn numpy kernels, flat loop (no fit)": kernels_loop("cpu", X, y, W1, W2),
-        "same loop via array-api-compat": lambda: xp_loop(npx, X, y, W1, W2),
-        "five GEMMs alone": lambda: gemms_only(X, W1, W2),
-    }
+    variants, failed = {"hand-written NumPy (reference)": lambda: numpy_loop(X, y, W1, W2)}, {}
+    add(variants, failed, "portablenn numpy (fast path)", lambda: portablenn_fit("cpu", X, y, W1, W2))
+    add(variants, failed, "portablenn numpy (generic Array API)",
+        lambda: portablenn_fit("cpu", X, y, W1, W2, kernels="generic"))
+    add(variants, failed, "portablenn numpy kernels, flat loop (no fit)", lambda: kernels_loop("cpu", X, y, W1, W2))
+    variants["same loop via array-api-compat"] = lambda: xp_loop(npx, X, y, W1, W2)
+    variants["five GEMMs alone"] = lambda: gemms_only(X, W1, W2)
     if torch is not None:
         Xt, yt, W1t, W2t = (torch.from_numpy(a) for a in (X, y, W1, W2))
         variants["PyTorch CPU eager, manual gradients"] = lambda: torch_manual(torch, Xt, yt, W1t, W2t)
@@ -361,9 +439,10 @@ def main(argv=None):
         import array_api_compat.cupy as cpx
         sync = cuda_dev.synchronize
         Xc, yc = cupy.asarray(X), cupy.asarray(y)
-        variants["portablenn cuda (fast path)"] = portablenn_fit("cuda", X, y, W1, W2)
-        variants["portablenn cuda (CUDA graph)"] = portablenn_fit("cuda", X, y, W1, W2, graph=True)
-        variants["portablenn cuda (generic Array API)"] = portablenn_fit("cuda", X, y, W1, W2, fast=False)
+        add(variants, failed, "portablenn cuda (fast path)", lambda: portablenn_fit("cuda", X, y, W1, W2))
+        add(variants, failed, "portablenn cuda (CUDA graph)", lambda: portablenn_fit("cuda", X, y, W1, W2, graph=True))
+        add(variants, failed, "portablenn cuda (generic Array API)",
+            lambda: portablenn_fit("cuda", X, y, W1, W2, kernels="generic"))
         variants["hand-written CuPy"] = lambda: xp_loop(cpx, Xc, yc, W1, W2, sync)
         if torch is not None and torch.cuda.is_available():
             Xg, yg, W1g, W2g = (torch.from_numpy(a).cuda() for a in (X, y, W1, W2))
@@ -372,18 +451,15 @@ def main(argv=None):
             variants["PyTorch CUDA autograd"] = lambda: torch_autograd(torch, Xg, yg, W1g, W2g, tsync)
 
     # correctness first: the same weights as the NumPy reference, to float32 tolerance
-    check = {}
-    for name in [n for n in variants if n.startswith("portablenn")]:
-        got = variants[name]()
-        check[name] = float(max(np.abs(backend._host(g) - r).max() for g, r in zip(got, ref)))
-    print("max |W - W_ref| after one epoch: " + ", ".join(f"{k}: {v:.1e}" for k, v in check.items()))
+    check = weight_check(variants, failed, ref, [n for n in variants if n.startswith("portablenn")])
+    print("max |W - W_ref| / max |W_ref| after one epoch: " + ", ".join(f"{k}: {v:.1e}" for k, v in check.items()))
 
-    times = interleave(variants, repeat)
+    times = interleave(variants, repeat, failed)
     peak = gemm_peak()
     times["FLOP limit at measured NumPy GEMM peak"] = [flops / peak]
     mnist_rows = table(f"MNIST epoch, {data_name}, 784-100-10 no bias, batch 100, in-order SGD, float32 "
                        f"({flops / 1e9:.1f} GFLOP; GEMM peak {peak / 1e9:.0f} GFLOP/s)", times,
-                       "hand-written NumPy (reference)")
+                       "hand-written NumPy (reference)", failed=failed)
     if cuda_dev is not None:  # the GPU rows again, against PyTorch CUDA eager (the issue's yardstick)
         gpu_ref = ("PyTorch CUDA eager, manual gradients" if "PyTorch CUDA eager, manual gradients" in times
                    else "hand-written CuPy")
@@ -402,7 +478,7 @@ def main(argv=None):
     spiral = {
         "hand-written NumPy CS231n loop (reference)": lambda: spiral_numpy(Xs, ys, steps),
         "portablenn numpy (fast path)": lambda: spiral_portablenn("cpu", Xs, ys, steps),
-        "portablenn numpy (generic Array API)": lambda: spiral_portablenn("cpu", Xs, ys, steps, fast=False),
+        "portablenn numpy (generic Array API)": lambda: spiral_portablenn("cpu", Xs, ys, steps, kernels="generic"),
     }
     if torch is not None:
         Xst, yst = torch.from_numpy(Xs), torch.from_numpy(ys.astype(np.int64))
@@ -410,9 +486,10 @@ def main(argv=None):
     if cuda_dev is not None:
         spiral["portablenn cuda (fast path)"] = lambda: spiral_portablenn("cuda", Xs, ys, steps)
         spiral["portablenn cuda (CUDA graph)"] = lambda: spiral_portablenn("cuda", Xs, ys, steps, graph=True)
+    spiral_failed = {}
     spiral_rows = table(f"Spiral full-batch step (300x2, hidden 100, float64), {steps} steps per run",
-                        interleave(spiral, repeat), "hand-written NumPy CS231n loop (reference)",
-                        unit=1e6, unit_name="us/step", per=steps)
+                        interleave(spiral, repeat, spiral_failed), "hand-written NumPy CS231n loop (reference)",
+                        unit=1e6, unit_name="us/step", per=steps, failed=spiral_failed)
     info["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak host memory (RSS) of this benchmark process: {info['peak_rss_mib']:.0f} MiB")
     info["memory"] = {}
@@ -422,8 +499,141 @@ def main(argv=None):
         print(f"memory of a fresh process fitting 2 MNIST epochs on {name}: {info['memory'][name]}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"info": info, "mnist": mnist_rows, "spiral": spiral_rows, "max_abs_diff": check}, f, indent=1)
-    return 0
+            json.dump({"info": info, "mnist": mnist_rows, "spiral": spiral_rows, "max_abs_diff": check,
+                       "failed": {**failed, **{f"spiral: {k}": v for k, v in spiral_failed.items()}}}, f, indent=1)
+    return 1 if failed or spiral_failed else 0
+
+
+# -- --gpu-epoch: the GPU's MNIST epoch against PyTorch CUDA eager (scripts/gpu_check.sh) ------------
+GPU_REF = "PyTorch CUDA eager, manual gradients"
+CPU_REF = "hand-written NumPy (reference on the cpu)"
+TARGET_MS, TARGET_RATIO = 25.0, 1 / 3
+
+
+def synthetic_mnist(rows=60000):
+    """Data of MNIST's shape and about its sparsity and mean (0.095 vs 0.13), with a learnable label.
+
+    The data does not travel to a lent GPU machine; uniform noise instead would not train at lr 0.2
+    (the loss stays at log 10), which makes a poor check of the weights.
+    """
+    rng = np.random.default_rng(0)
+    X = rng.random((rows, 784), dtype=np.float32)
+    X *= rng.random((rows, 784), dtype=np.float32) < 0.19
+    return X, X[:, :10].argmax(axis=1).astype(np.int64)
+
+
+def gpu_epoch(spec, repeat, rows, json_path, use_torch=True):
+    """One MNIST-shaped epoch per variant, interleaved: portablenn's graph, fast and generic kernels, a
+    hand-written CuPy loop, PyTorch CUDA eager (manual gradients; the reference) and autograd.
+
+    Prints the table and the targets (graph epoch <= 25 ms and <= 1/3 of PyTorch CUDA eager, by the
+    median and the paired median ratio); returns 1 if a variant failed, 2 if ``spec`` is unusable.
+    """
+    dev, why = backend.probe(spec)
+    if dev is None:
+        print(why)
+        return 2
+    on_gpu = dev.library == "cupy"
+    torch, torch_why = None, "PyTorch is not installed"
+    if not use_torch:
+        torch_why = "--no-torch"
+    else:
+        try:
+            import torch
+            torch.backends.cuda.matmul.allow_tf32 = False  # full FP32 GEMMs, as portablenn's and CuPy's
+            torch.backends.cudnn.allow_tf32 = False
+        except Exception as exc:  # ImportError, or a broken install
+            torch, torch_why = None, f"PyTorch does not import ({one_line(exc)})"
+    if torch is not None and not on_gpu:
+        torch_why = f"needs a GPU (this run is on {dev.name})"
+    elif torch is not None and not torch.cuda.is_available():
+        torch_why = f"PyTorch {torch.__version__} sees no CUDA GPU"
+    info = {"date": time.strftime("%Y-%m-%d %H:%M"), "device": dev.name, "cpus": os.cpu_count(),
+            "python": platform.python_version(), "numpy": np.__version__, "torch": getattr(torch, "__version__", None)}
+    if on_gpu:
+        import cupy
+        props = cupy.cuda.runtime.getDeviceProperties(dev.native.id)
+        info.update(cupy=cupy.__version__, gpu=props["name"].decode(),
+                    cuda_runtime=cupy.cuda.runtime.runtimeGetVersion(), tf32=os.environ.get("CUPY_TF32", "off"))
+    print("setup: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+
+    X, y = synthetic_mnist(rows)
+    W1, W2 = initial_weights()
+    ref = numpy_loop(X, y, W1, W2)
+    variants, failed, skipped = {}, {}, {}
+    add(variants, failed, "portablenn graph", lambda: portablenn_fit(spec, X, y, W1, W2, graph=True))
+    add(variants, failed, "portablenn fast", lambda: portablenn_fit(spec, X, y, W1, W2))
+    add(variants, failed, "portablenn generic", lambda: portablenn_fit(spec, X, y, W1, W2, kernels="generic"))
+    if on_gpu:
+        def cupy_loop():
+            import cupy
+            import array_api_compat.cupy as cpx
+            Xc, yc = cupy.asarray(X), cupy.asarray(y)
+            return lambda: xp_loop(cpx, Xc, yc, W1, W2, dev.synchronize)
+        add(variants, failed, "hand-written CuPy", cupy_loop)
+    else:
+        skipped["hand-written CuPy"] = f"needs CuPy on a GPU (this run is on {dev.name})"
+        variants[CPU_REF] = lambda: numpy_loop(X, y, W1, W2)
+    if torch is not None and on_gpu and torch.cuda.is_available():
+        try:
+            Xg, yg, W1g, W2g = (torch.from_numpy(a).cuda() for a in (X, y, W1, W2))
+            sync = torch.cuda.synchronize
+            variants[GPU_REF] = lambda: torch_manual(torch, Xg, yg, W1g, W2g, sync)
+            variants["PyTorch CUDA autograd"] = lambda: torch_autograd(torch, Xg, yg, W1g, W2g, sync)
+        except Exception as exc:
+            failed[GPU_REF] = failed["PyTorch CUDA autograd"] = f"set-up raised {one_line(exc)}"
+    else:
+        skipped[GPU_REF] = skipped["PyTorch CUDA autograd"] = torch_why
+
+    check = weight_check(variants, failed, ref)
+    print("max |W - W_ref| / max |W_ref| after one epoch, against the NumPy loop on the cpu: "
+          + ", ".join(f"{k}: {v:.1e}" for k, v in check.items()))
+    times = interleave(variants, repeat, failed)
+    reference = GPU_REF if GPU_REF in times else CPU_REF if CPU_REF in times else None
+    data = f"synthetic {rows}x784 float32"
+    rows_out = table(f"MNIST epoch on {dev.name} ({data}, 784-100-10 no bias, batch 100, in-order SGD lr {LR}, "
+                     f"TF32 off), {repeat} interleaved rounds; ratios to {reference or 'nothing timed'}",
+                     times, reference, failed=failed, skipped=skipped)
+    for row in rows_out:
+        if row["status"] == "ok":
+            row.update(min_ms=row["min"] * 1e3, median_ms=row["median"] * 1e3, max_rel_diff=check.get(row["variant"]),
+                       times_ms=[t * 1e3 for t in times[row["variant"]]])
+
+    steady = {}  # an epoch inside a longer fit: without the per-fit set-up (data check, graph recording)
+    for name in ("portablenn graph", "portablenn fast"):
+        if name in times:
+            try:
+                variants[name](epochs=3)
+                steady[name] = [s * 1e3 for s in variants[name].history["seconds"]]
+                print(f"{name}: epochs 1-3 of one 3-epoch fit: " + ", ".join(f"{s:.2f} ms" for s in steady[name]))
+            except Exception as exc:
+                print(f"{name}: a 3-epoch fit raised {one_line(exc)}")
+
+    targets = []
+    graph = times.get("portablenn graph")
+    for name, value, limit, unit in (
+            (f"graph epoch <= {TARGET_MS:g} ms (median)", graph and statistics.median(graph) * 1e3, TARGET_MS, " ms"),
+            ("graph epoch <= 1/3 of PyTorch CUDA eager (paired median ratio)",
+             next((r["paired_ratio"] for r in rows_out if r["variant"] == "portablenn graph" and reference == GPU_REF),
+                  None), TARGET_RATIO, "x")):
+        if not on_gpu:
+            status = "n/a (not a GPU run)"
+        elif value is None:
+            status = "NOT MET (not measured: " + (failed.get("portablenn graph") or failed.get(GPU_REF)
+                                                 or skipped.get(GPU_REF) or "?") + ")"
+        else:
+            status = f"{'MET' if value <= limit else 'NOT MET'} ({value:.2f}{unit})"
+        targets.append({"name": name, "status": status.split(" (")[0], "value": value, "text": status})
+        print(f"target: {name}: {status}")
+    if on_gpu:
+        import cupy
+        info["gpu_pool_mib"] = cupy.get_default_memory_pool().total_bytes() / 2**20
+        print(f"GPU memory pool: {info['gpu_pool_mib']:.0f} MiB")
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"info": info, "reference": reference, "rows": rows_out, "targets": targets,
+                       "steady_state_ms": steady, "max_rel_diff": check}, f, indent=1)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
