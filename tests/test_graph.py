@@ -93,7 +93,9 @@ def test_cuda_graph_is_recorded_once_and_replayed(monkeypatch, dtype):
 
         def _record(self):
             self.recorded = getattr(self, "recorded", 0) + 1
-            return super()._record()
+            graph = super()._record()
+            self.built = graph is not None
+            return graph
 
     monkeypatch.setattr(backend_cupy, "_GraphStep", Spy)
     X, y = classification_data(n=53, features=4)  # 5 full minibatches of 10 and one of 3 per epoch
@@ -103,6 +105,7 @@ def test_cuda_graph_is_recorded_once_and_replayed(monkeypatch, dtype):
         warnings.simplefilter("error", RuntimeWarning)  # a refused recording fails here, saying why
         pn.fit(model, X, y, optimizer=pn.SGD(0.1), epochs=3, batch_size=10, graph=True)
     pn.fit(reference, X, y, optimizer=pn.SGD(0.1), epochs=3, batch_size=10)
-    assert len(steps) == 1 and steps[0].graph is not None and steps[0].recorded == 1
+    assert len(steps) == 1 and steps[0].built and steps[0].recorded == 1
+    assert steps[0].graph is None and steps[0].handle is None  # released when fit ended
     assert_state_close(model.state_dict(), reference.state_dict(), dtype, factor=10)
 
