@@ -286,6 +286,7 @@ class _GraphStep:
                 cublas_api.setMathMode(self.handle, _TF32_TENSOR_OP_MATH)
         except Exception as exc:
             self._give_up("preparing", exc)
+            self.close()
 
     def __call__(self):
         if self.failed:
@@ -298,16 +299,20 @@ class _GraphStep:
                     self.kernels._private_blas(self.handle, self.stream), self.stream:
                 if self.warm:
                     self.graph = self._record()
-                if self.graph is None:  # the warm-up, or this step after a failed recording
+                else:  # the warm-up
                     self.step()
                     self.warm = True
             current.wait_event(self.stream.record())
+            if self.failed:  # recording or building failed: this call's step runs eagerly, as all later ones
+                self.close()
+                self.step()
             if self.graph is None:
                 return
         try:
             self.graph.launch(current)
         except Exception as exc:  # refused at the launch: nothing of this step ran
             self._give_up("launching", exc)
+            self.close()
             self.step()
 
     def _malloc(self, size):
@@ -337,11 +342,11 @@ class _GraphStep:
             return None
 
     def _give_up(self, what, exc):
+        """Warn; the caller then releases the handle (outside the private context) and runs the step eagerly."""
         self.failed, self.graph = True, None
         warnings.warn(f"{what} the training step as a CUDA graph failed ({type(exc).__name__}: "
                       f"{str(exc).splitlines()[0] if str(exc) else ''}); training goes on without one",
                       RuntimeWarning, stacklevel=4)
-        self.close()
 
     def close(self):
         """Release the graph and the private cuBLAS handle; later calls run the step eagerly.

@@ -372,14 +372,15 @@ def test_graph_step_warms_up_records_once_then_replays(emulated):
     assert kernels._handle is None  # CuPy's own handle again outside the recorded step
 
 
-def test_graph_step_goes_on_eagerly_when_recording_fails(emulated):
+def test_graph_step_goes_on_eagerly_when_recording_fails(emulated, monkeypatch):
     module, log = emulated
     kernels = _kernels(module)
     kernels._private.handle = None
-    calls = []
+    calls, destroyed = [], []
+    monkeypatch.setattr(sys.modules["cupy_backends.cuda.libs.cublas"], "destroy", destroyed.append)
 
     def step():
-        calls.append(log.current[-1].capturing)
+        calls.append((log.current[-1].capturing, kernels._handle))
         if log.current[-1].capturing:
             raise RuntimeError("operation not permitted when stream is capturing")
 
@@ -391,8 +392,9 @@ def test_graph_step_goes_on_eagerly_when_recording_fails(emulated):
     assert [str(w.message) for w in caught] == [
         "recording the training step as a CUDA graph failed (RuntimeError: operation not permitted when stream "
         "is capturing); training goes on without one"]
-    # warm-up, the refused recording, then every call eagerly: each of the 4 steps ran exactly once
-    assert calls == [False, True, False, False, False]
+    # warm-up, the refused recording, then every call eagerly: each of the 4 steps ran exactly once, the eager
+    # ones on CuPy's own cuBLAS handle (the private one is destroyed at the failure, never used after it)
+    assert calls == [(False, 7), (True, 7), (False, None), (False, None), (False, None)] and destroyed == [7]
     assert run.graph is None and "launch" not in log.events and not log.current[-1].capturing
 
 
