@@ -20,7 +20,7 @@ import portablenn as pn  # noqa: E402
 
 DEFAULTS = {"device": "numpy", "dtype": "float64", "optimizer": "sgd", "shuffle": True, "epochs": 4,
             "initial_epoch": 0, "batch": 32, "l2": 1e-3, "n": 130, "n_val": 40, "seed": 5,
-            "resume_from": None, "save_to": None, "batch_on_rank": None, "lr": None}
+            "resume_from": None, "resume_rank0_only": False, "save_to": None, "batch_on_rank": None, "lr": None}
 
 
 def config(**kwargs):
@@ -40,7 +40,8 @@ def problem(cfg):
 
 
 def build(cfg, rank=0):
-    """A fresh ``(model, optimizer)`` for ``cfg``; resumed from ``cfg["resume_from"]`` when given.
+    """A fresh ``(model, optimizer)`` for ``cfg``; resumed from ``cfg["resume_from"]`` when given (with
+    ``cfg["resume_rank0_only"]`` on rank 0 alone: the others start afresh, optimizer state included).
 
     Ranks other than 0 start from different weights on purpose: fit must broadcast rank 0's.
     """
@@ -49,7 +50,7 @@ def build(cfg, rank=0):
     optimizer = {"sgd": lambda: pn.SGD(lr or 0.1), "momentum": lambda: pn.SGD(lr or 0.05, momentum=0.9),
                  "nesterov": lambda: pn.SGD(lr or 0.05, momentum=0.9, nesterov=True),
                  "adam": lambda: pn.Adam(lr or 0.01)}[cfg["optimizer"]]()
-    if cfg["resume_from"]:
+    if cfg["resume_from"] and (rank == 0 or not cfg["resume_rank0_only"]):
         with np.load(cfg["resume_from"]) as saved:
             model.load_state_dict({k[len("param/"):]: saved[k] for k in saved.files if k.startswith("param/")})
             optimizer.bind(model, cfg["l2"])  # state on the model's (host) device; fit moves it

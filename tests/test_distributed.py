@@ -187,6 +187,46 @@ def test_resume_on_a_different_number_of_ranks(mpiexec, tmp_path, optimizer):
             np.testing.assert_array_equal(other[key], state[key])
 
 
+@pytest.fixture(scope="module")
+def rank0_resumed(mpiexec, tmp_path_factory):
+    """Checkpoints after 2 epochs (one process), resumed to 4 epochs on 2 ranks where only rank 0 loads
+    them: ``(output folder, {optimizer: config})``, launched once for every optimizer."""
+    tmp = tmp_path_factory.mktemp("rank0resume")
+    runs = {}
+    for optimizer in ("adam", "momentum", "nesterov"):
+        first = worker.config(name=f"first-{optimizer}", optimizer=optimizer, epochs=2)
+        X, y, Xv, yv = worker.problem(first)
+        model, opt = worker.build(first)
+        pn.fit(model, X, y, optimizer=opt, validation=(Xv, yv), **worker.fit_kwargs(first))
+        worker.save(tmp / f"{optimizer}.npz", model, opt)
+        runs[optimizer] = worker.config(name=f"resumed-{optimizer}", optimizer=optimizer, epochs=4, initial_epoch=2,
+                                        resume_from=str(tmp / f"{optimizer}.npz"), resume_rank0_only=True)
+    proc, _ = launch(mpiexec, 2, list(runs.values()), tmp / "out")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp / "out", runs
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "momentum", "nesterov"])
+def test_resume_broadcasts_rank0s_optimizer_state(rank0_resumed, optimizer):
+    """Only rank 0 holds the resumed model and optimizer (Adam's step count and moments, the momentum
+    buffers); rank 1 starts from other weights with a fresh optimizer. fit must broadcast all of it:
+    both ranks then train what one process resumed from the checkpoint trains, with its step count."""
+    out, runs = rank0_resumed
+    cfg = runs[optimizer]
+    ref_model, ref_opt = worker.build(cfg)  # one process, resumed from the checkpoint
+    assert ref_opt.steps == 10 and ref_opt.state
+    X, y, Xv, yv = worker.problem(cfg)
+    history = pn.fit(ref_model, X, y, optimizer=ref_opt, validation=(Xv, yv), **worker.fit_kwargs(cfg))
+    ref_state, ref_records = ref_model.state_dict(), worker.history_records(history)
+    state0, info0 = read_rank(out, cfg["name"], 0)
+    assert_same_training(state0, info0["history"], ref_state, ref_records, "float64", f"{optimizer} resumed on rank 0")
+    state1, info1 = read_rank(out, cfg["name"], 1)
+    for key in state0:
+        np.testing.assert_array_equal(state1[key], state0[key], err_msg=f"rank 1 {key}")
+    assert info1["history"] == info0["history"]
+    assert info0["steps"] == info1["steps"] == ref_opt.steps == 20  # 10 restored + 2 epochs of 5 steps
+
+
 # -- failures ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("how", ["exit", "raise"])
 def test_a_failed_rank_stops_the_others_with_a_clear_error(mpiexec, tmp_path, how):

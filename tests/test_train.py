@@ -8,6 +8,7 @@ import pytest
 import portablenn as pn
 from portablenn.backend import Device
 
+import _oracle as oracle
 from _support import (classification_data, copy_state, host_forward, host_softmax, host_xent,
                       require_dtype)
 from _tolerances import assert_close, assert_state_close
@@ -79,6 +80,34 @@ def test_steps_per_epoch(device, batch_size, n, per_epoch):
     opt = pn.SGD(0.1)
     pn.fit(_model().to(device), X, y, optimizer=opt, epochs=3, batch_size=batch_size)
     assert opt.steps == 3 * per_epoch
+
+
+@pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
+def test_the_last_partial_minibatch_steps_by_the_mean_gradient_of_its_rows(device, dtype, graph):
+    """10 rows in minibatches of 4: the third step's update is ``lr * (mean gradient of rows 8 and 9 +
+    l2 W)`` (the NumPy oracle's gradient from the weights before that step), not that gradient scaled
+    as if the step had 4 rows; the steps before it have their 4 rows' mean (with ``graph`` they run
+    through the recorded step, the partial one through the ordinary path)."""
+    lr, l2 = 0.5, 0.01
+    X, y = classification_data(n=10, features=4, classes=3, seed=12)
+    model = _model(dtype, seed=13).to(device)
+    arch = oracle.architecture(model)
+    states = [model.state_dict()]
+    pn.fit(model, X, y, optimizer=pn.SGD(lr), epochs=1, batch_size=4, shuffle=False, l2=l2, graph=graph,
+           on_step=lambda epoch, step, steps: states.append(model.state_dict()))
+    assert len(states) == 4
+    Xd = X.astype(dtype)
+    for step, rows in enumerate([slice(0, 4), slice(4, 8), slice(8, 10)]):
+        before = {k: v.astype(np.float64) for k, v in states[step].items()}
+        _, _, grads = oracle.loss_and_grads(before, arch, Xd[rows].astype(np.float64), y[rows])
+        expected = {k: before[k] - lr * (grads[k] + (l2 * before[k] if k.endswith(".weight") else 0.0))
+                    for k in before}
+        moved = {k: states[step + 1][k].astype(np.float64) - before[k] for k in before}
+        # the update itself (a difference of parameters) to the dtype's tolerance of the parameters
+        for key in before:
+            assert_close(moved[key], expected[key] - before[key], dtype, factor=10,
+                         scale=float(np.max(np.abs(before[key]))) + 1.0, err_msg=f"step {step + 1} {key}")
+        assert float(np.max(np.abs(moved["2.bias"]))) > 1e-3  # each step moved the parameters
 
 
 @pytest.mark.parametrize("epochs, log_every", [(7, 3), (7, 1), (3, 10), (4, 4)])
@@ -472,6 +501,7 @@ def _bad_cases():
         ("features", dict(X=X[:, :3]), "X has 3 features per sample, the model expects 4"),
         ("l2-negative", dict(l2=-0.1), "l2 must be a finite number >= 0"),
         ("l2-nan", dict(l2=float("nan")), "l2 must be a finite number >= 0"),
+        ("l2-inf", dict(l2=float("inf")), "l2 must be a finite number >= 0, got inf"),
         ("val-features", dict(validation=(X[:, :3], y)), "validation X has 3 features per sample"),
         ("val-labels", dict(validation=(X, np.full(30, 7))), "validation X labels has label 7"),
         ("val-nan", dict(validation=(nan_X, y)), "validation X contains 1 NaN"),
