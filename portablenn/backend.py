@@ -54,7 +54,7 @@ class Device:
         self.kernel_mode = "fast" if mode == "auto" and kind == "cpu" else mode
         self.kernel_status = None  # "fast", "generic", "fast (self-test passed)", "generic (fallback: ...)"
         self._kernels = None
-        self._choosing = threading.Lock()
+        self._choosing = threading.RLock()  # re-entered only by mistake: then an error, not a deadlock
 
     @property
     def fast(self):
@@ -67,7 +67,14 @@ class Device:
         if self._kernels is None:
             with self._choosing:
                 if self._kernels is None:
-                    self._kernels, self.kernel_status = _choose_kernels(self)
+                    if self.kernel_status == "choosing":  # asked again by the self-test itself, same thread
+                        raise RuntimeError(f"the kernels of {self.name} were asked for while being chosen")
+                    self.kernel_status = "choosing"
+                    try:
+                        self._kernels, self.kernel_status = _choose_kernels(self)
+                    finally:
+                        if self._kernels is None:
+                            self.kernel_status = None
         return self._kernels
 
     @kernels.setter
