@@ -2,16 +2,17 @@
 import dataclasses
 import hashlib
 import json
-import os
-import tempfile
+import math
+import os  # noqa: F401 (tests patch checkpoint.os.replace and .fsync, which outputs.atomic_write calls)
+import re
 from pathlib import Path
 
 import numpy as np
 
-from . import backend
-from ._fileio import fsync_directory
+from . import backend, outputs
 from .layers import Linear, ReLU, Sequential, Sigmoid, Tanh
-from .models import mlp
+from .models import ACTIVATIONS, mlp
+from .validation import check_memory, format_bytes
 
 __all__ = ["FORMAT_VERSION", "Checkpoint", "CheckpointError", "save", "load", "load_into", "load_checkpoint",
            "restore_optimizer"]
@@ -117,7 +118,14 @@ def save(model, path, *, optimizer=None, extra=None, metadata=None):
     (JSON, when given), every entry of ``metadata`` and ``sha256``, a checksum over all the other
     metadata and every tensor that `load_checkpoint` verifies. The data goes to a temporary file in the
     same directory, is flushed and fsynced, then renamed over ``path``: a crash leaves either the
-    old file or the new one, never a partial file.
+    old file or the new one, never a partial file. The temporary file's name carries the host and the
+    process id (``.NAME.portablenn-HOST-PID-XXXXXXXX.tmp``); each save removes those of its naming in the
+    directory whose process is gone (killed mid-save) or that are an hour old, never one a live process
+    is writing (`portablenn.outputs.sweep_temporaries`).
+
+    ``path`` may name a new file or replace a regular file (as ``numpy.save`` would); a directory or a
+    file that is not regular (a FIFO, a device) is refused. The command line is stricter: it replaces
+    only portablenn's own files unless told ``--overwrite``.
 
     Parameters
     ----------
@@ -140,12 +148,21 @@ def save(model, path, *, optimizer=None, extra=None, metadata=None):
     ------
     CheckpointError
         A reserved or non-string metadata key, a value that is not JSON-serialisable, an array that
-        cannot be stored, or an OS error while writing (the old file, if any, is left untouched).
+        cannot be stored, ``path`` is a directory or not a regular file, or an OS error while writing
+        (the old file, if any, is left untouched).
     """
+    path = Path(path)
+    _refuse_special(path)
+    data, _ = _serialise(model, optimizer=optimizer, extra=extra, metadata=metadata)
+    _atomic_write(path, data)
+    return path
+
+
+def _serialise(model, *, optimizer=None, extra=None, metadata=None):
+    """``(bytes, tensors)``: the safetensors file `save` writes, and its host arrays by name."""
     from . import __version__
 
     st = _safetensors()
-    path = Path(path)
     tensors = {key: _host_tensor(value, f"parameter {key}") for key, value in model.state_dict().items()}
     meta = {"format_version": str(FORMAT_VERSION), "architecture": json.dumps(_architecture(model)),
             "dtype": str(model.dtype), "portablenn_version": __version__}
@@ -172,9 +189,7 @@ def save(model, path, *, optimizer=None, extra=None, metadata=None):
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"metadata {key!r} is neither a string nor JSON-serialisable: {exc}") from None
     meta["sha256"] = _digest(tensors, meta)
-    data = st.numpy.save(tensors, metadata=meta)
-    _atomic_write(path, data)
-    return path
+    return st.numpy.save(tensors, metadata=meta), tensors
 
 
 def _digest(tensors, meta):
@@ -190,44 +205,39 @@ def _digest(tensors, meta):
     return h.hexdigest()
 
 
-def _atomic_write(path, data):
-    """Write ``data`` to ``path`` through a fsynced temporary file in the same directory and a rename."""
-    directory = path.parent if str(path.parent) else Path(".")
-    tmp = None
+def _refuse_special(path, what="checkpoint"):
     try:
-        mode = _file_mode(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-        with os.fdopen(fd, "wb") as fh:
-            if hasattr(os, "fchmod"):  # mkstemp creates 0600; give the file the mode open() would
-                os.fchmod(fh.fileno(), mode)
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        tmp = None
+        outputs.refuse_special(path, what)
+    except outputs.OutputError as exc:
+        raise CheckpointError(str(exc)) from None
+
+
+def _atomic_write(path, data, what="checkpoint"):
+    """Write ``data`` to ``path`` through a fsynced temporary file in the same directory and a rename
+    (`portablenn.outputs.atomic_write`, which also removes temporary files that killed saves left)."""
+    path = Path(path)
+    try:
+        outputs.atomic_write(path, data, what)
+    except outputs.OutputError as exc:
+        raise CheckpointError(str(exc)) from None
     except OSError as exc:
-        raise CheckpointError(f"cannot write checkpoint {path}: {exc.strerror or exc}") from exc
-    finally:
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-    fsync_directory(directory)
+        raise CheckpointError(f"cannot write {what} {path}: {exc.strerror or exc}") from exc
 
 
 def _file_mode(path):
     """The permission bits of the file being replaced, else those a new file gets under the umask."""
-    try:
-        return path.stat().st_mode & 0o777
-    except OSError:
-        umask = os.umask(0o022)
-        os.umask(umask)
-        return 0o666 & ~umask
+    return outputs.file_mode(path)
 
 
 def load_checkpoint(path):
     """Read a checkpoint file into host arrays and decoded metadata.
+
+    Every metadata entry portablenn reads back is checked for type and range before anything uses
+    it: ``format_version``, ``dtype``, ``architecture`` (which must describe exactly the parameter
+    tensors in the file, so a damaged size never decides what is allocated), ``optimizer`` (class,
+    step count, finite hyper-parameters in range) and, where present, the entries ``portablenn train``
+    writes: ``dataset`` (text), ``epoch`` and ``seed`` (non-negative integers) and ``train`` (the
+    training options).
 
     Parameters
     ----------
@@ -241,13 +251,16 @@ def load_checkpoint(path):
     ------
     CheckpointError
         The file is missing, is not a (complete) safetensors file, is not a portablenn checkpoint,
-        was written by a newer format version, or fails its checksum (corrupted or altered).
+        was written by a newer format version, fails its checksum (corrupted or altered), does not
+        fit in memory, or has a metadata entry of the wrong type or out of range (naming it).
     """
     st = _safetensors()
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist" if not path.exists()
                               else f"checkpoint {path} is not a regular file")
+    size = path.stat().st_size
+    check_memory(2 * size, f"checkpoint {path}", CheckpointError)  # the file mapped, and its tensors copied
     try:
         with st.safe_open(str(path), framework="numpy") as fh:
             meta = dict(fh.metadata() or {})
@@ -257,6 +270,8 @@ def load_checkpoint(path):
                               f"{exc}") from None
     except OSError as exc:
         raise CheckpointError(f"cannot read checkpoint {path}: {exc.strerror or exc}") from None
+    except MemoryError:
+        raise CheckpointError(f"checkpoint {path} ({format_bytes(size)}) does not fit in memory") from None
     except Exception as exc:  # the Rust reader can raise others on malformed headers
         raise CheckpointError(f"{path} is not a valid safetensors checkpoint: {type(exc).__name__}: "
                               f"{exc}") from None
@@ -264,8 +279,8 @@ def load_checkpoint(path):
     if version is None or "architecture" not in meta or "dtype" not in meta:
         raise CheckpointError(f"{path} is a safetensors file but not a portablenn checkpoint "
                               "(its metadata lacks format_version, architecture or dtype)")
-    if not version.isdigit():
-        raise CheckpointError(f"{path} has an unreadable format_version {version!r}")
+    if not (isinstance(version, str) and re.fullmatch(r"[0-9]{1,9}", version)):
+        raise CheckpointError(f"{path} has an unreadable format_version {_short(version)}")
     if int(version) > FORMAT_VERSION:
         raise CheckpointError(f"{path} was written by a newer portablenn (format {version}); upgrade portablenn "
                               f"to read it (this version reads format {FORMAT_VERSION} and older)")
@@ -273,43 +288,261 @@ def load_checkpoint(path):
         raise CheckpointError(f"{path} is corrupted: its content does not match the SHA-256 checksum saved with it"
                               if "sha256" in meta else f"{path} has no checksum (sha256) in its metadata; it was not "
                               "written by portablenn.checkpoint.save or was altered")
-    try:
-        architecture = json.loads(meta["architecture"])
-        optimizer_config = json.loads(meta["optimizer"]) if "optimizer" in meta else None
-    except ValueError as exc:
-        raise CheckpointError(f"{path} has corrupted metadata (invalid JSON): {exc}") from None
-    if not isinstance(architecture, (dict, list)):
-        raise CheckpointError(f"{path} has corrupted metadata: architecture is {type(architecture).__name__}")
+    if meta["dtype"] not in ("float32", "float64"):
+        raise CheckpointError(f"{path} has unsupported dtype {_short(meta['dtype'])}; expected float32 or float64")
+    architecture = _check_architecture(_json(meta, "architecture", path), path)
+    optimizer_config = (_check_optimizer_config(_json(meta, "optimizer", path), path) if "optimizer" in meta
+                        else None)
+    _check_run_metadata(meta, path)
     state, optim, extra = {}, {}, {}
     for key, value in sorted(tensors.items(), key=lambda item: _natural(item[0])):
         if key.startswith(_EXTRA):
             extra[key[len(_EXTRA):]] = value
         elif key.startswith(_OPTIM):
             param, _, index = key[len(_OPTIM):].rpartition(".")
-            if not index.isdigit():
+            if not re.fullmatch(r"[0-9]{1,4}", index):
                 raise CheckpointError(f"{path} has a malformed optimizer tensor name {key!r}")
             optim.setdefault(param, {})[int(index)] = value
         else:
             state[key] = value
+    _check_tensors(architecture, state, path)
     optimizer_state = {}
     for param, buffers in optim.items():
         if sorted(buffers) != list(range(len(buffers))):
             raise CheckpointError(f"{path} lacks some optimizer buffers of {param!r} (has {sorted(buffers)})")
+        for i, buffer in buffers.items():
+            if buffer.dtype.kind != "f":
+                raise CheckpointError(f"{path}: optimizer buffer {_OPTIM}{param}.{i} has dtype {buffer.dtype}, "
+                                      "not a float")
         optimizer_state[param] = tuple(buffers[i] for i in range(len(buffers)))
     return Checkpoint(state, meta, optimizer_state, optimizer_config, extra)
+
+
+# -- metadata checks: everything read back from a file is input ------------------------------------------------
+_MAX_SIZE = 2**31 - 1  # a layer width or class count (the tensors in the file must then match it)
+_MAX_COUNT = 2**63 - 1  # steps, seeds
+_MAX_EPOCHS = 2**31 - 1
+
+
+def _short(value, limit=60):
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _json(meta, key, path):
+    text = meta[key]
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:  # RecursionError: deeply nested garbage
+        raise CheckpointError(f"{path} has corrupted metadata (invalid JSON in {key}): "
+                              f"{_one_line(exc)}") from None
+
+
+def _one_line(exc):
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def _bad(path, where, expected, value):
+    return CheckpointError(f"{path} has corrupted metadata: {where} must be {expected}, got {_short(value)}")
+
+
+def _int(value, path, where, low=0, high=_MAX_COUNT):
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _bad(path, where, f"an integer from {low} to {high}", value)
+    return value
+
+
+def _number(value, path, where, low=0.0, high=math.inf, low_open=False, high_open=False):
+    ok = (not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
+          and (value > low if low_open else value >= low) and (value < high if high_open else value <= high))
+    if not ok:
+        span = (f"{'>' if low_open else '>='} {low:g}" if high == math.inf
+                else f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}")
+        raise _bad(path, where, f"a finite number {span}", value)
+    return float(value)
+
+
+def _check_architecture(architecture, path):
+    """The ``mlp`` arguments (a dict) or the layer list, checked field by field; returned unchanged."""
+    def cannot(why):
+        return CheckpointError(f"{path} has an architecture this portablenn cannot build: {why}")
+
+    if isinstance(architecture, dict):
+        unknown = sorted(set(architecture) - {"sizes", "activation", "bias"})
+        if unknown:
+            raise cannot(f"unknown entry {_short(unknown[0])} (expected sizes, activation, bias)")
+        sizes = architecture.get("sizes")
+        if (not isinstance(sizes, list) or not 2 <= len(sizes) <= 10_000
+                or not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= _MAX_SIZE for s in sizes)):
+            raise cannot(f"sizes must be a list of 2 or more integers from 1 to {_MAX_SIZE}, "
+                         f"got {_short(sizes)}")
+        activation = architecture.get("activation", "relu")
+        if not isinstance(activation, str) or activation not in ACTIVATIONS:
+            raise cannot(f"activation {_short(activation)} is not one of {', '.join(sorted(ACTIVATIONS))}")
+        if not isinstance(architecture.get("bias", True), bool):
+            raise cannot(f"bias must be true or false, got {_short(architecture['bias'])}")
+        return architecture
+    if not isinstance(architecture, list) or not 1 <= len(architecture) <= 10_000:
+        raise cannot(f"expected the mlp arguments (an object) or a list of layers, got {_short(architecture)}")
+    linears = 0
+    for i, spec in enumerate(architecture):
+        if not isinstance(spec, dict) or spec.get("type") not in ("Linear", *_ACTIVATIONS):
+            raise cannot(f"layer {i} is {_short(spec)}; expected a Linear, ReLU, Sigmoid or Tanh layer")
+        if spec["type"] != "Linear":
+            if set(spec) != {"type"}:
+                raise cannot(f"layer {i} ({spec['type']}) has unknown entries {_short(sorted(set(spec) - {'type'}))}")
+            continue
+        linears += 1
+        if set(spec) != {"type", "in_features", "out_features", "bias"}:
+            raise cannot(f"layer {i} (Linear) must have exactly in_features, out_features and bias, "
+                         f"got {_short(sorted(spec))}")
+        for name in ("in_features", "out_features"):
+            value = spec[name]
+            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_SIZE:
+                raise cannot(f"layer {i} {name} must be an integer from 1 to {_MAX_SIZE}, got {_short(value)}")
+        if not isinstance(spec["bias"], bool):
+            raise cannot(f"layer {i} bias must be true or false, got {_short(spec['bias'])}")
+    if not linears:
+        raise cannot("it has no Linear layer")
+    return architecture
+
+
+def _parameter_shapes(architecture):
+    """``{"0.weight": (in, out), "0.bias": (out,), ...}``: what the architecture's model holds."""
+    if isinstance(architecture, dict):
+        sizes, bias = architecture["sizes"], architecture.get("bias", True)
+        layers = [(2 * i, a, b, bias) for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
+    else:
+        layers = [(i, spec["in_features"], spec["out_features"], spec["bias"])
+                  for i, spec in enumerate(architecture) if spec["type"] == "Linear"]
+    shapes = {}
+    for index, fan_in, fan_out, bias in layers:
+        shapes[f"{index}.weight"] = (fan_in, fan_out)
+        if bias:
+            shapes[f"{index}.bias"] = (fan_out,)
+    return shapes
+
+
+def _check_tensors(architecture, state, path):
+    """The parameters the architecture describes must be exactly the tensors in the file, of a float dtype:
+    a size in the metadata never allocates more than the file holds."""
+    shapes = _parameter_shapes(architecture)
+    for key, shape in shapes.items():
+        if key not in state:
+            raise CheckpointError(f"checkpoint {path} does not match the model its architecture describes: it "
+                                  f"has no parameter {key!r} of shape {shape}")
+        got = tuple(state[key].shape)
+        if got != shape and not (key.endswith(".bias") and got == (1,) + shape):
+            raise CheckpointError(f"checkpoint {path} does not match the model its architecture describes: {key!r} "
+                                  f"has shape {got}, the architecture needs {shape}")
+    unexpected = sorted(set(state) - set(shapes))
+    if unexpected:
+        raise CheckpointError(f"checkpoint {path} does not match the model: it has parameter {unexpected[0]!r} that "
+                              "the model its architecture describes lacks")
+    for key, value in state.items():
+        if value.dtype.kind != "f":
+            raise CheckpointError(f"checkpoint {path}: parameter {key!r} has dtype {value.dtype}, not a float")
+
+
+# Hyper-parameters: (check, description); any other entry must be a finite number or a bool.
+_UNIT = dict(low=0.0, high=1.0, high_open=True)
+_OPTIMIZER_FIELDS = {
+    "lr": dict(low=0.0, high=math.inf, low_open=True),
+    "momentum": _UNIT, "beta1": _UNIT, "beta2": _UNIT,
+    "eps": dict(low=0.0, high=math.inf, low_open=True),
+    "l2": dict(low=0.0, high=math.inf),
+}
+
+
+def _check_optimizer_config(config, path):
+    """The saved optimizer: its class, step count and finite, in-range hyper-parameters."""
+    where = "optimizer"
+    if not isinstance(config, dict):
+        raise _bad(path, where, "an object", config)
+    name = config.get("class")
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,99}", name):
+        raise _bad(path, f"{where} class", "a class name", name)
+    if "steps" not in config:
+        raise CheckpointError(f"{path} has corrupted metadata: optimizer has no steps")
+    _int(config["steps"], path, f"{where} steps")
+    if name in ("SGD", "Adam") and "lr" not in config:
+        raise CheckpointError(f"{path} has corrupted metadata: the {name} optimizer has no lr")
+    for key, value in config.items():
+        if key in ("class", "steps"):
+            continue
+        if key in _OPTIMIZER_FIELDS:
+            _number(value, path, f"{where} {key}", **_OPTIMIZER_FIELDS[key])
+        elif key == "nesterov":
+            if not isinstance(value, bool):
+                raise _bad(path, f"{where} nesterov", "true or false", value)
+        elif not (isinstance(value, bool) or isinstance(value, (int, float)) and math.isfinite(value)):
+            raise _bad(path, f"{where} {key}", "a finite number or a bool", value)
+    if config.get("nesterov") and not config.get("momentum"):
+        raise CheckpointError(f"{path} has corrupted metadata: optimizer nesterov needs momentum > 0")
+    return config
+
+
+# The entries ``portablenn train`` writes (and reads back to resume or evaluate), checked where present.
+_TRAIN_OPTIONS = {
+    "dataset": lambda v, p, w: _text(v, p, w),
+    "seed": lambda v, p, w: _int(v, p, w),
+    "lr": lambda v, p, w: _number(v, p, w, low_open=True),
+    "l2": lambda v, p, w: _number(v, p, w),
+    "batch_size": lambda v, p, w: _int(v, p, w, high=_MAX_SIZE),
+    "shuffle": lambda v, p, w: _bool(v, p, w),
+    "epochs": lambda v, p, w: _int(v, p, w, high=_MAX_EPOCHS),
+    "log_every": lambda v, p, w: _int(v, p, w, low=1, high=_MAX_EPOCHS),
+}
+
+
+def _text(value, path, where, what="a dataset name or path"):
+    if not isinstance(value, str) or not 1 <= len(value) <= 4096 or not value.isprintable():
+        raise _bad(path, where, f"a line of text ({what})", value)
+    return value
+
+
+def _bool(value, path, where):
+    if not isinstance(value, bool):
+        raise _bad(path, where, "true or false", value)
+    return value
+
+
+def _check_run_metadata(meta, path):
+    if "dataset" in meta:
+        _text(meta["dataset"], path, "dataset")
+    for key, high in (("epoch", _MAX_EPOCHS), ("seed", _MAX_COUNT)):
+        if key in meta:
+            text = meta[key]
+            if not re.fullmatch(r"[0-9]{1,19}", text):
+                raise _bad(path, key, "a non-negative integer", text)
+            _int(int(text), path, key, high=high)
+    if "train" in meta:
+        options = _json(meta, "train", path)
+        if not isinstance(options, dict):
+            raise _bad(path, "train", "an object of training options", options)
+        for key, check in _TRAIN_OPTIONS.items():
+            if key not in options:
+                raise CheckpointError(f"{path} has corrupted metadata: train has no {key}")
+            check(options[key], path, f"train {key}")
+        for key, what in (("val", "a dataset path"), ("init", "an initialiser's name")):  # optional, or null
+            if options.get(key) is not None:
+                _text(options[key], path, f"train {key}", what)
 
 
 def _natural(key):
     """The model's order, "2.weight" before "2.bias" before "10.weight" (safetensors sorts names as text)."""
     rank = {"weight": 0, "bias": 1}
-    return [(0, int(part), "") if part.isdigit() else (1, rank.get(part, 2), part) for part in key.split(".")]
+    # a name read from a file may hold any digits ("²", 5000 of them): only short ASCII ones are numbers
+    return [(0, int(part), "") if part.isascii() and part.isdigit() and len(part) < 19
+            else (1, rank.get(part, 2), part) for part in key.split(".")]
 
 
 def _build(architecture, dtype, path):
-    """A fresh model of the saved architecture (weights to be overwritten)."""
+    """A fresh model of the saved (already checked) architecture, zero weights to be overwritten."""
     try:
         if isinstance(architecture, dict):
-            return mlp(**architecture, dtype=dtype)
+            return mlp(**architecture, init="zeros", dtype=dtype)
         layers = []
         for spec in architecture:
             kind = spec["type"]
@@ -322,6 +555,8 @@ def _build(architecture, dtype, path):
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path} has an architecture this portablenn cannot build ({type(exc).__name__}: "
                               f"{exc})") from None
+    except MemoryError:
+        raise CheckpointError(f"the model saved in {path} does not fit in memory") from None
 
 
 def load(path, device=None):
@@ -346,9 +581,7 @@ def load(path, device=None):
         ``device`` cannot be used here or lacks the checkpoint's dtype.
     """
     ckpt = load_checkpoint(path)
-    if ckpt.dtype not in ("float32", "float64"):
-        raise CheckpointError(f"{path} has unsupported dtype {ckpt.dtype!r}; expected float32 or float64")
-    model = _build(ckpt.architecture, ckpt.dtype, path)
+    model = _build(_check_architecture(ckpt.architecture, path), ckpt.dtype, path)
     _load_state(model, ckpt.state_dict, path)
     return model.to(device) if device is not None else model
 
@@ -428,12 +661,17 @@ def restore_optimizer(optimizer, checkpoint, model):
     config = checkpoint.optimizer_config
     if config is None:
         raise CheckpointError("the checkpoint holds no optimizer state (it was saved without optimizer=)")
+    config = _check_optimizer_config(config, "the checkpoint")  # a Checkpoint may be built or changed by hand
     name = type(optimizer).__name__
     if config.get("class") != name:
         raise CheckpointError(f"the checkpoint holds {config.get('class')} state but the optimizer is {name}")
     params = {key: layer.params[p] for key, layer, p in model.named_parameters()}
     count = {"SGD": 1, "Adam": 2}.get(name)
     saved = checkpoint.optimizer_state
+    if not isinstance(saved, dict) or not all(
+            isinstance(key, str) and isinstance(buffers, (tuple, list))
+            and all(isinstance(b, np.ndarray) and b.dtype.kind == "f" for b in buffers) for key, buffers in saved.items()):
+        raise CheckpointError("the checkpoint's optimizer state must map parameter names to tuples of float arrays")
     unknown = sorted(set(saved) - set(params))
     if unknown:
         raise CheckpointError(f"the checkpoint's optimizer state for {unknown[0]!r} has no parameter in the model")

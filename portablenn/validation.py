@@ -1,16 +1,103 @@
 """Input checks that turn bad data into one clear sentence (an InputError) before any training starts."""
 import math
+import os
 
 import numpy as np
 from array_api_compat import array_namespace, is_array_api_obj
 
 from .backend import _host
 
-__all__ = ["InputError", "check_features", "check_range", "check_labels", "check_batch_size"]
+__all__ = ["InputError", "check_features", "check_range", "check_labels", "check_batch_size", "class_limit",
+           "CLASS_RULE", "available_memory", "check_memory", "format_bytes", "training_memory"]
 
 
 class InputError(ValueError):
     """Data or arguments that cannot be trained on; the message says what is wrong."""
+
+
+# -- what a file or a flag may make us allocate ------------------------------------------------------
+MIN_CLASS_LIMIT, CLASSES_PER_ROW = 1000, 10
+CLASS_RULE = (f"labels must be class indices 0..K-1, with K at most max({MIN_CLASS_LIMIT}, "
+              f"{CLASSES_PER_ROW} x rows)")
+
+
+def class_limit(rows):
+    """The most classes (largest label + 1) that ``rows`` labelled samples may imply: max(1000, 10 * rows).
+
+    One-hot rows and the output layer grow with the number of classes, so a stray label (200000 in a
+    3-row file) must not decide the model's size; 1000 classes are always allowed (ImageNet-1k from a
+    handful of rows), and a larger label set needs data to match.
+    """
+    return max(MIN_CLASS_LIMIT, CLASSES_PER_ROW * int(rows))
+
+
+def format_bytes(n):
+    """``n`` bytes for people: "512 B", "3.2 MiB", "149.0 GiB"."""
+    n = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} EiB"  # pragma: no cover
+
+
+def available_memory():
+    """``(bytes, description)``: the machine's physical memory, or what the process's address-space
+    limit (``ulimit -v``, RLIMIT_AS) leaves when that is lower; ``(None, None)`` where neither is known."""
+    limit, source = None, None
+    try:
+        limit = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        source = "this machine's memory"
+    except (AttributeError, ValueError, OSError):
+        pass
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+    except (ImportError, AttributeError, ValueError, OSError):
+        soft = None
+    if soft is not None and soft != resource.RLIM_INFINITY and soft >= 0:
+        left = soft - _address_space_used()
+        if limit is None or left < limit:
+            limit, source = max(left, 0), "what the process's address-space limit (ulimit -v) leaves"
+    return limit, source
+
+
+def _address_space_used():
+    try:
+        with open("/proc/self/statm") as fh:
+            return int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return 0
+
+
+def check_memory(nbytes, what, error=InputError, hint=""):
+    """Raise ``error`` when ``nbytes`` exceed `available_memory` (no check where it is unknown).
+
+    ``what`` names what would be allocated ("MNIST file x: 1000000000 images of 28 x 28"); the
+    message adds the size, the limit and ``hint``.
+    """
+    limit, source = available_memory()
+    if limit is not None and nbytes > limit:
+        raise error(f"{what} needs {format_bytes(nbytes)}, more than {source} ({format_bytes(limit)})"
+                    + (f"; {hint}" if hint else ""))
+
+
+def training_memory(sizes, itemsize, rows, batch_rows, optimizer_buffers=0, bias=True, eval_rows=8192):
+    """Estimated bytes to build and train an ``mlp(sizes)`` on ``rows`` samples: ``(total, parameters)``.
+
+    Counts the parameters, their gradients and ``optimizer_buffers`` copies (momentum: 1, Adam: 2),
+    the float64 draw of the largest initial weight, the data and one-hot rows on the device, and the
+    activations and their gradients for the larger of a minibatch and an evaluation chunk.
+    """
+    sizes = [int(s) for s in sizes]
+    params = sum(a * b + (b if bias else 0) for a, b in zip(sizes[:-1], sizes[1:]))
+    largest = max(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    pass_rows = max(int(batch_rows), min(int(rows), eval_rows))
+    total = (params * itemsize * (2 + optimizer_buffers) + largest * 16
+             + rows * (sizes[0] + sizes[-1]) * itemsize
+             + pass_rows * sum(sizes[1:]) * itemsize * 3)
+    return total, params
 
 
 def check_features(X, in_features=None, name="X", dtype=None):

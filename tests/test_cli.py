@@ -1,6 +1,8 @@
 """The command line as a user runs it: subprocesses, exit codes, output, files written."""
 import json
 import os
+import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -268,21 +270,35 @@ def test_signal_saves_at_the_epoch_boundary_and_resumes(tmp_path, sig, code):
     assert resumed.returncode == 0 and f"resuming after epoch {epoch}" in resumed.stdout
 
 
-def test_divergence_stops_with_epoch_step_and_keeps_the_last_checkpoint(tmp_path):
+@pytest.mark.parametrize("lr", ["1e6", "1e9", "1e30"])
+def test_divergence_keeps_only_a_checkpoint_whose_next_epoch_was_finite(tmp_path, lr):
+    """Principle 4: the state saved after epoch E is written only once epoch E+1 ended finite, so the checkpoint
+    the message names evaluates finite and resumes for an epoch without diverging; where no state qualifies
+    (1e30 diverges in epoch 2) the message says so and nothing is written. A run whose last state gives a
+    non-finite loss is not saved as if it were fine."""
     path = tmp_path / "run.safetensors"
-    result = run("train", "--lr", "1e9", "--epochs", "50", "--checkpoint-every", "1", "--save", str(path), "--quiet")
+    result = run("train", "--lr", lr, "--epochs", "50", "--checkpoint-every", "1", "--save", str(path), "--quiet")
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "RuntimeWarning" not in result.stderr
     message = result.stderr.strip().splitlines()[-1]
     assert "became nan" in message or "became inf" in message
     assert "at epoch" in message and "step" in message and "learning rate" in message
-    epoch = int(message.split("at epoch ")[1].split(",")[0])
-    if epoch > 1:
-        assert f"last good checkpoint is {path} (epoch {epoch - 1})" in message
-        from portablenn import checkpoint
+    diverged = int(message.split("at epoch ")[1].split(",")[0])
+    if diverged <= 2:
+        assert "there is no good checkpoint" in message and not path.exists(), message
+        return
+    good = int(message.split(f"last good checkpoint is {path} (epoch ")[1].split(")")[0])
+    assert good == diverged - 2  # the state after diverged - 1 is the one that diverged
+    from portablenn import checkpoint
 
-        state = checkpoint.load_checkpoint(path).state_dict
-        assert all(np.all(np.isfinite(v)) for v in state.values())
+    assert int(checkpoint.load_checkpoint(path).metadata["epoch"]) == good
+    ev = run("eval", "--checkpoint", str(path))
+    assert ev.returncode == 0 and "nan" not in ev.stdout.split("|")[1], ev.stdout
+    # its next epoch is finite; the state after it is the one that diverges: refused, the checkpoint kept
+    resumed = run("train", "--resume", str(path), "--epochs", str(good + 1), "--quiet")
+    assert resumed.returncode == 1 and "became nan" not in resumed.stderr, resumed.stderr
+    assert "gives a non-finite loss" in resumed.stderr and f"{path} (epoch {good}) is as it was" in resumed.stderr
+    assert int(checkpoint.load_checkpoint(path).metadata["epoch"]) == good
 
 
 def test_checkpoint_every_needs_save():
@@ -467,3 +483,254 @@ def test_cuda_graph_trains_as_the_ordinary_loop_on_a_gpu():
     np.testing.assert_allclose(losses(graph.stdout), losses(plain.stdout), atol=5e-5)
     adam = run(*args, "--cuda-graph", "--optimizer", "adam")
     assert_clean_error(adam, "--cuda-graph replays the same step every time: it needs --optimizer sgd")
+
+
+# -- issue #15: finished training is never thrown away (principle 3) ----------------------------------------------
+# Runs the command line in a process that signals itself at a chosen moment: in an epoch's callback (as
+# SIGINT from a terminal would arrive during training), in the final evaluation, or in the final save.
+SIGNAL_SELF = """
+import os, signal, sys
+from portablenn import checkpoint, cli
+when, sig = sys.argv[1], getattr(signal, sys.argv[2])
+if when.startswith("epoch"):
+    real_fit, at = cli.fit, int(when[5:])
+    def fit(*args, callback, **kwargs):
+        def each(record):
+            if record["epoch"] == at:
+                os.kill(os.getpid(), sig)
+            callback(record)
+        return real_fit(*args, callback=each, **kwargs)
+    cli.fit = fit
+elif when == "evaluate":
+    real_evaluate, calls = cli.evaluate, []
+    def evaluate(*args, **kwargs):
+        if not calls:
+            os.kill(os.getpid(), sig)
+        calls.append(1)
+        return real_evaluate(*args, **kwargs)
+    cli.evaluate = evaluate
+elif when == "save":
+    real_write = checkpoint._atomic_write
+    def write(*args, **kwargs):
+        os.kill(os.getpid(), sig)
+        return real_write(*args, **kwargs)
+    checkpoint._atomic_write = write
+sys.exit(cli.main(sys.argv[3:]))
+"""
+
+
+def run_signalled(when, sig, *args, cwd, launcher=()):
+    return subprocess.run([*launcher, sys.executable, "-c", SIGNAL_SELF, when, sig, *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=300, env={**os.environ, "PORTABLENN_DISABLE_CUDA": "1"},
+                          stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("when", ["epoch5", "evaluate", "save"])
+@pytest.mark.parametrize("sig, code", [("SIGINT", 130), ("SIGTERM", 143)])
+@pytest.mark.parametrize("save", [True, False], ids=["save", "no-save"])
+def test_a_signal_after_the_last_epoch_still_saves_the_finished_training(tmp_path, when, sig, code, save):
+    """A signal in the last epoch, the final evaluation or the final save: the finished model is saved (to
+    --save, or ./portablenn-interrupted.safetensors without it), then the exit status of the signal."""
+    if when == "save" and not save:
+        pytest.skip("without --save the only save is the interrupted one")
+    args = ["train", "--epochs", "5", "--quiet"] + (["--save", "done.safetensors"] if save else [])
+    result = run_signalled(when, sig, *args, cwd=tmp_path)
+    assert result.returncode == code, result.stderr
+    path = tmp_path / ("done.safetensors" if save else "portablenn-interrupted.safetensors")
+    assert "Traceback" not in result.stderr
+    assert f"interrupted after the last epoch 5; saved {path.name} (training was complete)" in result.stderr
+    from portablenn import checkpoint
+
+    assert checkpoint.load_checkpoint(path).metadata["epoch"] == "5"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [path.name]  # no temporary file left
+
+
+def test_only_rank_0_says_it_is_stopping(capsys):
+    """Under mpiexec every rank gets the signal; ranks other than 0 take it quietly (``quiet=not root``)."""
+    from portablenn import cli
+
+    for quiet in (True, False):
+        with cli._graceful_stop(quiet=quiet) as stop:
+            os.kill(os.getpid(), signal.SIGINT)
+            deadline = time.time() + 10
+            while stop["signum"] is None and time.time() < deadline:
+                time.sleep(0.01)
+        assert stop["signum"] == signal.SIGINT
+        err = capsys.readouterr().err
+        assert ("stopping after this epoch" in err) is (not quiet), err
+
+
+# -- issue #15: resume means what it says (principle 5) ------------------------------------------------------------
+@pytest.mark.parametrize("extra, saved_as", [
+    (["--save", "my runs/ck.safetensors"], "my runs/ck.safetensors"),  # a path the shell would split
+    ([], "portablenn-interrupted.safetensors"),
+    (["--save", "ck.safetensors", "--device", "array_api_strict:device1", "--log", "a log.jsonl",
+      "--checkpoint-every", "2"], "ck.safetensors"),
+], ids=["spaces", "no-save", "device-and-log"])
+def test_the_printed_resume_command_continues_and_saves(tmp_path, extra, saved_as):
+    """Interrupted at epoch 3 of 8, then the printed command run as printed: it trains to epoch 8 and the
+    checkpoint holds epoch 8 (a resumed run saves back to its checkpoint)."""
+    (tmp_path / "my runs").mkdir()
+    stopped = run_signalled("epoch3", "SIGINT", "train", "--epochs", "8", "--quiet", *extra, cwd=tmp_path)
+    assert stopped.returncode == 130, stopped.stderr
+    command = stopped.stderr.split("continue with: ")[1].rsplit(")", 1)[0]
+    words = shlex.split(command)
+    assert words[:4] == ["portablenn", "train", "--resume", saved_as], command
+    for flag in ("--device", "--log", "--checkpoint-every"):
+        assert (flag in words) is (flag in extra), (flag, command)
+    again = run(*words[1:], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "resuming after epoch 3" in again.stdout and f"saved {saved_as}" in again.stdout
+    from portablenn import checkpoint
+
+    assert checkpoint.load_checkpoint(tmp_path / saved_as).metadata["epoch"] == "8"
+    if "--log" in extra:
+        assert [json.loads(line)["epoch"] for line in (tmp_path / "a log.jsonl").read_text().splitlines()] == \
+            list(range(1, 9))
+
+
+def test_the_resume_command_under_mpiexec_names_the_launcher_and_rank_0_alone_speaks(tmp_path):
+    mpiexec = shutil.which("mpiexec", path=os.path.dirname(sys.executable)) or shutil.which("mpiexec")
+    try:
+        import mpi4py  # noqa: F401
+    except ImportError:
+        mpiexec = None
+    if mpiexec is None:
+        pytest.skip("needs mpi4py and mpiexec (pip install -e '.[mpi]')")
+    result = run_signalled("epoch3", "SIGINT", "train", "--distributed", "--dataset", "lines", "--epochs", "8",
+                           "--batch-size", "6", "--quiet", "--save", "ck.safetensors", cwd=tmp_path,
+                           launcher=(mpiexec, "-n", "2"))
+    assert result.stderr.count("stopping after this epoch") == 1, result.stderr
+    assert ("continue with: mpiexec -n 2 portablenn train --distributed --resume ck.safetensors --epochs 8"
+            in result.stderr), result.stderr
+    from portablenn import checkpoint
+
+    assert checkpoint.load_checkpoint(tmp_path / "ck.safetensors").metadata["epoch"] == "3"
+
+
+def test_continue_command_is_quoted_and_complete():
+    from types import SimpleNamespace
+
+    from portablenn import cli
+
+    args = cli.build_parser().parse_args(["train", "--log", "it's here.jsonl", "--kernels", "generic", "--comm", "mpi",
+                                          "--distributed", "--data-dir", "/d d", "--no-download"])
+    command = cli._continue_command(args, "cuda", SimpleNamespace(size=4), "a b.safetensors", 12)
+    assert shlex.split(command) == [
+        "mpiexec", "-n", "4", "portablenn", "train", "--distributed", "--comm", "mpi", "--resume", "a b.safetensors",
+        "--epochs", "12", "--device", "cuda", "--kernels", "generic", "--data-dir", "/d d", "--log", "it's here.jsonl",
+        "--no-download"]
+
+
+def test_a_resumed_run_saves_back_to_its_checkpoint(tmp_path):
+    path = tmp_path / "ck.safetensors"
+    assert run("train", "--epochs", "3", "--quiet", "--save", str(path)).returncode == 0
+    resumed = run("train", "--resume", str(path), "--epochs", "5", "--quiet")
+    assert resumed.returncode == 0 and f"saved {path}" in resumed.stdout, resumed.stderr
+    from portablenn import checkpoint
+
+    assert checkpoint.load_checkpoint(path).metadata["epoch"] == "5"
+
+
+RESUME_CONFLICTS = [  # (flags given with --resume, the flag as given, the checkpoint's value)
+    (["--hidden", "50"], "--hidden 50", "--hidden 100"),
+    (["--optimizer", "adam"], "--optimizer adam", "--optimizer sgd"),
+    (["--lr", "0.5"], "--lr 0.5", "--lr 1"),
+    (["--dataset", "lines"], "--dataset lines", "--dataset spiral"),
+    (["--dtype", "float64"], "--dtype float64", "--dtype float32"),
+    (["--batch-size", "10"], "--batch-size 10", "--batch-size 0"),
+    (["--activation", "tanh"], "--activation tanh", "--activation relu"),
+    (["--model", "linear"], "--model linear", "--model mlp"),
+    (["--no-bias"], "--no-bias", "--bias"),
+    (["--init", "xavier"], "--init xavier", "--init small"),
+    (["--l2", "0"], "--l2 0", "--l2 0.001"),
+    (["--momentum", "0.9"], "--momentum 0.9", "--momentum 0"),
+    (["--no-shuffle"], "--no-shuffle", "--shuffle"),
+    (["--seed", "3"], "--seed 3", "--seed 0"),
+    (["--val", "v.csv"], "--val v.csv", "no --val"),
+]
+
+
+@pytest.fixture(scope="module")
+def spiral_checkpoint(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("resume")
+    assert run("train", "--epochs", "2", "--quiet", "--save", "ck.safetensors", cwd=folder).returncode == 0
+    return (folder / "ck.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("flags, given, saved", RESUME_CONFLICTS, ids=[c[1] for c in RESUME_CONFLICTS])
+def test_resume_refuses_a_flag_that_contradicts_the_checkpoint(tmp_path, spiral_checkpoint, flags, given, saved):
+    (tmp_path / "ck.safetensors").write_bytes(spiral_checkpoint)
+    result = run("train", "--resume", "ck.safetensors", "--epochs", "4", *flags, cwd=tmp_path)
+    assert_clean_error(result, f"{given} contradicts ck.safetensors, which was trained with {saved}")
+    assert (tmp_path / "ck.safetensors").read_bytes() == spiral_checkpoint
+    assert "| Epoch" not in result.stdout
+
+
+def test_resume_accepts_flags_that_agree_with_the_checkpoint(tmp_path, spiral_checkpoint):
+    (tmp_path / "ck.safetensors").write_bytes(spiral_checkpoint)
+    same = ["--hidden", "100", "--optimizer", "sgd", "--lr", "1", "--dataset", "spiral", "--dtype", "float32",
+            "--batch-size", "0", "--activation", "relu", "--model", "mlp", "--bias", "--init", "small", "--l2", "0.001",
+            "--momentum", "0", "--shuffle", "--seed", "0"]
+    result = run("train", "--resume", "ck.safetensors", "--epochs", "4", "--quiet", *same, cwd=tmp_path)
+    assert result.returncode == 0 and "resuming after epoch 2" in result.stdout, result.stderr
+
+
+# -- issue #15: no silent surprises (principle 8, the command line's part) ------------------------------------------
+SURPRISES = [  # (arguments, words of the one-line refusal)
+    (["eval", "--checkpoint", "ck.safetensors", "--split", "test"], ["has no split 'test'; choose one of train"]),
+    (["eval", "--checkpoint", "ck.safetensors", "--split", "val_dim"], ["has no split 'val_dim'"]),
+    (["train", "--val", "val.csv", "--epochs", "2"], ["--val is for csv:/npz: datasets", "spiral"]),
+    (["train", "--dataset", "lines", "--val", "val.csv", "--epochs", "2"], ["--val is for csv:/npz: datasets"]),
+    (["train", "--momentum", "0.9", "--optimizer", "adam", "--epochs", "2"], ["--momentum 0.9 is SGD's"]),
+    (["parity", "--momentum", "0.9", "--optimizer", "adam", "--epochs", "2"], ["--momentum 0.9 is SGD's"]),
+    (["predict", "--checkpoint", "ck.safetensors", "--input", "x.npy", "--output", "preds.npy"], ["name a .npz file"]),
+    (["predict", "--checkpoint", "ck.safetensors", "--input", "x.npy", "--output", "preds"], ["name a .npz file"]),
+]
+
+
+@pytest.mark.parametrize("args, words", SURPRISES, ids=["eval --split test", "eval --split val_dim",
+                                                           "spiral --val", "lines --val", "adam --momentum",
+                                                           "parity adam --momentum", "predict .npy", "predict no ext"])
+def test_no_silent_surprises(tmp_path, spiral_checkpoint, args, words):
+    (tmp_path / "ck.safetensors").write_bytes(spiral_checkpoint)
+    (tmp_path / "val.csv").write_text("0.1,0.2,0\n0.3,0.4,1\n")
+    np.save(tmp_path / "x.npy", np.zeros((3, 2)))
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert_clean_error(run(*args, cwd=tmp_path), *words)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no preds.npy.npz
+
+
+def test_eval_without_split_uses_the_only_split_and_says_which(tmp_path, spiral_checkpoint):
+    (tmp_path / "ck.safetensors").write_bytes(spiral_checkpoint)
+    result = run("eval", "--checkpoint", "ck.safetensors", cwd=tmp_path)
+    assert result.returncode == 0 and result.stdout.startswith("spiral train: 300 samples"), result.stderr
+
+
+def test_adam_gets_its_own_default_learning_rate():
+    """--optimizer adam without --lr: Adam's rate for the dataset (not SGD's 1.0, which leaves the spiral at 44%)."""
+    result = run("train", "--optimizer", "adam", "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "Adam(lr=0.001" in result.stdout
+    accuracy = float(result.stdout.split("train: loss")[1].split("accuracy")[1].split("%")[0])
+    assert accuracy > 90.0
+
+
+# -- issue #15: a typo gets the subcommand's usage and a suggestion (principle 9) -----------------------------------
+TYPOS = [  # (arguments, the subcommand, the suggestion)
+    (["train", "--epcohs", "5"], "train", "--epochs"),
+    (["train", "--hiden", "50"], "train", "--hidden"),
+    (["train", "--chekpoint-every", "2"], "train", "--checkpoint-every"),
+    (["predict", "--checkpoint", "c", "--input", "x", "--ouput", "y"], "predict", "--output"),
+    (["eval", "--checkpoint", "c", "--splt", "test"], "eval", "--split"),
+    (["parity", "--devics", "cpu,cpu"], "parity", "--devices"),
+]
+
+
+@pytest.mark.parametrize("args, command, suggestion", TYPOS,
+                         ids=[next(a for a in c[0] if a.startswith("--") and a not in ("--checkpoint", "--input"))
+                              for c in TYPOS])
+def test_a_typo_gets_the_subcommands_usage_and_a_suggestion(args, command, suggestion):
+    result = run(*args)
+    assert_clean_error(result, f"usage: portablenn {command}", f"did you mean {suggestion}?")
+    assert result.stderr.splitlines()[-1].startswith(f"portablenn {command}: error: unrecognized arguments: ")

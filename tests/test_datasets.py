@@ -258,14 +258,42 @@ def test_mnist_bad_split(tmp_path):
 def test_mnist_missing_dir_message(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(MnistNotFoundError) as info:
-        mnist(root=missing)
+        mnist(root=missing, download=False)
     message = str(info.value)
-    assert str(missing) in message
+    assert str(missing) in message and "\n" not in message
+    assert "mnist(download=True)" in message and "portablenn download mnist" in message
     for name in MNIST_FILES:
         assert name in message
     assert isinstance(info.value, DatasetError)
     assert isinstance(info.value, ValueError)
     assert isinstance(info.value, FileNotFoundError)
+    assert not missing.exists()
+
+
+def test_mnist_downloads_on_first_use_as_the_cli_does(tmp_path, monkeypatch):
+    """download=True (the default) fetches the files where they are missing, into ``root``; the CLI's
+    --no-download is download=False."""
+    from portablenn.datasets import download
+
+    calls = []
+
+    def fake_download(root=None, **kwargs):
+        calls.append(root)
+        (tmp_path / "fetched").mkdir()
+        _fake_mnist(tmp_path / "fetched", gz=True)
+        return tmp_path / "fetched"
+
+    monkeypatch.setattr(download, "download_mnist", fake_download)
+    X, y = mnist(root=tmp_path / "fetched", split="test")
+    assert calls == [tmp_path / "fetched"] and X.shape == (3, 784) and y.shape == (3,)
+    mnist(root=tmp_path / "fetched")  # found now: no second download
+    assert len(calls) == 1
+    with pytest.raises(MnistNotFoundError):
+        mnist(root=tmp_path / "elsewhere", download=False)
+    assert len(calls) == 1
+    with pytest.raises(ValueError, match="split"):  # a bad split never downloads
+        mnist(root=tmp_path / "elsewhere", split="validation")
+    assert len(calls) == 1
 
 
 def test_mnist_prefers_existing_variant(tmp_path):

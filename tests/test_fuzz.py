@@ -111,3 +111,61 @@ def test_checkpoint_reader_survives_corruption(tmp_path_factory, saved_checkpoin
     assert set(loaded.state_dict) == set(state) and loaded.metadata["epoch"] == "3"
     for key in state:
         np.testing.assert_array_equal(loaded.state_dict[key], state[key])
+
+
+# -- metadata: any JSON value in any field is either valid or refused with CheckpointError ---------------------
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8)
+FIELDS = {"architecture": ["sizes", "activation", "bias", None],
+          "optimizer": ["class", "lr", "momentum", "nesterov", "steps", "l2", None],
+          "train": ["dataset", "seed", "lr", "l2", "batch_size", "shuffle", "epochs", "log_every", "val", None],
+          "epoch": [None], "seed": [None], "dataset": [None], "format_version": [None], "dtype": [None]}
+
+
+@pytest.fixture(scope="module")
+def cli_checkpoint(tmp_path_factory):
+    """A checkpoint as ``portablenn train --save`` writes it: its metadata and tensors."""
+    from safetensors import safe_open
+
+    from portablenn import cli
+
+    path = tmp_path_factory.mktemp("cli") / "run.safetensors"
+    assert cli.main(["train", "--epochs", "1", "--hidden", "4", "--momentum", "0.5", "--save", str(path),
+                     "--quiet"]) == 0
+    with safe_open(str(path), framework="numpy") as fh:
+        return dict(fh.metadata()), {key: fh.get_tensor(key) for key in fh.keys()}
+
+
+@FUZZ
+@given(key=st.sampled_from(sorted(FIELDS)), data=st.data(), value=JSON_VALUES, raw=st.booleans())
+def test_checkpoint_metadata_fields_survive_any_value(tmp_path_factory, capsys, cli_checkpoint, key, data, value,
+                                                      raw):
+    import json
+
+    import safetensors.numpy
+
+    from portablenn import cli
+
+    meta, tensors = dict(cli_checkpoint[0]), cli_checkpoint[1]
+    name = data.draw(st.sampled_from(FIELDS[key]))
+    if name is None:  # the whole entry: the value as JSON, or (raw) its text as the entry itself
+        meta[key] = str(value) if raw else json.dumps(value)
+    else:
+        decoded = json.loads(meta[key])
+        decoded[name] = value
+        meta[key] = json.dumps(decoded)
+    meta["sha256"] = checkpoint._digest(tensors, meta)
+    path = tmp_path_factory.mktemp("meta") / "m.safetensors"
+    path.write_bytes(safetensors.numpy.save(tensors, metadata=meta))
+    for door in (lambda: checkpoint.load_checkpoint(path), lambda: pn.load(path),
+                 lambda: checkpoint.restore_optimizer(pn.SGD(0.1, momentum=0.5), path, pn.mlp([2, 4, 3]))):
+        try:
+            door()
+        except checkpoint.CheckpointError:
+            pass
+    capsys.readouterr()
+    code = cli.main(["train", "--resume", str(path), "--epochs", "1", "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 0 or code == 2 and len(err) == 1 and err[0].startswith("portablenn: error:"), (code, err)

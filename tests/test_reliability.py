@@ -48,7 +48,75 @@ def test_sigkill_during_saves_never_leaves_a_broken_checkpoint(tmp_path):
         trials += 1
     leftovers = [p.name for p in tmp_path.iterdir() if p.name not in ("writer.py", "model.safetensors")]
     assert trials == 25
-    assert all(name.startswith(".") or name.endswith(".tmp") for name in leftovers)  # only temp files can remain
+    assert all(name.startswith(".") and name.endswith(".tmp") for name in leftovers)  # only temp files can remain
+    # the next save into the folder removes the temporary files the killed writers left, and only those
+    (tmp_path / ".notes.tmp").write_text("a user's hidden file")
+    checkpoint.save(pn.mlp([50, 200, 10], seed=1), path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.tmp", "model.safetensors", "writer.py"]
+
+
+# -- the temporary files of a save: removed when their writer is gone, never while it lives ------------------
+def _temporary(directory, target, host, pid, age, now):
+    path = directory / f".{target}.portablenn-{host}-{pid}-{len(list(directory.iterdir())):08d}.tmp"
+    path.write_bytes(b"partial")
+    os.utime(path, (now - age, now - age))
+    return path.name
+
+
+def _dead_pid():
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid  # reaped: no process has this id until the kernel reuses it
+
+
+def test_a_save_sweeps_only_abandoned_temporaries_of_its_own_naming(tmp_path):
+    from portablenn import outputs
+
+    now = time.time()
+    here, elsewhere, dead = outputs._HOST, "0123abcd" if outputs._HOST != "0123abcd" else "fedc4321", _dead_pid()
+    removed = {  # (target, host, pid, age in seconds): name
+        "killed here": _temporary(tmp_path, "m.safetensors", here, dead, 1, now),
+        "killed, another target": _temporary(tmp_path, "other.safetensors", here, dead, 1, now),
+        "an hour old, another host": _temporary(tmp_path, "m.safetensors", elsewhere, 4242, 2 * 3600, now),
+        "an hour old, pid reused": _temporary(tmp_path, "m.safetensors", here, os.getppid(), 2 * 3600, now),
+    }
+    kept = {
+        "this process, writing": _temporary(tmp_path, "m.safetensors", here, os.getpid(), 1, now),
+        "a live process here": _temporary(tmp_path, "m.safetensors", here, os.getppid(), 60, now),
+        "fresh, another host": _temporary(tmp_path, "m.safetensors", elsewhere, dead, 60, now),
+    }
+    foreign = [".m.safetensors.k3j2h1g0.tmp", "notes.tmp", ".m.portablenn-xyz.tmp", "m.portablenn-0123abcd-1-x.tmp"]
+    for name in foreign:  # the naming of earlier versions and of others: never touched
+        (tmp_path / name).write_text("someone's")
+        os.utime(tmp_path / name, (now - 10 * 3600, now - 10 * 3600))
+    checkpoint.save(pn.mlp([2, 3]), tmp_path / "m.safetensors")
+    left = {p.name for p in tmp_path.iterdir()}
+    assert not left & set(removed.values()), sorted(left & set(removed.values()))
+    assert set(kept.values()) | set(foreign) | {"m.safetensors"} == left
+
+
+CONCURRENT_WRITER = textwrap.dedent("""
+    import sys
+    import portablenn as pn
+    from portablenn import checkpoint
+    folder, name = sys.argv[1], sys.argv[2]
+    model = pn.mlp([20, 300, 10], seed=0)
+    for i in range(150):
+        checkpoint.save(model, f"{folder}/{name}.safetensors", metadata={"i": i})
+""")
+
+
+def test_concurrent_saves_into_one_folder_never_remove_each_others_temporaries(tmp_path):
+    """Two processes saving into the same folder: each save sweeps the folder, and neither loses a write."""
+    script = tmp_path / "writer.py"
+    script.write_text(CONCURRENT_WRITER)
+    (tmp_path / "out").mkdir()
+    procs = [subprocess.Popen([sys.executable, str(script), str(tmp_path / "out"), name], stderr=subprocess.PIPE,
+                              text=True) for name in ("a", "b", "a")]  # two of them even write the same file
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.safetensors", "b.safetensors"]
 
 
 # -- bad input: the Python API raises the documented type, the CLI says one line and exits 2 ----------------

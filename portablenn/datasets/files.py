@@ -1,12 +1,15 @@
 """Labelled datasets from your own files: CSV (features..., label) and NPZ (arrays X and y)."""
+import math
 import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from ..validation import CLASS_RULE, check_memory, class_limit, format_bytes
 from .mnist import DatasetError
 
-__all__ = ["load_csv", "load_npz", "load_spec"]
+__all__ = ["load_csv", "load_npz", "load_npy", "load_spec"]
 
 
 def _check_file(path, kind):
@@ -28,38 +31,82 @@ def _is_number(text):
     return True
 
 
-def load_csv(path):
+def _float_dtype(dtype, default):
+    if dtype is None:
+        return default
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        dtype = None
+    if dtype not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return dtype
+
+
+def _header_lines(path, first):
+    """1 when the first row is a header, 0 when it is data; a row mixing names and numbers is refused.
+
+    A header is a row where no cell is a (finite) number, or where the only numbers are the columns'
+    own positions (``0,1,label`` or ``1,2,label``, as pandas writes integer column names); anything
+    else with a cell that is not a number is a data row with a typo (``0.1,O.2,0``), named.
+    """
+    number, text = first
+    cells = text.split(",")
+    numeric = [_is_number(v) for v in cells]
+    if all(numeric):
+        return 0
+    for offset in (0, 1):  # vacuously true for a row of names only ("nan" and "inf" count as names)
+        if all(not n or v.strip() == str(c + offset) or not math.isfinite(float(v))
+               for c, (v, n) in enumerate(zip(cells, numeric))):
+            return number
+    c = numeric.index(False)
+    raise DatasetError(f"CSV file {path} line {number}, column {c + 1}: {cells[c].strip()!r} is not a number "
+                       "(a header row holds names only; this row holds numbers too, so it is data with a typo)")
+
+
+def load_csv(path, dtype="float32"):
     """Read a comma-separated file of numbers whose last column is an integer class label.
 
-    A first row that is not all numbers is taken as a header and skipped. Blank lines are ignored.
+    A first row of names (no numbers, or only its column positions as pandas' integer column names)
+    is a header and skipped; a first row mixing names and numbers is refused as a typo. Blank lines
+    are ignored.
 
     Parameters
     ----------
     path : str or os.PathLike
+    dtype : {"float32", "float64"}
+        The features' dtype (the CLI passes ``--dtype``).
 
     Returns
     -------
-    X : numpy.ndarray, shape (n_samples, n_features), float32
+    X : numpy.ndarray, shape (n_samples, n_features), of ``dtype``
     y : numpy.ndarray, shape (n_samples,), int64
 
     Raises
     ------
     DatasetError
         Missing or empty file, no data rows, ragged rows or a non-numeric value (naming the line
-        and column), NaN or infinite values, labels that are not non-negative integers.
+        and column), NaN or infinite values, values beyond float32 when reading float32, labels
+        that are not non-negative integers, or a largest label that would make more classes than
+        max(1000, 10 x rows) (a stray label must not decide the model's size).
     """
+    dtype = _float_dtype(dtype, np.dtype(np.float32))
     path = _check_file(path, "CSV")
     first = next(_rows(path), None)
     if first is None:
         raise DatasetError(f"CSV file {path} is empty")
-    header = first[0] if not all(_is_number(v) for v in first[1].split(",")) else 0
-    try:  # the fast C parser; on any problem re-read line by line to say where it is
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # "input contained no data" is reported below
-            data = np.loadtxt(path, delimiter=",", dtype=np.float64, skiprows=header, ndmin=2, comments=None,
-                              encoding="utf-8-sig")
-    except ValueError:
-        data = _parse_slowly(path, header)
+    header = _header_lines(path, first)
+    try:
+        try:  # the fast C parser; on any problem re-read line by line to say where it is
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "input contained no data" is reported below
+                data = np.loadtxt(path, delimiter=",", dtype=np.float64, skiprows=header, ndmin=2, comments=None,
+                                  encoding="utf-8-sig")
+        except ValueError:
+            data = _parse_slowly(path, header)
+    except MemoryError:  # the text itself is what is too large: nothing in it chose the size
+        raise DatasetError(f"CSV file {path} ({format_bytes(path.stat().st_size)}) does not fit in memory "
+                           "as numbers") from None
     if data.shape[0] == 0:
         raise DatasetError(f"CSV file {path} has a header but no data rows")
     if data.shape[1] < 2:
@@ -67,9 +114,10 @@ def load_csv(path):
     bad = ~np.isfinite(data)
     if bad.any():
         raise _cell_error(path, header, bad, "is NaN or infinite")
-    too_large = np.abs(data[:, :-1]) > _FLOAT32_MAX  # finite in float64, infinite once float32
-    if too_large.any():
-        raise _cell_error(path, header, too_large, f"is too large for float32 (at most {_FLOAT32_MAX:.4g})")
+    if dtype == np.float32:
+        too_large = np.abs(data[:, :-1]) > _FLOAT32_MAX  # finite in float64, infinite once float32
+        if too_large.any():
+            raise _cell_error(path, header, too_large, f"is too large for float32 (at most {_FLOAT32_MAX:.4g})")
     labels = data[:, -1]
     wrong = labels != np.round(labels)
     if wrong.any():
@@ -84,7 +132,13 @@ def load_csv(path):
         number, line = _data_row(path, header, int(np.argmax(labels > _MAX_LABEL)))
         raise DatasetError(f"CSV file {path} line {number}: label {line.split(',')[-1].strip()!r} is too large "
                            f"to be a class index (at most {_MAX_LABEL})")
-    return data[:, :-1].astype(np.float32), labels.astype(np.int64)
+    classes, rows = int(labels.max()) + 1, labels.shape[0]
+    if classes > class_limit(rows):
+        number, line = _data_row(path, header, int(np.argmax(labels)))
+        raise DatasetError(f"CSV file {path} line {number}: label {line.split(',')[-1].strip()!r} would make "
+                           f"{classes} classes from {rows} row{'s' if rows != 1 else ''}; {CLASS_RULE} "
+                           f"(here {class_limit(rows)})")
+    return data[:, :-1].astype(dtype), labels.astype(np.int64)
 
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -138,27 +192,36 @@ def _parse_slowly(path, header):
     return np.array(out, dtype=np.float64).reshape(len(out), width or 0)
 
 
-def load_npz(path):
+def load_npz(path, dtype=None):
     """Read an ``.npz`` archive holding ``X`` (samples x features) and integer labels ``y``.
+
+    Each member's ``.npy`` header is read first and checked against what the archive really stores
+    (and, for a compressed member, against what deflate can expand to) and against the memory,
+    before the array is allocated.
 
     Parameters
     ----------
     path : str or os.PathLike
         Written by ``np.savez(path, X=X, y=y)``; loaded with ``allow_pickle=False``.
+    dtype : {"float32", "float64"}, optional
+        The features' dtype (the CLI passes ``--dtype``); by default float64 stays float64 and
+        other numeric types become float32.
 
     Returns
     -------
     X : numpy.ndarray, shape (n_samples, n_features)
-        float64 stays float64; other numeric types become float32.
     y : numpy.ndarray, shape (n_samples,), int64
 
     Raises
     ------
     DatasetError
-        Missing, empty or non-npz file; ``X`` or ``y`` missing, pickled (object) or non-numeric;
-        ``X`` not 2-D or empty; ``y`` not 1-D; lengths that differ; NaN or infinite values;
-        labels that are not non-negative integers.
+        Missing, empty or non-npz file; ``X`` or ``y`` missing, pickled (object), non-numeric, or
+        with a header shape larger than the archive holds or than memory; ``X`` not 2-D or empty;
+        ``y`` not 1-D; lengths that differ; NaN or infinite values, or values beyond float32 when
+        reading float32; labels that are not non-negative integers or would make more classes
+        than max(1000, 10 x rows).
     """
+    dtype = _float_dtype(dtype, None)
     path = _check_file(path, "NPZ")
     try:
         archive = np.load(path, allow_pickle=False)
@@ -169,14 +232,23 @@ def load_npz(path):
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise DatasetError(f"NPZ file {path} holds a single array, not an archive with X and y "
                            "(write it with np.savez(path, X=X, y=y))")
-    with archive:
-        names = set(archive.files)
-        for name in ("X", "y"):
-            if name not in names:
-                have = ", ".join(sorted(names)) or "none"
-                raise DatasetError(f"NPZ file {path} has no array {name!r} (it has {have}; "
-                                   "write it with np.savez(path, X=X, y=y))")
-        X, y = (_array(archive, name, path) for name in ("X", "y"))
+    try:
+        with archive:
+            names = set(archive.files)
+            for name in ("X", "y"):
+                if name not in names:
+                    have = ", ".join(sorted(names)) or "none"
+                    raise DatasetError(f"NPZ file {path} has no array {name!r} (it has {have}; "
+                                       "write it with np.savez(path, X=X, y=y))")
+            for name in ("X", "y"):
+                _check_member(archive, name, path)
+            X, y = (_array(archive, name, path) for name in ("X", "y"))
+        return _checked_npz(path, X, y, dtype)
+    except MemoryError:
+        raise DatasetError(f"NPZ file {path} ({format_bytes(path.stat().st_size)}) does not fit in memory") from None
+
+
+def _checked_npz(path, X, y, dtype):
     if X.ndim != 2:
         raise DatasetError(f"NPZ file {path}: X must be 2-D (n_samples, n_features), got shape {X.shape}")
     if X.shape[0] == 0 or X.shape[1] == 0:
@@ -187,9 +259,16 @@ def load_npz(path):
         raise DatasetError(f"NPZ file {path}: X has {X.shape[0]} samples but y has {y.shape[0]} labels")
     if X.dtype.kind not in "biuf":
         raise DatasetError(f"NPZ file {path}: X must hold numbers, got dtype {X.dtype}")
-    X = X if X.dtype == np.float64 else X.astype(np.float32)
-    if not np.isfinite(X).all():
+    if X.dtype.kind == "f" and not np.isfinite(X).all():
         raise DatasetError(f"NPZ file {path}: X contains {int((~np.isfinite(X)).sum())} NaN or infinite value(s)")
+    if dtype is None:
+        dtype = np.dtype(np.float64) if X.dtype == np.float64 else np.dtype(np.float32)
+    if dtype == np.float32 and X.dtype.kind == "f" and X.dtype.itemsize > 4 and X.size:
+        largest = float(np.max(np.abs(X)))
+        if largest > _FLOAT32_MAX:
+            raise DatasetError(f"NPZ file {path}: X has values too large for float32 (magnitude up to "
+                               f"{largest:.4g}, at most {_FLOAT32_MAX:.4g}); scale the data or use float64")
+    X = X.astype(dtype, copy=False)
     if y.dtype.kind == "f":
         if not np.isfinite(y).all() or (y != np.round(y)).any():
             raise DatasetError(f"NPZ file {path}: y must hold integer class indices; found non-integer values")
@@ -201,7 +280,61 @@ def load_npz(path):
     if y.size and y.max() > _MAX_LABEL:
         raise DatasetError(f"NPZ file {path}: y has a label too large to be a class index ({y.max()}; "
                            f"at most {_MAX_LABEL})")
+    rows = y.shape[0]
+    classes = int(y.max()) + 1
+    if classes > class_limit(rows):
+        raise DatasetError(f"NPZ file {path}: label {classes - 1} in y (row {int(np.argmax(y)) + 1}) would make "
+                           f"{classes} classes from {rows} row{'s' if rows != 1 else ''}; {CLASS_RULE} "
+                           f"(here {class_limit(rows)})")
     return X, y.astype(np.int64)
+
+
+# The most a deflate stream can expand (1032:1); a member claiming more was not written by NumPy.
+_DEFLATE_RATIO = 1032
+
+
+def _npy_header(fh):
+    """``(shape, dtype, header bytes)`` of the ``.npy`` stream ``fh``; ValueError if it is not one."""
+    fmt = np.lib.format
+    version = fmt.read_magic(fh)
+    if version == (1, 0):
+        shape, _, dtype = fmt.read_array_header_1_0(fh)
+    elif version == (2, 0):
+        shape, _, dtype = fmt.read_array_header_2_0(fh)
+    else:
+        shape, _, dtype = fmt._read_array_header(fh, version)
+    return tuple(int(d) for d in shape), np.dtype(dtype), fh.tell()
+
+
+def _check_member(archive, name, path):
+    """Refuse a member whose header claims more data than the archive stores, or than memory holds."""
+    try:
+        zf = archive.zip
+        member = name + ".npy" if name + ".npy" in zf.namelist() else name
+        info = zf.getinfo(member)
+        if info.compress_type == zipfile.ZIP_DEFLATED and info.file_size > info.compress_size * _DEFLATE_RATIO + 1024:
+            raise DatasetError(f"NPZ file {path}: {name} claims {format_bytes(info.file_size)} uncompressed from "
+                               f"{format_bytes(info.compress_size)} compressed, more than deflate can expand; "
+                               "the archive is damaged")
+        with zf.open(info) as fh:
+            try:
+                shape, dtype, offset = _npy_header(fh)
+            except ValueError:
+                return  # not a .npy member, or a damaged header: _array says which
+    except DatasetError:
+        raise
+    except Exception as exc:  # BadZipFile, zlib.error, EOFError, NotImplementedError, ...
+        raise DatasetError(f"NPZ file {path}: cannot read {name}, the archive is damaged "
+                           f"({type(exc).__name__}: {exc})") from None
+    if dtype.hasobject:
+        return  # refused unread by _array (allow_pickle=False)
+    nbytes = math.prod(shape) * dtype.itemsize
+    stored = info.file_size - offset
+    if nbytes > stored:
+        raise DatasetError(f"NPZ file {path}: {name}'s header says shape {shape} of {dtype} "
+                           f"({format_bytes(nbytes)}) but the archive stores only {format_bytes(max(stored, 0))} "
+                           "of it; the file is damaged")
+    check_memory(2 * nbytes, f"NPZ file {path}: {name} of shape {shape} and dtype {dtype}", DatasetError)
 
 
 def _array(archive, name, path):
@@ -212,7 +345,9 @@ def _array(archive, name, path):
             raise DatasetError(f"NPZ file {path}: {name} is a pickled object array, which is never loaded; "
                                "save plain numeric arrays") from None
         raise DatasetError(f"NPZ file {path}: cannot read {name} ({exc})") from None
-    except Exception as exc:  # BadZipFile, zlib.error, EOFError, NotImplementedError, MemoryError, ...
+    except MemoryError:
+        raise DatasetError(f"NPZ file {path}: {name} does not fit in memory") from None
+    except Exception as exc:  # BadZipFile, zlib.error, EOFError, NotImplementedError, ...
         raise DatasetError(f"NPZ file {path}: cannot read {name}, the archive is damaged "
                            f"({type(exc).__name__}: {exc})") from None
     if not isinstance(array, np.ndarray):  # a zip member that is not a .npy file comes back as bytes
@@ -220,12 +355,60 @@ def _array(archive, name, path):
     return array
 
 
-def load_spec(spec):
+def load_npy(path):
+    """Read the one array of an ``.npy`` file (``predict --input``), never unpickling.
+
+    The header's shape is checked against the file's size and the memory before anything is
+    allocated.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+
+    Returns
+    -------
+    numpy.ndarray
+        As stored.
+
+    Raises
+    ------
+    DatasetError
+        Missing, empty or not an ``.npy`` file, an object (pickled) array, a header whose shape
+        needs more bytes than the file holds or than memory.
+    """
+    path = _check_file(path, "NPY")
+    try:
+        with open(path, "rb") as fh:
+            shape, dtype, offset = _npy_header(fh)
+    except ValueError as exc:
+        raise DatasetError(f"NPY file {path} is not an .npy array file ({exc})") from None
+    except OSError as exc:
+        raise DatasetError(f"cannot read NPY file {path}: {exc.strerror or exc}") from None
+    if dtype.hasobject:
+        raise DatasetError(f"NPY file {path} holds a pickled object array, which is never loaded; "
+                           "save a plain numeric array")
+    nbytes = math.prod(shape) * dtype.itemsize
+    stored = path.stat().st_size - offset
+    if nbytes > stored:
+        raise DatasetError(f"NPY file {path}: its header says shape {shape} of {dtype} ({format_bytes(nbytes)}) "
+                           f"but the file holds only {format_bytes(max(stored, 0))}; the file is damaged")
+    check_memory(nbytes, f"NPY file {path}: shape {shape} of {dtype}", DatasetError)
+    try:
+        return np.load(path, allow_pickle=False)
+    except MemoryError:
+        raise DatasetError(f"NPY file {path} ({format_bytes(nbytes)}) does not fit in memory") from None
+    except (ValueError, OSError, EOFError) as exc:
+        raise DatasetError(f"NPY file {path} cannot be read ({exc})") from None
+
+
+def load_spec(spec, dtype=None):
     """Load a dataset named ``"csv:PATH"`` or ``"npz:PATH"`` (the CLI's ``--dataset`` form).
 
     Parameters
     ----------
     spec : str
+    dtype : {"float32", "float64"}, optional
+        The features' dtype; by default that of `load_csv` / `load_npz`.
 
     Returns
     -------
@@ -243,5 +426,4 @@ def load_spec(spec):
         raise DatasetError(f"unknown dataset {spec!r}; expected csv:PATH or npz:PATH")
     if not path:
         raise DatasetError(f"dataset {spec!r} names no file; expected {kind}:PATH")
-    return loaders[kind.lower()](path)
-
+    return loaders[kind.lower()](path, **({} if dtype is None else {"dtype": dtype}))

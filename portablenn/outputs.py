@@ -1,0 +1,342 @@
+"""Where portablenn may write: every output path checked before any work, files replaced atomically, and
+temporary files that never outlive the save that made them.
+
+The rule (the command line's): an output may replace only a regular file that portablenn itself wrote
+as that kind of output (a checkpoint, a JSON-lines log of epoch records, a PNG plot, a predictions file,
+an ONNX export), an empty file, or anything when the user passed ``--overwrite``. Never a file the
+command is reading (a dataset, a checkpoint, an input), a directory, or something that is not a regular
+file (a FIFO, a device, a socket), not even with ``--overwrite``.
+"""
+import hashlib
+import json
+import os
+import re
+import socket
+import stat
+import struct
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+from ._fileio import fsync_directory
+
+__all__ = ["OutputError", "KINDS", "check", "check_directory", "check_distinct", "prepare", "is_ours",
+           "atomic_write", "refuse_special", "sweep_temporaries", "STALE_SECONDS"]
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+STALE_SECONDS = 3600  # a temporary file untouched this long is abandoned, whoever made it
+KINDS = {  # kind -> what portablenn's own file of that kind is, for the messages
+    "checkpoint": "a portablenn checkpoint",
+    "log": "a portablenn log (JSON lines of epoch records)",
+    "png": "a PNG image",
+    "predictions-npz": "a portablenn predictions file (arrays classes and probabilities)",
+    "predictions-csv": "a portablenn predictions file (header class,p0,...)",
+    "onnx": "an ONNX model exported by portablenn",
+}
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+# .<target name>.portablenn-<host hash>-<pid>-<mkstemp's 8 characters>.tmp
+_TEMPORARY = re.compile(r"^\..*\.portablenn-([0-9a-f]{8})-(\d+)-[A-Za-z0-9_]+\.tmp$")
+
+
+class OutputError(ValueError):
+    """An output path portablenn refuses to write; the message names the flag, the path and why."""
+
+
+# -- is this file ours? -------------------------------------------------------------------------------
+def is_ours(path, kind):
+    """Whether the regular file ``path`` is portablenn's own output of ``kind`` (see `KINDS`).
+
+    Reads at most the file's header (a checkpoint's, a PNG's, an archive's directory, a CSV's first
+    line); a log is read line by line up to its first line that is not an epoch record.
+    """
+    try:
+        return bool(_RECOGNISERS[kind](Path(path)))
+    except Exception:  # whatever a reader raises on a file that is not what it reads (protobuf's DecodeError...)
+        return False
+
+
+def _is_checkpoint(path):
+    with open(path, "rb") as fh:
+        (length,) = struct.unpack("<Q", fh.read(8))
+        if not 2 <= length <= 100_000_000:  # safetensors' own limit on the header
+            return False
+        header = json.loads(fh.read(length))
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return isinstance(meta, dict) and all(key in meta for key in ("format_version", "architecture", "dtype"))
+
+
+def _is_log(path):
+    """Every line an epoch record (a JSON object with epoch, loss and error); a last line cut short by a
+    kill (no newline at its end) is forgiven."""
+    records = 0
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                return records > 0 and not line.endswith("\n")
+            if not (isinstance(record, dict) and {"epoch", "loss", "error"} <= set(record)
+                    and isinstance(record["epoch"], int)):
+                return False
+            records += 1
+    return records > 0
+
+
+def _is_png(path):
+    with open(path, "rb") as fh:
+        return fh.read(8) == PNG_MAGIC
+
+
+def _is_predictions_npz(path):
+    with zipfile.ZipFile(path) as archive:
+        return sorted(archive.namelist()) == ["classes.npy", "probabilities.npy"]
+
+
+def _is_predictions_csv(path):
+    with open(path, encoding="utf-8") as fh:
+        return re.fullmatch(r"class(,p\d+)+", fh.readline(4096).rstrip("\r\n")) is not None
+
+
+def _is_onnx(path):
+    import onnx
+
+    from .onnx import INPUT, LOGITS, PROBABILITIES
+
+    graph = onnx.load(os.fspath(path), load_external_data=False).graph
+    return ([i.name for i in graph.input] == [INPUT]
+            and [o.name for o in graph.output] == [LOGITS, PROBABILITIES])
+
+
+_RECOGNISERS = {"checkpoint": _is_checkpoint, "log": _is_log, "png": _is_png,
+                "predictions-npz": _is_predictions_npz, "predictions-csv": _is_predictions_csv, "onnx": _is_onnx}
+
+
+# -- the checks, before any work --------------------------------------------------------------------
+def _what(mode):
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def _same(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
+def check(path, kind, *, flag, overwrite=False, inputs=()):
+    """Refuse to write ``path`` as ``kind`` unless portablenn may; no side effects.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+    kind : str
+        A key of `KINDS`: what the command writes there.
+    flag : str
+        The option that named the path (``--save``), for the message.
+    overwrite : bool
+        The user allowed replacing a regular file that is not portablenn's.
+    inputs : iterable of (path, description)
+        Files the command reads (``("data.csv", "the --dataset file")``): never written.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    OutputError
+        ``path`` is an input, a directory, not a regular file, or a file that is not portablenn's
+        ``kind`` (without ``overwrite``); or a component of its folder is not a directory.
+    """
+    path = Path(path)
+    for source, description in inputs:
+        if source is not None and _same(path, source):
+            raise OutputError(f"{flag} {path} is {description}, which this command reads; portablenn never "
+                              "writes over its input (not even with --overwrite): choose another file")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return path
+    except NotADirectoryError:
+        raise OutputError(f"{flag} {path}: a folder on that path is a file, not a directory") from None
+    except OSError as exc:
+        raise OutputError(f"{flag} {path}: cannot inspect it: {exc.strerror or exc}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"{flag} {path} is a directory; name a file (portablenn does not replace a directory, "
+                          "not even with --overwrite)")
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputError(f"{flag} {path} is {_what(st.st_mode)}, not a regular file; portablenn writes only regular "
+                          "files (not even with --overwrite)")
+    if overwrite or st.st_size == 0 or is_ours(path, kind):
+        return path
+    raise OutputError(f"{flag} {path} exists and is not {KINDS[kind]}; portablenn replaces only its own files: "
+                      "choose another name, or pass --overwrite to replace it")
+
+
+def check_directory(path, *, flag, inputs=()):
+    """Refuse a ``--plot``-style output folder that exists and is not a directory (or is an input)."""
+    path = Path(path)
+    for source, description in inputs:
+        if source is not None and _same(path, source):
+            raise OutputError(f"{flag} {path} is {description}, which this command reads; choose another directory")
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return path
+    except NotADirectoryError:
+        raise OutputError(f"{flag} {path}: a folder on that path is a file, not a directory") from None
+    except OSError as exc:
+        raise OutputError(f"{flag} {path}: cannot inspect it: {exc.strerror or exc}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"{flag} {path} exists and is not a directory; name a directory for the PNG files "
+                          "(not even --overwrite replaces a file with a directory)")
+    return path
+
+
+def check_distinct(named):
+    """Refuse two outputs of one command that are the same file: ``named`` is ``[(flag, path), ...]``."""
+    seen = []
+    for flag, path in named:
+        if path is None:
+            continue
+        resolved = Path(os.path.abspath(path))
+        for other_flag, other in seen:
+            if resolved == other or _same(resolved, other):
+                raise OutputError(f"{other_flag} and {flag} both name {path}; give each output its own file")
+        seen.append((flag, resolved))
+
+
+def prepare(path, *, flag, directory=False, append=False):
+    """Make the folder ``path`` is written in (``mkdir -p``; ``path`` itself when ``directory``) and prove
+    it writable by creating and removing a temporary file there; ``append``: the existing file itself
+    must be writable too. Raises `OutputError`."""
+    path = Path(path)
+    folder = path if directory else (path.parent if str(path.parent) else Path("."))
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise OutputError(f"{flag} {path}: {folder} exists and is not a directory") from None
+    except OSError as exc:
+        raise OutputError(f"{flag} {path}: cannot create the directory {folder}: {exc.strerror or exc}") from None
+    try:
+        # named as atomic_write names its temporary files, so that a kill right here leaves one a later save sweeps
+        fd, probe = tempfile.mkstemp(prefix=f".probe.portablenn-{_HOST}-{os.getpid()}-", suffix=".tmp", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OutputError(f"{flag} {path}: cannot write in {folder}: {exc.strerror or exc}") from None
+    if append and path.exists() and not os.access(path, os.W_OK):
+        raise OutputError(f"{flag} {path}: the file is not writable")
+    return path
+
+
+# -- atomic replacement and its temporary files -------------------------------------------------------
+def _alive(pid):
+    if os.name != "posix":  # os.kill(pid, 0) would terminate the process on Windows: age decides there
+        return True
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # PermissionError: it exists, under another user
+        return True
+    return True
+
+
+def sweep_temporaries(directory, *, now=None):
+    """Remove the abandoned temporary files of `atomic_write` in ``directory``; returns their names.
+
+    Only names of `atomic_write`'s own pattern (``.NAME.portablenn-HOST-PID-XXXXXXXX.tmp``), and of
+    those only the ones whose writer is gone: made on this host by a process that no longer exists,
+    or untouched for `STALE_SECONDS` (any host; a live writer keeps touching its file). A file a live
+    process is still writing is left alone. Errors are ignored: sweeping is best effort.
+    """
+    now = time.time() if now is None else now
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        match = _TEMPORARY.match(name)
+        if match is None:
+            continue
+        full = os.path.join(directory, name)
+        try:
+            st = os.lstat(full)
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            abandoned = (match.group(1) == _HOST and not _alive(int(match.group(2)))) or \
+                now - st.st_mtime > STALE_SECONDS
+            if abandoned:
+                os.unlink(full)
+                removed.append(name)
+        except OSError:
+            continue
+    return removed
+
+
+def refuse_special(path, what="file"):
+    """Refuse to replace a directory or a non-regular file (FIFO, device, socket) at ``path``."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        raise OutputError(f"cannot write {what} {path}: it is a directory")
+    if not stat.S_ISREG(st.st_mode):
+        raise OutputError(f"cannot write {what} {path}: it is {_what(st.st_mode)}, not a regular file")
+
+
+def file_mode(path):
+    """The permission bits of the file being replaced, else those a new file gets under the umask."""
+    try:
+        return os.stat(path).st_mode & 0o777
+    except OSError:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def atomic_write(path, data, what="file"):
+    """Replace ``path`` by ``data`` through a fsynced temporary file in the same directory and a rename.
+
+    A crash leaves the old file or the new one, never a partial one; the temporary file carries this
+    host and process in its name, so the next write into the directory removes it when a kill left it
+    behind (`sweep_temporaries`). Raises `OutputError` for a directory or a non-regular file at
+    ``path``, OSError when writing fails (no temporary file is left then).
+    """
+    path = Path(path)
+    refuse_special(path, what)
+    directory = path.parent if str(path.parent) else Path(".")
+    sweep_temporaries(directory)
+    tmp = None
+    try:
+        mode = file_mode(path)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:120]}.portablenn-{_HOST}-{os.getpid()}-", suffix=".tmp",
+                                   dir=directory)
+        with os.fdopen(fd, "wb") as fh:
+            if hasattr(os, "fchmod"):  # mkstemp creates 0600; give the file the mode open() would
+                os.fchmod(fh.fileno(), mode)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        tmp = None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+    fsync_directory(directory)
+    return path
