@@ -427,19 +427,8 @@ def _parameter_shapes(architecture):
 def _check_tensors(architecture, state, path):
     """The parameters the architecture describes must be exactly the tensors in the file, of a float dtype:
     a size in the metadata never allocates more than the file holds."""
-    shapes = _parameter_shapes(architecture)
-    for key, shape in shapes.items():
-        if key not in state:
-            raise CheckpointError(f"checkpoint {path} does not match the model its architecture describes: it "
-                                  f"has no parameter {key!r} of shape {shape}")
-        got = tuple(state[key].shape)
-        if got != shape and not (key.endswith(".bias") and got == (1,) + shape):
-            raise CheckpointError(f"checkpoint {path} does not match the model its architecture describes: {key!r} "
-                                  f"has shape {got}, the architecture needs {shape}")
-    unexpected = sorted(set(state) - set(shapes))
-    if unexpected:
-        raise CheckpointError(f"checkpoint {path} does not match the model: it has parameter {unexpected[0]!r} that "
-                              "the model its architecture describes lacks")
+    _match_shapes(_parameter_shapes(architecture), state,
+                  f"checkpoint {path} does not match the model its architecture describes", "the architecture needs")
     for key, value in state.items():
         if value.dtype.kind != "f":
             raise CheckpointError(f"checkpoint {path}: parameter {key!r} has dtype {value.dtype}, not a float")
@@ -610,20 +599,23 @@ def load_into(model, path):
     return ckpt
 
 
-def _load_state(model, state, path):
-    expected = {key: tuple(layer.params[name].shape) for key, layer, name in model.named_parameters()}
+def _match_shapes(expected, state, problem, needs):
+    """Refuse unless ``state`` holds exactly the keys of ``expected`` with its shapes (a bias also as ``(1, n)``)."""
     for key, shape in expected.items():
         if key not in state:
-            raise CheckpointError(f"checkpoint {path} does not match the model: it has no parameter {key!r} "
+            raise CheckpointError(f"{problem}: it has no parameter {key!r} of shape {shape} "
                                   f"(it has {', '.join(sorted(state)) or 'none'})")
         got = tuple(state[key].shape)
         if got != shape and not (key.endswith(".bias") and got == (1,) + shape):
-            raise CheckpointError(f"checkpoint {path} does not match the model: {key!r} has shape {got}, "
-                                  f"the model expects {shape}")
+            raise CheckpointError(f"{problem}: {key!r} has shape {got}, {needs} {shape}")
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
-        raise CheckpointError(f"checkpoint {path} does not match the model: it has parameter {unexpected[0]!r} "
-                              "that the model lacks")
+        raise CheckpointError(f"{problem}: it has parameter {unexpected[0]!r} that the model lacks")
+
+
+def _load_state(model, state, path):
+    expected = {key: tuple(layer.params[name].shape) for key, layer, name in model.named_parameters()}
+    _match_shapes(expected, state, f"checkpoint {path} does not match the model", "the model expects")
     try:
         model.load_state_dict(state)
     except ValueError as exc:

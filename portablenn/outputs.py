@@ -156,18 +156,10 @@ def check(path, kind, *, flag, overwrite=False, inputs=()):
         ``kind`` (without ``overwrite``); or a component of its folder is not a directory.
     """
     path = Path(path)
-    for source, description in inputs:
-        if source is not None and _same(path, source):
-            raise OutputError(f"{flag} {path} is {description}, which this command reads; portablenn never "
-                              "writes over its input (not even with --overwrite): choose another file")
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
+    st = _inspect(path, flag, inputs, "portablenn never writes over its input (not even with --overwrite): "
+                                      "choose another file")
+    if st is None:
         return path
-    except NotADirectoryError:
-        raise OutputError(f"{flag} {path}: a folder on that path is a file, not a directory") from None
-    except OSError as exc:
-        raise OutputError(f"{flag} {path}: cannot inspect it: {exc.strerror or exc}") from None
     if stat.S_ISDIR(st.st_mode):
         raise OutputError(f"{flag} {path} is a directory; name a file (portablenn does not replace a directory, "
                           "not even with --overwrite)")
@@ -180,20 +172,28 @@ def check(path, kind, *, flag, overwrite=False, inputs=()):
                       "choose another name, or pass --overwrite to replace it")
 
 
-def check_directory(path, *, flag, inputs=()):
-    """Refuse a ``--plot``-style output folder that exists and is not a directory (or is an input)."""
-    path = Path(path)
+def _inspect(path, flag, inputs, advice):
+    """``os.stat(path)``, or None where nothing is there yet; refuses an input of this command (``advice`` says
+    what to do instead) and a path through a file."""
     for source, description in inputs:
         if source is not None and _same(path, source):
-            raise OutputError(f"{flag} {path} is {description}, which this command reads; choose another directory")
+            raise OutputError(f"{flag} {path} is {description}, which this command reads; {advice}")
     try:
-        st = os.stat(path)
+        return os.stat(path)
     except FileNotFoundError:
-        return path
+        return None
     except NotADirectoryError:
         raise OutputError(f"{flag} {path}: a folder on that path is a file, not a directory") from None
     except OSError as exc:
         raise OutputError(f"{flag} {path}: cannot inspect it: {exc.strerror or exc}") from None
+
+
+def check_directory(path, *, flag, inputs=()):
+    """Refuse a ``--plot``-style output folder that exists and is not a directory (or is an input)."""
+    path = Path(path)
+    st = _inspect(path, flag, inputs, "choose another directory")
+    if st is None:
+        return path
     if not stat.S_ISDIR(st.st_mode):
         raise OutputError(f"{flag} {path} exists and is not a directory; name a directory for the PNG files "
                           "(not even --overwrite replaces a file with a directory)")
