@@ -137,7 +137,7 @@ def test_parity_catches_a_real_difference(monkeypatch, capsys):
     """A backend that computes something else (here: a different learning rate) must fail parity."""
     from portablenn import cli
 
-    real_fit = cli.fit
+    real_fit = cli.parity.fit
     calls = []
 
     def skewed_fit(model, X, y, *, optimizer, **kw):
@@ -145,7 +145,7 @@ def test_parity_catches_a_real_difference(monkeypatch, capsys):
         if len(calls) == 2:
             optimizer.lr *= 1.001
         return real_fit(model, X, y, optimizer=optimizer, **kw)
-    monkeypatch.setattr(cli, "fit", skewed_fit)
+    monkeypatch.setattr(cli.parity, "fit", skewed_fit)
     assert cli.main(["parity", "--epochs", "2", "--dtype", "float64"]) == 1
     assert "FAIL" in capsys.readouterr().out
 
@@ -155,7 +155,7 @@ def test_parity_step_by_step_names_the_first_step_that_diverges(monkeypatch, cap
     step beyond --rtol: here a backend whose weights go wrong from step 4 on."""
     from portablenn import cli
 
-    real_fit = cli.fit
+    real_fit = cli.parity.fit
     calls = []
 
     def late_skew(model, X, y, *, on_step, **kw):
@@ -168,14 +168,14 @@ def test_parity_step_by_step_names_the_first_step_that_diverges(monkeypatch, cap
             on_step(epoch, step, steps)
         return real_fit(model, X, y, on_step=step_then_skew, **kw)
 
-    monkeypatch.setattr(cli, "fit", late_skew)
+    monkeypatch.setattr(cli.parity, "fit", late_skew)
     argv = ["parity", "--dataset", "lines", "--batch-size", "8", "--dtype", "float64", "--no-shuffle", "--steps", "5"]
     assert cli.main(argv) == 1
     out = capsys.readouterr().out
     rows = [line.split("|")[1].strip() for line in out.splitlines() if "array_api_strict:device1 |" in line]
     assert rows == ["1.1", "1.2", "1.3", "2.1", "2.2"]
     assert "first 5 steps" in out and out.rstrip().endswith("first above it at epoch.step 2.1 on array_api_strict:device1")
-    monkeypatch.setattr(cli, "fit", real_fit)
+    monkeypatch.setattr(cli.parity, "fit", real_fit)
     assert cli.main(argv) == 0 and capsys.readouterr().out.rstrip().splitlines()[-1].startswith("PASS")
 
 
@@ -314,7 +314,7 @@ def test_device_out_of_memory_is_one_sentence(monkeypatch, capsys):
 
     def boom(*args, **kwargs):
         raise OutOfMemoryError("Out of memory allocating 8,589,934,592 bytes (allocated so far: 0 bytes).")
-    monkeypatch.setattr(cli, "fit", boom)
+    monkeypatch.setattr(cli.train, "fit", boom)
     assert cli.main(["train", "--epochs", "1"]) == 2
     err = capsys.readouterr().err
     assert "ran out of memory" in err and "--batch-size" in err and len(err.strip().splitlines()) == 1
@@ -331,7 +331,7 @@ def test_a_cuda_error_is_one_line_and_exit_1(monkeypatch, capsys, kind, module):
 
     def boom(*args, **kwargs):
         raise error("cudaErrorIllegalAddress: an illegal memory access was encountered\n(more lines)")
-    monkeypatch.setattr(cli, "fit", boom)
+    monkeypatch.setattr(cli.train, "fit", boom)
     assert cli.main(["train", "--epochs", "1"]) == 1
     err = capsys.readouterr().err
     assert err.startswith(f"portablenn: error: the GPU failed ({kind}: cudaErrorIllegalAddress: an illegal memory")
@@ -342,7 +342,7 @@ def test_other_unexpected_errors_still_raise(monkeypatch):
     """Only CUDA's errors are turned into a line: a bug of portablenn's keeps its traceback."""
     from portablenn import cli
 
-    monkeypatch.setattr(cli, "fit", lambda *a, **k: (_ for _ in ()).throw(KeyError("bug")))
+    monkeypatch.setattr(cli.train, "fit", lambda *a, **k: (_ for _ in ()).throw(KeyError("bug")))
     with pytest.raises(KeyError):
         cli.main(["train", "--epochs", "1"])
 
@@ -353,7 +353,7 @@ def test_a_kernel_fallback_warning_is_one_line(monkeypatch, capsys):
     def warn(*args, **kwargs):
         warnings.warn("the fast kernels of cupy:0 failed their self-test (relu is off by 1.8e+00 ...), so it trains "
                       "with the generic Array API kernels", backend.KernelFallbackWarning)
-    monkeypatch.setattr(cli, "fit", warn)
+    monkeypatch.setattr(cli.train, "fit", warn)
     with warnings.catch_warnings():
         warnings.simplefilter("always")
         cli.main(["train", "--epochs", "1", "--quiet"])
@@ -368,8 +368,8 @@ def test_kernels_flag_picks_the_kernels(monkeypatch, kernels):
     from portablenn.backend_numpy import NumpyKernels
 
     seen = []
-    monkeypatch.setattr(cli, "fit", lambda model, *a, device, **k: seen.append(type(device.kernels)))
-    monkeypatch.setattr(cli, "evaluate", lambda *a, **k: (0.0, 0.0))
+    monkeypatch.setattr(cli.train, "fit", lambda model, *a, device, **k: seen.append(type(device.kernels)))
+    monkeypatch.setattr(cli.train, "evaluate", lambda *a, **k: (0.0, 0.0))
     assert cli.main(["train", "--epochs", "1", "--quiet", "--kernels", kernels]) == 0
     assert seen == [NumpyKernels if kernels == "fast" else pn.kernels.Kernels]
 
@@ -493,22 +493,22 @@ import os, signal, sys
 from portablenn import checkpoint, cli
 when, sig = sys.argv[1], getattr(signal, sys.argv[2])
 if when.startswith("epoch"):
-    real_fit, at = cli.fit, int(when[5:])
+    real_fit, at = cli.train.fit, int(when[5:])
     def fit(*args, callback, **kwargs):
         def each(record):
             if record["epoch"] == at:
                 os.kill(os.getpid(), sig)
             callback(record)
         return real_fit(*args, callback=each, **kwargs)
-    cli.fit = fit
+    cli.train.fit = fit
 elif when == "evaluate":
-    real_evaluate, calls = cli.evaluate, []
+    real_evaluate, calls = cli.train.evaluate, []
     def evaluate(*args, **kwargs):
         if not calls:
             os.kill(os.getpid(), sig)
         calls.append(1)
         return real_evaluate(*args, **kwargs)
-    cli.evaluate = evaluate
+    cli.train.evaluate = evaluate
 elif when == "save":
     real_write = checkpoint._atomic_write
     def write(*args, **kwargs):
@@ -550,7 +550,7 @@ def test_only_rank_0_says_it_is_stopping(capsys):
     from portablenn import cli
 
     for quiet in (True, False):
-        with cli._graceful_stop(quiet=quiet) as stop:
+        with cli.stopping.graceful_stop(quiet=quiet) as stop:
             os.kill(os.getpid(), signal.SIGINT)
             deadline = time.time() + 10
             while stop["signum"] is None and time.time() < deadline:
@@ -615,7 +615,7 @@ def test_continue_command_is_quoted_and_complete():
 
     args = cli.build_parser().parse_args(["train", "--log", "it's here.jsonl", "--kernels", "generic", "--comm", "mpi",
                                           "--distributed", "--data-dir", "/d d", "--no-download"])
-    command = cli._continue_command(args, "cuda", SimpleNamespace(size=4), "a b.safetensors", 12)
+    command = cli.train_outputs.continue_command(args, "cuda", SimpleNamespace(size=4), "a b.safetensors", 12)
     assert shlex.split(command) == [
         "mpiexec", "-n", "4", "portablenn", "train", "--distributed", "--comm", "mpi", "--resume", "a b.safetensors",
         "--epochs", "12", "--device", "cuda", "--kernels", "generic", "--data-dir", "/d d", "--log", "it's here.jsonl",

@@ -250,7 +250,7 @@ def test_any_memory_error_is_one_line_naming_what(monkeypatch, capsys):
     def boom(*args, **kwargs):
         raise MemoryError("Unable to allocate 149. GiB for an array with shape (200001, 200001) and data type "
                           "float32")
-    monkeypatch.setattr(cli, "fit", boom)
+    monkeypatch.setattr(cli.train, "fit", boom)
     assert cli.main(["train", "--epochs", "1", "--quiet"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("portablenn: error: not enough memory")

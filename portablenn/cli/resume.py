@@ -1,0 +1,113 @@
+"""train --resume: the model, optimizer and options a checkpoint holds, and refusing flags that contradict it."""
+import json
+import os
+
+from ..optim import OPTIMIZERS
+from .errors import CLIError
+
+
+def _optimizer_from(config):
+    """An optimizer with the class and hyper-parameters a checkpoint recorded."""
+    name = config.get("class", "SGD")
+    if name == "SGD":
+        return OPTIMIZERS["sgd"](config["lr"], momentum=config.get("momentum", 0.0),
+                                 nesterov=config.get("nesterov", False))
+    if name == "Adam":
+        return OPTIMIZERS["adam"](config["lr"], beta1=config.get("beta1", 0.9), beta2=config.get("beta2", 0.999),
+                                  eps=config.get("eps", 1e-8))
+    raise CLIError(f"the checkpoint's optimizer {name!r} is not one portablenn knows")
+
+
+def resume(args, dev):
+    """(model, optimizer, options, epochs done) from a --resume checkpoint, on ``dev``; a flag given that
+    contradicts the checkpoint is refused."""
+    from .. import checkpoint
+
+    ckpt = checkpoint.load_checkpoint(args.resume)
+    meta = ckpt.metadata
+    if "train" not in meta:
+        raise CLIError(f"{args.resume} was not written by 'portablenn train' (no training options in it)")
+    saved = json.loads(meta["train"])
+    _refuse_contradictions(args, ckpt, saved)
+    model = checkpoint.load(args.resume, device=dev)
+    if ckpt.optimizer_config is None:
+        raise CLIError(f"{args.resume} holds no optimizer state, so training cannot resume exactly")
+    optimizer = checkpoint.restore_optimizer(_optimizer_from(ckpt.optimizer_config), ckpt, model)
+    return model, optimizer, saved, int(meta.get("epoch", 0))
+
+
+_FLAGS = {"batch_size": "--batch-size"}  # attribute -> flag, where not "--" + attribute
+
+
+def _checkpoint_options(ckpt, saved):
+    """What a checkpoint says each model flag was (attribute -> value), for the flags it records."""
+    from ..models import _AUTO_INIT
+
+    values = {key: saved[key] for key in ("dataset", "val", "seed", "lr", "l2", "batch_size", "shuffle")
+              if key in saved}
+    values["dtype"] = ckpt.dtype
+    arch = ckpt.architecture
+    if isinstance(arch, dict) and "sizes" in arch:
+        linear = len(arch["sizes"]) == 2
+        values.update(model="linear" if linear else "mlp", hidden=list(arch["sizes"][1:-1]), bias=arch.get("bias"))
+        if not linear:
+            values["activation"] = arch.get("activation")
+            if "init" in saved:
+                values["init"] = _AUTO_INIT.get(arch.get("activation")) if saved["init"] == "auto" else saved["init"]
+    config = ckpt.optimizer_config or {}
+    name = {"SGD": "sgd", "Adam": "adam"}.get(config.get("class"))
+    if name is not None:
+        values["optimizer"] = name
+        values["momentum"] = float(config.get("momentum", 0.0)) if name == "sgd" else 0.0
+    return values
+
+
+def _show_flag(key, value):
+    flag = _FLAGS.get(key, "--" + key)
+    if isinstance(value, bool):
+        return flag if value else "--no-" + flag[2:]
+    if value is None:
+        return f"no {flag}"
+    if isinstance(value, list):
+        return f"{flag} {' '.join(map(str, value))}" if value else f"no {flag} (a linear model)"
+    return f"{flag} {value:g}" if isinstance(value, float) else f"{flag} {value}"
+
+
+def _same_value(key, given, saved):
+    from ..models import _AUTO_INIT
+
+    if key in ("lr", "l2", "momentum"):
+        return saved is not None and float(given) == float(saved)
+    if key == "hidden":
+        return list(given) == list(saved)
+    if key in ("dataset", "val") and isinstance(given, str) and isinstance(saved, str):
+        if given == saved:
+            return True
+        def path(spec):
+            return spec[4:] if spec.startswith(("csv:", "npz:")) else spec
+        same_format = key == "val" or given[:4] == saved[:4]  # csv:a.csv and ./a.csv as --val are one file
+        return same_format and _same_file(path(given), path(saved))
+    if key == "init" and given == "auto":
+        return True  # "auto" is whatever the saved activation chose
+    return given == saved
+
+
+def _same_file(a, b):
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
+def _refuse_contradictions(args, ckpt, saved):
+    """A model flag given with --resume must say what the checkpoint says: one line naming both values."""
+    given = getattr(args, "given", set())
+    recorded = _checkpoint_options(ckpt, saved)
+    for key, value in recorded.items():
+        if key in given and not _same_value(key, getattr(args, key), value):
+            raise CLIError(f"{_show_flag(key, getattr(args, key))} contradicts {args.resume}, which was trained with "
+                           f"{_show_flag(key, value)}; leave it out to resume (--resume restores the options), or "
+                           "start a new run without --resume")
+    if "momentum" in given and args.momentum and recorded.get("optimizer") == "adam":
+        raise CLIError(f"--momentum {args.momentum:g} contradicts {args.resume}, which was trained with "
+                       "--optimizer adam (no momentum)")

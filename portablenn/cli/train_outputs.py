@@ -1,0 +1,125 @@
+"""What train writes: its outputs checked before training, its plots, where an interrupted run is saved and
+the command that continues it."""
+import os
+import shlex
+import tempfile
+from pathlib import Path
+
+from .. import outputs
+from .errors import CLIError
+
+
+def _train_inputs(args, with_resume=True):
+    """(path, description) of the files a training run reads: never one of its outputs."""
+    inputs = []
+    if args.dataset and args.dataset.startswith(("csv:", "npz:")):
+        inputs.append((args.dataset[4:], f"the --dataset file ({args.dataset})"))
+    if args.val:
+        inputs.append((args.val[4:] if args.val.startswith(("csv:", "npz:")) else args.val, "the --val file"))
+    if with_resume and args.resume:
+        inputs.append((args.resume, "the --resume checkpoint"))
+    return inputs
+
+
+def _need_matplotlib():
+    try:
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+    except ImportError:
+        raise ImportError("--plot needs matplotlib: pip install 'portablenn[plot]'") from None
+
+
+def plot_files(dataset, X, splits):
+    """The PNG names `write_plots` writes for this dataset."""
+    names = ["history.png"]
+    if X.shape[1] == 2:
+        names.append("decision_regions.png")
+    if dataset == "lines":
+        names += [f"lines_{name}.png" for name in splits]
+    if X.shape[1] == 784:
+        names.append("first_layer.png")
+    return names
+
+
+def write_plots(directory, dataset, model, records, splits):
+    from .. import plots
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = [plots.plot_history(records, directory / "history.png")]
+    X, y = splits["train"]
+    if X.shape[1] == 2:
+        written.append(plots.plot_decision_regions(model, X, y, directory / "decision_regions.png"))
+    if dataset == "lines":
+        for name, (Xs, ys) in splits.items():
+            written.append(plots.plot_lines_predictions(model, Xs, ys, directory / f"lines_{name}.png", title=name))
+    if X.shape[1] == 784:
+        written.append(plots.plot_first_layer(model, directory / "first_layer.png"))
+    print("plots: " + ", ".join(str(p) for p in written))
+
+
+def check_outputs(args, plot_files=(), prepare=False):
+    """Every output of a training run may be written (principle: never a file that is not portablenn's, an
+    input, a directory or a non-regular file), and what it needs is installed; ``prepare``: make their
+    folders (mkdir -p) and prove them writable. Raises OutputError, ImportError."""
+    inputs, named = _train_inputs(args), []
+    if args.save:
+        from .. import checkpoint
+
+        checkpoint._safetensors()  # ImportError with the pip line, now rather than after the last epoch
+        # the --resume checkpoint is ours, so the default target of a resumed run
+        outputs.check(args.save, "checkpoint", flag="--save", overwrite=args.overwrite,
+                      inputs=_train_inputs(args, with_resume=False))
+        named.append(("--save", args.save))
+    if args.log:
+        outputs.check(args.log, "log", flag="--log", overwrite=args.overwrite, inputs=inputs)
+        named.append(("--log", args.log))
+    if args.plot:
+        _need_matplotlib()
+        outputs.check_directory(args.plot, flag="--plot", inputs=inputs)
+        for name in plot_files:
+            outputs.check(Path(args.plot) / name, "png", flag="--plot", overwrite=args.overwrite, inputs=inputs)
+            named.append(("--plot", Path(args.plot) / name))
+    outputs.check_distinct(named)
+    if prepare:
+        if args.save:
+            outputs.prepare(args.save, flag="--save")
+        if args.log:
+            outputs.prepare(args.log, flag="--log", append=True)
+        if args.plot:
+            outputs.prepare(args.plot, flag="--plot", directory=True)
+
+
+def interrupt_path(args):
+    """Where an interrupted run without --save goes: ./portablenn-interrupted.safetensors if that is free or
+    ours, else a name with the process id, in the working directory or else the temporary one."""
+    name = f"portablenn-interrupted-{os.getpid()}.safetensors"
+    for candidate in ("portablenn-interrupted.safetensors", name, os.path.join(tempfile.gettempdir(), name)):
+        try:
+            outputs.check(candidate, "checkpoint", flag="interrupted run:", inputs=_train_inputs(args))
+            outputs.prepare(candidate, flag="interrupted run:")
+            return candidate
+        except outputs.OutputError:
+            continue
+    raise CLIError("cannot save the interrupted run: neither the working directory nor the temporary one can "
+                   "be written")
+
+
+def continue_command(args, device, comm, path, epochs):
+    """The command that continues an interrupted run (it saves back to ``path``), quoted for a shell."""
+    words = ["portablenn", "train"]
+    if comm is not None:
+        words = ["mpiexec", "-n", str(comm.size), *words, "--distributed"]
+        if args.comm != "auto":
+            words += ["--comm", args.comm]
+    words += ["--resume", str(path), "--epochs", str(epochs)]
+    if device != "cpu":
+        words += ["--device", device]
+    if args.kernels != "auto":
+        words += ["--kernels", args.kernels]
+    for flag, value in (("--data-dir", args.data_dir), ("--log", args.log), ("--plot", args.plot),
+                        ("--checkpoint-every", args.checkpoint_every)):
+        if value is not None:
+            words += [flag, str(value)]
+    words += [flag for flag, on in (("--no-download", args.no_download), ("--cuda-graph", args.cuda_graph),
+                                    ("--quiet", args.quiet)) if on]
+    return " ".join(shlex.quote(word) for word in words)
