@@ -165,10 +165,29 @@ def test_cuda_without_usable_gpu_raises(spec, monkeypatch):
     assert message.startswith(f"cannot use {spec}: ") and "\n" not in message
 
 
+def _fake_cupy(count):
+    """A CuPy module that imports and sees ``count`` GPUs, so device resolution reaches the index check."""
+    import types
+
+    fake = types.ModuleType("cupy")
+    fake.is_available = lambda: True
+    fake.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=lambda: count))
+    return fake
+
+
 def test_cuda_index_beyond_count_raises(monkeypatch):
+    """On a machine with two GPUs, cuda:2 and beyond are refused naming the count; cuda:0 and cuda:1 pass the
+    check (without a GPU here: a fake CuPy that imports, is available and counts two devices)."""
     monkeypatch.delenv("PORTABLENN_DISABLE_CUDA", raising=False)
-    with pytest.raises(pn.DeviceError, match="cannot use cuda:999"):
-        pn.device("cuda:999")
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(2))
+    for index in (0, 1):
+        assert backend._cuda_problem(index) is None, index
+    for index in (2, 3, 999):
+        reason = f"there is no GPU {index}; this machine has 2 (cuda:0..cuda:1)"
+        assert backend._cuda_problem(index) == reason
+        with pytest.raises(pn.DeviceError) as info:
+            pn.device(f"cuda:{index}")
+        assert str(info.value) == f"cannot use cuda:{index}: {reason}"
 
 
 def test_torch_cuda_without_gpu_raises():

@@ -13,7 +13,7 @@ import portablenn as pn
 from portablenn import checkpoint
 from portablenn.checkpoint import CheckpointError
 
-from _durability import SUPPORTED, Journal, crash_states
+from _durability import ABSENT, SUPPORTED, Journal, crash_states
 from _support import classification_data
 from _tolerances import assert_close
 
@@ -306,6 +306,7 @@ def test_a_save_fsyncs_a_flushed_temporary_beside_the_target_then_renames_then_f
     journal = Journal(folder, tmp_path / "journal").install(monkeypatch.setattr)
     _recording(monkeypatch, journal.events)
     checkpoint.save(_small(), "m.safetensors" if where == "relative" else target)
+    journal.close()
     size, inode = target.stat().st_size, target.stat().st_ino
     kinds = [kind for kind, _ in journal.events]
     assert kinds == ["write", "flush", "fsync-file", "close", "rename", "fsync-dir"], kinds
@@ -326,18 +327,21 @@ def test_a_save_fsyncs_a_flushed_temporary_beside_the_target_then_renames_then_f
 @pytest.mark.parametrize("before", ["an old checkpoint", "nothing"])
 def test_a_power_cut_at_any_point_of_a_save_leaves_the_old_or_the_new_checkpoint(before, tmp_path, monkeypatch):
     """Replayed by fsync's rules: at every point of a save a power cut leaves the old file (or none, for a
-    first save) or the complete new one, and once ``save`` has returned, the new one."""
+    first save) or the complete new one, and once ``save`` has returned, only the new one."""
     folder = tmp_path / "out"
     folder.mkdir()
     target = folder / "m.safetensors"
-    old = checkpoint.save(_trained()[0], target).read_bytes() if before == "an old checkpoint" else None
-    Journal(folder, tmp_path / "journal").install(monkeypatch.setattr)
+    old = checkpoint.save(_trained()[0], target).read_bytes() if before == "an old checkpoint" else ABSENT
+    journal = Journal(folder, tmp_path / "journal").install(monkeypatch.setattr)
     checkpoint.save(_small(), target)
+    journal.close()
     new = target.read_bytes()
     states = crash_states(tmp_path / "journal")
     for event, files in states:
-        assert files.get("m.safetensors") in (old, new), f"a power cut after {event} leaves a broken checkpoint"
-    assert states[-1][1]["m.safetensors"] == new, "a power cut right after save() returned loses the new checkpoint"
+        could = files.get("m.safetensors", {ABSENT})
+        assert could <= {old, new}, f"a power cut after {event} could leave " + \
+            ", ".join(sorted(str(c)[:40] for c in could - {old, new}))
+    assert states[-1][1]["m.safetensors"] == {new}, "a power cut right after save() returned could lose the new file"
     assert len(states) > 2  # the journal saw the save
 
 
@@ -453,6 +457,211 @@ def test_a_rewritten_file_without_a_valid_checksum_is_refused(tmp_path):
     _rewrite(path, sha256=None, checksum=False)
     with pytest.raises(CheckpointError, match=r"has no checksum \(sha256\)"):
         checkpoint.load(path)
+
+
+def _tamper(path, edit, sign=False):
+    """Re-serialise a checkpoint after ``edit(tensors, meta)`` changed it in place; keep its old checksum (a
+    corrupted or altered file) or, with ``sign``, compute a matching one (a buggy or hostile writer)."""
+    import safetensors.numpy
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as fh:
+        tensors = {key: fh.get_tensor(key) for key in fh.keys()}
+        meta = dict(fh.metadata())
+    edit(tensors, meta)
+    if sign:
+        meta["sha256"] = checkpoint._digest(tensors, meta)
+    path.write_bytes(safetensors.numpy.save(tensors, metadata=meta))
+
+
+def _rename(tensors, old, new):
+    tensors[new] = tensors.pop(old)
+
+
+def _saved_with_everything(path, dtype="float64"):
+    """A checkpoint with parameters, Adam's two buffers per parameter, extra arrays and run metadata."""
+    X, y = classification_data(n=20, features=4)
+    model, opt = pn.mlp([4, 7, 3], dtype=dtype, seed=3), pn.Adam(0.01)
+    pn.fit(model, X, y, optimizer=opt, epochs=1, batch_size=10, shuffle=False, l2=1e-3)
+    checkpoint.save(model, path, optimizer=opt, extra={"a": np.arange(3, dtype=np.uint64)},
+                    metadata={"epoch": 1, "note": "x"})
+    return model, opt
+
+
+# Each alteration keeps the saved checksum; the bytes of every tensor, in the order they are hashed, stay the same
+# unless the alteration is to bytes, so only a checksum over names, dtypes and shapes tells.
+ALTERED = {
+    "a parameter renamed": lambda t, m: _rename(t, "2.bias", "2.biaz"),
+    "an extra array renamed": lambda t, m: _rename(t, "extra.a", "extra.b"),
+    "an optimizer buffer renamed": lambda t, m: _rename(t, "optim.2.bias.1", "optim.2.bias.2"),
+    "a parameter's dtype (float64 bytes as int64)": lambda t, m: t.update({"0.weight": t["0.weight"].view(np.int64)}),
+    "an extra array's dtype (uint64 as int64)": lambda t, m: t.update({"extra.a": t["extra.a"].view(np.int64)}),
+    "a buffer's dtype (float64 as int64)": lambda t, m: t.update({"optim.0.bias.0": t["optim.0.bias.0"].view("i8")}),
+    "a weight transposed in shape only": lambda t, m: t.update({"0.weight": t["0.weight"].reshape(7, 4)}),
+    "a bias reshaped (7,) -> (1, 7)": lambda t, m: t.update({"0.bias": t["0.bias"].reshape(1, 7)}),
+    "a buffer reshaped": lambda t, m: t.update({"optim.0.weight.0": t["optim.0.weight.0"].reshape(7, 4)}),
+    "one byte of a weight": lambda t, m: t.update({"2.weight": t["2.weight"] + 2.0 ** -40}),
+    "one byte of a buffer": lambda t, m: t.update({"optim.2.weight.1": t["optim.2.weight.1"] * 2}),
+    "a tensor removed": lambda t, m: t.pop("extra.a"),
+    "a tensor added": lambda t, m: t.update({"extra.z": np.zeros(1)}),
+    "a metadata value": lambda t, m: m.update(epoch="2"),
+    "a metadata key renamed": lambda t, m: m.update(notf=m.pop("note")),
+    "a metadata entry removed": lambda t, m: m.pop("portablenn_version"),
+    "a metadata entry added": lambda t, m: m.update(extra="1"),
+    "the optimizer's steps": lambda t, m: m.update(optimizer=m["optimizer"].replace('"steps": 2', '"steps": 3')),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ALTERED))
+def test_the_checksum_covers_every_name_dtype_shape_byte_and_metadata_entry(name, tmp_path):
+    path = tmp_path / "m.safetensors"
+    _saved_with_everything(path)
+    before = path.read_bytes()
+    _tamper(path, ALTERED[name])
+    assert path.read_bytes() != before
+    with pytest.raises(CheckpointError, match="is corrupted: its content does not match the SHA-256 checksum"):
+        checkpoint.load_checkpoint(path)
+    _tamper(path, lambda t, m: None, sign=True)  # the same content re-signed: the checksum alone refused it
+    try:
+        checkpoint.load_checkpoint(path)
+    except CheckpointError as exc:
+        assert "SHA-256" not in str(exc), exc
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t, m: t.pop("optim.0.weight.0"), r"lacks some optimizer buffers of '0.weight' \(has \[1\]\)"),
+    (lambda t, m: _rename(t, "optim.0.bias.1", "optim.0.bias.2"), r"lacks some optimizer buffers of '0.bias' "
+                                                                  r"\(has \[0, 2\]\)"),
+    (lambda t, m: _rename(t, "optim.2.weight.0", "optim.2.weight.3"), r"of '2.weight' \(has \[1, 3\]\)"),
+    (lambda t, m: _rename(t, "optim.0.bias.1", "optim.0.bias.x"), r"malformed optimizer tensor name "
+                                                                  r"'optim.0.bias.x'"),
+    (lambda t, m: _rename(t, "optim.0.bias.1", "optim.0.bias.00001"), r"malformed optimizer tensor name"),
+    (lambda t, m: _rename(t, "optim.0.bias.1", "optim.0.bias."), r"malformed optimizer tensor name"),
+    (lambda t, m: t.update({"optim.2.bias.1": np.zeros(3, np.int64)}), r"optimizer buffer optim.2.bias.1 has dtype "
+                                                                       r"int64, not a float"),
+    (lambda t, m: t.update({"optim.2.bias.0": np.zeros(3, np.bool_)}), r"optim.2.bias.0 has dtype bool, not a float"),
+    (lambda t, m: t.update({"2.bias": np.zeros(3, np.int64)}), r"parameter '2.bias' has dtype int64, not a float"),
+])
+def test_optimizer_buffers_numbered_from_zero_without_gaps_and_float(edit, message, tmp_path):
+    """Checksum-valid files (a buggy writer) whose optimizer buffers have gaps, odd names or integer dtypes."""
+    path = tmp_path / "m.safetensors"
+    _saved_with_everything(path)
+    _tamper(path, edit, sign=True)
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.load_checkpoint(path)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t, m: t.update({"0.weight": t["0.weight"].reshape(1, 4, 7)}), r"'0.weight' has shape \(1, 4, 7\), the "
+                                                                          r"architecture needs \(4, 7\)"),
+    (lambda t, m: t.update({"0.bias": t["0.bias"].reshape(7, 1)}), r"'0.bias' has shape \(7, 1\), the architecture "
+                                                                   r"needs \(7,\)"),
+    (lambda t, m: t.update({"0.bias": np.zeros((1, 1, 7))}), r"'0.bias' has shape \(1, 1, 7\)"),
+    (lambda t, m: t.pop("2.bias"), r"it has no parameter '2.bias' of shape \(3,\)"),
+    (lambda t, m: t.update({"4.weight": np.zeros((3, 3))}), r"it has parameter '4.weight' that the model lacks"),
+])
+def test_parameters_must_be_exactly_what_the_architecture_describes(edit, message, tmp_path):
+    path = tmp_path / "m.safetensors"
+    _saved_with_everything(path)
+    _tamper(path, edit, sign=True)
+    with pytest.raises(CheckpointError, match=r"does not match the model its architecture describes: " + message):
+        checkpoint.load_checkpoint(path)
+
+
+def test_optimizer_buffers_come_back_complete_in_their_order(tmp_path):
+    """Adam's (m, v) in that order for every parameter, in the model's order; restored with the L2 and steps."""
+    path = tmp_path / "m.safetensors"
+    model, opt = _saved_with_everything(path)
+    ckpt = checkpoint.load_checkpoint(path)
+    assert list(ckpt.optimizer_state) == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    for key, (m, v) in opt.state.items():
+        assert len(ckpt.optimizer_state[key]) == 2
+        np.testing.assert_array_equal(ckpt.optimizer_state[key][0], m)
+        np.testing.assert_array_equal(ckpt.optimizer_state[key][1], v)
+        assert not np.array_equal(m, v)  # the order is visible
+    restored = checkpoint.restore_optimizer(pn.Adam(0.01), ckpt, model)
+    assert restored.l2 == 1e-3 and restored.steps == opt.steps == 2
+    for key, (m, v) in opt.state.items():
+        np.testing.assert_array_equal(restored.state[key][0], m)
+        np.testing.assert_array_equal(restored.state[key][1], v)
+
+
+@pytest.mark.parametrize("edit, optimizer, message", [
+    (lambda t, m: t.pop("optim.2.weight.1"), "Adam", r"state for '2.weight' has 1 buffers, Adam needs 2"),
+    (lambda t, m: t.update({"optim.0.bias.2": np.zeros(7)}), "Adam", r"state for '0.bias' has 3 buffers, Adam needs 2"),
+    (lambda t, m: t.update({"optim.4.weight.0": np.zeros((3, 3))}), "Adam",
+     r"state for '4.weight' has no parameter in the model"),
+    (lambda t, m: t.update({"optim.0.bias.0": np.zeros(8)}), "Adam",
+     r"state for '0.bias' has shape \(8,\), the parameter has \(7,\)"),
+    (lambda t, m: t.update({"optim.2.weight.1": np.zeros((3, 7))}), "Adam",
+     r"state for '2.weight' has shape \(3, 7\), the parameter has \(7, 3\)"),
+])
+def test_restore_optimizer_refuses_buffers_that_do_not_fit(edit, optimizer, message, tmp_path):
+    path = tmp_path / "m.safetensors"
+    model, _ = _saved_with_everything(path)
+    _tamper(path, edit, sign=True)
+    ckpt = checkpoint.load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.restore_optimizer(getattr(pn, optimizer)(0.01), ckpt, model)
+
+
+def test_momentum_needs_exactly_one_buffer(tmp_path):
+    X, y = classification_data(n=20, features=4)
+    model, opt = pn.mlp([4, 5, 3], seed=1), pn.SGD(0.1, momentum=0.9)
+    pn.fit(model, X, y, optimizer=opt, epochs=1, batch_size=10, shuffle=False)
+    path = checkpoint.save(model, tmp_path / "m.safetensors", optimizer=opt)
+    _tamper(path, lambda t, m: t.update({"optim.0.weight.1": t["optim.0.weight.0"]}), sign=True)
+    with pytest.raises(CheckpointError, match=r"state for '0.weight' has 2 buffers, SGD needs 1"):
+        checkpoint.restore_optimizer(pn.SGD(0.1, momentum=0.9), tmp_path / "m.safetensors", model)
+
+
+@pytest.mark.parametrize("saved, buffers, model_dtype", [
+    ("float64", None, "float32"),  # a float64 run resumed in float32
+    ("float32", "float64", "float32"),  # a writer that stored wider buffers than the parameters
+    ("float32", "float16", "float32"),
+    ("float32", None, "float64"),
+])
+def test_restored_buffers_take_the_models_dtype(saved, buffers, model_dtype, tmp_path, device):
+    """Buffers are restored in the dtype of the model they train, on its device, whatever the file holds."""
+    if not device.supports(model_dtype) or not device.supports(saved):
+        pytest.skip(f"{device.name} lacks a dtype")
+    path = tmp_path / "m.safetensors"
+    _, opt = _saved_with_everything(path, dtype=saved)
+    if buffers:
+        _tamper(path, lambda t, m: t.update({k: v.astype(buffers) for k, v in t.items() if k.startswith("optim.")}),
+                sign=True)
+    model = pn.mlp([4, 7, 3], dtype=model_dtype).to(device)
+    checkpoint.load_into(model, path)
+    restored = checkpoint.restore_optimizer(pn.Adam(0.01), path, model)
+    for key, pair in restored.state.items():
+        for i, buffer in enumerate(pair):
+            assert device.to_numpy(buffer).dtype == np.dtype(model_dtype), (key, i)
+            assert str(buffer.dtype).endswith(model_dtype), (key, i, buffer.dtype)
+            np.testing.assert_allclose(device.to_numpy(buffer), opt.state[key][i], rtol=1e-3, atol=1e-6)
+    X, y = classification_data(n=20, features=4)
+    pn.fit(model, X.astype(model_dtype), y, optimizer=restored, epochs=1, batch_size=10, shuffle=False)
+    assert all(str(b.dtype).endswith(model_dtype) for pair in restored.state.values() for b in pair)
+
+
+def test_a_bias_stored_as_a_row_loads(tmp_path):
+    """Biases of shape (1, out), as some writers keep them, fit the architecture and the model."""
+    path = tmp_path / "m.safetensors"
+    model, _ = _saved_with_everything(path)
+    _tamper(path, lambda t, m: t.update({k: t[k].reshape(1, -1) for k in ("0.bias", "2.bias")}), sign=True)
+    target = pn.mlp([4, 7, 3], dtype="float64")
+    checkpoint.load_into(target, path)
+    for loaded in (checkpoint.load(path), target):
+        for key, value in model.state_dict().items():
+            np.testing.assert_array_equal(loaded.state_dict()[key], value, err_msg=key)
+
+
+def test_save_refuses_optimizer_state_of_another_model(tmp_path):
+    X, y = classification_data(n=20, features=4)
+    other, opt = pn.mlp([4, 6, 2, 3], seed=0), pn.SGD(0.1, momentum=0.5)
+    pn.fit(other, X, y, optimizer=opt, epochs=1, batch_size=10, shuffle=False)
+    with pytest.raises(CheckpointError, match=r"optimizer state entry '4.weight' is not a parameter of the model"):
+        checkpoint.save(pn.mlp([4, 6, 3]), tmp_path / "m.safetensors", optimizer=opt)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_foreign_safetensors_file_is_refused(tmp_path):

@@ -347,3 +347,135 @@ def test_mnist_real_data():
         assert images.min() == 0.0 and images.max() == 1.0
         np.testing.assert_array_equal(np.unique(labels), np.arange(10))
     assert y[0] == 5
+
+
+# ---------------------------------------------------------------- mnist: every check, at its boundary
+
+
+def _mnist_dir(directory, images, labels):
+    """A directory whose train split is ``images`` and ``labels`` (raw IDX bytes or arrays); a valid test split."""
+    _fake_mnist(directory, gz=False)
+    for name, content in ((MNIST_FILES[0], images), (MNIST_FILES[1], labels)):
+        (directory / name).write_bytes(content if isinstance(content, bytes) else _idx_bytes(content))
+    return directory
+
+
+def test_mnist_labels_9_load_and_10_is_refused(tmp_path):
+    images = np.zeros((3, 28, 28), np.uint8)
+    X, y = mnist(root=_mnist_dir(tmp_path, images, np.array([0, 9, 5], np.uint8)))
+    assert y.tolist() == [0, 9, 5] and X.shape == (3, 784)
+    for bad in (10, 11, 255):
+        _mnist_dir(tmp_path, images, np.array([0, bad, 5], np.uint8))
+        with pytest.raises(DatasetError, match=rf"train-labels-idx1-ubyte: label {bad} outside 0\.\.9"):
+            mnist(root=tmp_path)
+
+
+def test_mnist_empty_split_loads_empty(tmp_path):
+    X, y = mnist(root=_mnist_dir(tmp_path, np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.uint8)))
+    assert X.shape == (0, 784) and X.dtype == np.float32 and y.shape == (0,) and y.dtype == np.uint8
+
+
+@pytest.mark.parametrize("images, found", [
+    (np.zeros((3, 28, 27), np.uint8), r"uint8 \(3, 28, 27\)"),  # one column short
+    (np.zeros((3, 27, 28), np.uint8), r"uint8 \(3, 27, 28\)"),  # one row short
+    (np.zeros((3, 29, 28), np.uint8), r"uint8 \(3, 29, 28\)"),
+    (np.zeros((3, 784), np.uint8), r"uint8 \(3, 784\)"),  # flat rows
+    (np.zeros((3, 28, 28, 1), np.uint8), r"uint8 \(3, 28, 28, 1\)"),
+    (np.zeros((3, 28, 28), np.int8), r"int8 \(3, 28, 28\)"),  # type code 0x09
+    (np.zeros((3, 28, 28), ">f4"), r"float32 \(3, 28, 28\)"),
+])
+def test_mnist_images_must_be_uint8_28x28(tmp_path, images, found):
+    code = {"u1": 0x08, "i1": 0x09, "f4": 0x0D}[images.dtype.str[1:]]
+    _mnist_dir(tmp_path, _idx_bytes(images, code), np.zeros(3, np.uint8))
+    with pytest.raises(DatasetError, match=r"train-images-idx3-ubyte: expected uint8 images of shape \(n, 28, 28\), "
+                                           rf"found {found}"):
+        mnist(root=tmp_path)
+
+
+@pytest.mark.parametrize("labels, code, found", [
+    (np.zeros((3, 1), np.uint8), 0x08, r"uint8 \(3, 1\)"),
+    (np.zeros(3, np.int8), 0x09, r"int8 \(3,\)"),
+    (np.zeros(3, ">i4"), 0x0C, r"int32 \(3,\)"),
+])
+def test_mnist_labels_must_be_uint8_vectors(tmp_path, labels, code, found):
+    _mnist_dir(tmp_path, np.zeros((3, 28, 28), np.uint8), _idx_bytes(labels, code))
+    with pytest.raises(DatasetError, match=rf"train-labels-idx1-ubyte: expected uint8 labels of shape \(n,\), "
+                                           rf"found {found}"):
+        mnist(root=tmp_path)
+
+
+def test_mnist_one_label_more_than_images(tmp_path):
+    _mnist_dir(tmp_path, np.zeros((3, 28, 28), np.uint8), np.zeros(4, np.uint8))
+    with pytest.raises(DatasetError, match=r"holds 3 images but .*train-labels-idx1-ubyte holds 4 labels"):
+        mnist(root=tmp_path)
+
+
+@pytest.mark.parametrize("magic", [b"\x01\x00\x08\x01", b"\x00\x01\x08\x01", b"\xff\xff\x08\x01",
+                                   b"\x00\x80\x08\x01"])
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_each_magic_byte_is_checked(tmp_path, magic, gz):
+    payload = magic + _idx_bytes(np.arange(5, dtype=np.uint8))[4:]
+    path = _write(tmp_path / "labels", payload, gz)
+    with pytest.raises(DatasetError, match=rf"not an IDX file \(bad magic number {magic.hex()}\)"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("data", [b"", b"\x00", b"\x00\x00", b"\x00\x00\x08"])
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_shorter_than_its_magic_number(tmp_path, data, gz):
+    path = _write(tmp_path / "labels", data, gz)
+    with pytest.raises(DatasetError, match=rf"not an IDX file \(bad magic number {data.hex() or 'empty'}\)"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("code", [0x00, 0x07, 0x0A, 0x0F, 0xFF])
+def test_read_idx_unknown_type_codes(tmp_path, code):
+    path = _write(tmp_path / "a", struct.pack(">BBBBI", 0, 0, code, 1, 0), gz=False)
+    with pytest.raises(DatasetError, match=rf"unsupported IDX type code 0x{code:02x}"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_header_one_dim_short(tmp_path, gz):
+    path = _write(tmp_path / "imgs", struct.pack(">BBBBII", 0, 0, 8, 3, 5, 28), gz)
+    with pytest.raises(DatasetError, match=r"truncated header, expected 16 bytes for 3 dims, found 12"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("extra", [1, 1 << 20, (1 << 20) + 5])
+def test_read_idx_gzip_with_data_after_the_payload(tmp_path, extra):
+    payload = _idx_bytes(np.zeros((2, 3), dtype=np.uint8)) + bytes(extra)
+    path = _write(tmp_path / "a", payload, gz=True)
+    found = f"found {6 + extra}" if extra < 1 << 20 else f"found more than {6 + (1 << 20) - 1}"
+    with pytest.raises(DatasetError, match=rf"payload size mismatch for dims \(2, 3\), expected 6 bytes, {found}"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_read_idx_one_byte_short_or_over(tmp_path, gz):
+    good = _idx_bytes(np.arange(6, dtype=np.uint8).reshape(2, 3))
+    np.testing.assert_array_equal(read_idx(_write(tmp_path / "ok", good, gz)), np.arange(6).reshape(2, 3))
+    with pytest.raises(DatasetError, match=r"expected 6 bytes, found 5"):
+        read_idx(_write(tmp_path / "short", good[:-1], gz))
+    with pytest.raises(DatasetError, match=r"expected 6 bytes, found 7"):
+        read_idx(_write(tmp_path / "over", good + b"\x00", gz))
+
+
+def test_read_idx_damaged_gzip_and_missing_file(tmp_path):
+    path = _write(tmp_path / "a", _idx_bytes(np.zeros((50, 40), dtype=np.uint8)), gz=True)
+    data = bytearray(path.read_bytes())
+    data[-12] ^= 0xFF  # inside the deflate stream or its checksum
+    path.write_bytes(bytes(data))
+    with pytest.raises(DatasetError, match=r"a.gz: corrupt gzip stream"):
+        read_idx(path)
+    with pytest.raises(DatasetError, match=r"cannot read .*nope: No such file"):
+        read_idx(tmp_path / "nope")
+    with pytest.raises(DatasetError, match=r"cannot read .*nope.gz: No such file"):
+        read_idx(tmp_path / "nope.gz")
+
+
+def test_mnist_pixels_scale_to_0_1_exactly(tmp_path):
+    images = np.resize(np.arange(256, dtype=np.uint8), 784).reshape(1, 28, 28)  # every value 0..255
+    X, _ = mnist(root=_mnist_dir(tmp_path, images, np.zeros(1, np.uint8)))
+    np.testing.assert_array_equal(X[0], images.reshape(784).astype(np.float32) / np.float32(255))
+    assert X.max() == 1.0 and X.min() == 0.0

@@ -1,5 +1,6 @@
 """load_csv / load_npz / load_spec: good files, and one clear DatasetError per kind of bad file."""
 import pickle
+import re
 
 import numpy as np
 import pytest
@@ -173,3 +174,176 @@ def test_spec_prefix_is_case_insensitive_and_paths_may_hold_colons(tmp_path):
     path = _write(directory, "1,2,1\n")
     X, y = load_spec(f"CSV:{path}")
     assert X.tolist() == [[1.0, 2.0]] and y.tolist() == [1]
+
+
+# -- every check of the readers, at its boundary ------------------------------------------------------------
+F32 = float(np.finfo(np.float32).max)  # 3.4028234663852886e+38, the largest float32
+BEYOND = float(np.nextafter(F32, np.inf))  # the next float64: beyond float32's range
+
+
+@pytest.mark.parametrize("value", [F32, -F32, -1e-45, 0.0])
+def test_csv_values_at_float32s_limits_load(tmp_path, value):
+    X, _ = load_csv(_write(tmp_path, f"0.5,1,0\n{value!r},-2,1\n"))
+    assert X.dtype == np.float32 and X[1, 0] == np.float32(value) and np.isfinite(X).all()
+
+
+@pytest.mark.parametrize("value", [BEYOND, -BEYOND, 1e39, -1e39])
+def test_csv_values_beyond_float32_are_refused_unless_reading_float64(tmp_path, value):
+    path = _write(tmp_path, f"0.5,1,0\n-2,{value!r},1\n")
+    with pytest.raises(DatasetError, match=re.escape(f"line 2, column 2: '{value!r}' is too large for float32 "
+                                                     "(at most 3.403e+38)")):
+        load_csv(path)
+    X, _ = load_csv(path, dtype="float64")
+    assert X.dtype == np.float64 and X[1, 1] == value
+
+
+def test_csv_label_column_is_not_a_float32_feature(tmp_path):
+    """The float32 range applies to the features; a label beyond it is refused as a label."""
+    with pytest.raises(DatasetError, match=r"line 2: label '1e39' is too large to be a class index"):
+        load_csv(_write(tmp_path, "1,2,0\n3,4,1e39\n"))
+
+
+def test_csv_two_columns_are_one_feature_and_a_label(tmp_path):
+    X, y = load_csv(_write(tmp_path, "0.5,1\n-1,0\n"))
+    assert X.shape == (2, 1) and X[:, 0].tolist() == [0.5, -1] and y.tolist() == [1, 0]
+
+
+@pytest.mark.parametrize("first, header", [
+    ("x,y,label", True), (" x , y , label ", True), (",x,label", True),  # pandas' unnamed index column
+    ("0,1,label", True), ("1,2,label", True), ("0,x,2", True), ("1,x,3", True),  # integer column names
+    ("0, 1, label", True), (" 1 ,2 ,label", True),
+    ("x,inf,label", True), ("x,nan,y", True), ("-inf,NaN,z", True),  # not finite: names, not numbers
+    ("0,1,2", False), ("0.5,1,2", False), ("1e3,-2,0", False),  # all numbers: data
+])
+def test_csv_header_detection(tmp_path, first, header):
+    X, y = load_csv(_write(tmp_path, "\n".join([first, "0.5,1.5,1", "2,3,0"]) + "\n"))
+    assert X.shape == ((2, 2) if header else (3, 2)), first
+    assert y.tolist() == ([1, 0] if header else [int(float(first.split(",")[-1])), 1, 0])
+    if not header:
+        np.testing.assert_array_equal(X[0], [float(v) for v in first.split(",")[:-1]])
+
+
+def test_csv_first_row_of_numbers_and_nan_is_data(tmp_path):
+    with pytest.raises(DatasetError, match=r"line 1, column 1: 'nan' is NaN or infinite"):
+        load_csv(_write(tmp_path, "nan,1,0\n0.5,1.5,1\n"))
+
+
+@pytest.mark.parametrize("first, cell", [
+    ("0.5,x,label", "column 2: 'x'"), ("2,3,label", "column 3: 'label'"),  # positions off by two: numbers
+    ("0,x,3", "column 2: 'x'"), ("1,1,O", "column 3: 'O'"), ("x,5,y", "column 1: 'x'"),
+])
+def test_csv_first_row_mixing_names_and_numbers_is_refused(tmp_path, first, cell):
+    with pytest.raises(DatasetError, match=rf"line 1, {cell} is not a number \(a header row holds names only"):
+        load_csv(_write(tmp_path, first + "\n0.5,1.5,1\n2,3,0\n"))
+
+
+@pytest.mark.parametrize("text, message", [
+    ("x,y,label\n1,2,0\n3,nan,1\n", r"line 3, column 2: 'nan' is NaN or infinite"),
+    ("\nx,y,label\n\n1,2,0\n3,4,1.5\n", r"line 5: label '1.5' in the last column is not an integer"),
+    ("x,y,label\n1,2,0\n3,4,-1\n", r"line 3: label '-1' is negative"),
+    ("x,y,label\n1,2,0\n3,1e39,1\n", r"line 3, column 2: '1e39' is too large for float32"),
+    ("x,y,label\n1,2,0\n3,4,2147483648\n", r"line 3: label '2147483648' is too large to be a class index"),
+    ("x,y,label\n1,2,0\n\n1,2,1\n3,4,1000\n", r"line 5: label '1000' would make 1001 classes from 3 rows"),
+    ("x,y,label\n1,2,0\n3,4\n", r"line 3 has 2 values, expected 3 \(as on line 2\)"),
+    ("x,y,label\n1,2,0\n3,z,1\n", r"line 3, column 2: 'z' is not a number"),
+    ("\n\nx,y,label\n1,2,0\n3,4,-2\n", r"line 5: label '-2' is negative"),
+])
+def test_csv_errors_after_a_header_name_their_line_in_the_file(tmp_path, text, message):
+    with pytest.raises(DatasetError, match=message):
+        load_csv(_write(tmp_path, text))
+
+
+@pytest.mark.parametrize("label, message", [
+    ("2147483647", r"line 2: label '2147483647' would make 2147483648 classes from 2 rows"),  # the largest index
+    ("2147483648", r"line 2: label '2147483648' is too large to be a class index \(at most 2147483647\)"),
+    ("-1", r"line 2: label '-1' is negative"),
+    ("-0.5", r"line 2: label '-0.5' in the last column is not an integer"),
+])
+def test_csv_label_limits(tmp_path, label, message):
+    with pytest.raises(DatasetError, match=message):
+        load_csv(_write(tmp_path, f"1,2,0\n3,4,{label}\n"))
+
+
+def test_csv_label_zero_and_negative_zero(tmp_path):
+    X, y = load_csv(_write(tmp_path, "1,2,-0\n3,4,1\n"))
+    assert y.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("arrays, message", [
+    ({"X": np.zeros((3, 2)), "y": np.zeros(2, int)}, r"X has 3 samples but y has 2 labels"),  # one row short
+    ({"X": np.zeros((3, 0)), "y": np.zeros(3, int)}, r"X is empty \(shape \(3, 0\)\)"),
+    ({"X": np.zeros((2, 2)), "y": np.array([0, -1])}, r"negative label \(-1\)"),
+    ({"X": np.zeros((2, 2)), "y": np.array([0.0, np.inf])}, r"y must hold integer class indices; found non-integer"),
+    ({"X": np.zeros((2, 2)), "y": np.array([0.0, -np.inf])}, r"y must hold integer class indices; found non-integer"),
+    ({"X": np.zeros((2, 2)), "y": np.array([0.0, np.nan])}, r"y must hold integer class indices; found non-integer"),
+    ({"X": np.zeros((2, 2)), "y": np.array([0, 2**31])}, r"y has a label too large to be a class index \(2147483648"),
+    ({"X": np.zeros((2, 2)), "y": np.array([0, 2**31 - 1])}, r"label 2147483647 in y \(row 2\) would make 2147483648 "
+                                                             r"classes from 2 rows"),
+    ({"X": np.zeros((3, 2)), "y": np.array([0, 1000, 1])}, r"label 1000 in y \(row 2\) would make 1001 classes"),
+    ({"X": np.zeros((2, 2), np.complex64), "y": np.zeros(2, int)}, r"X must hold numbers, got dtype complex64"),
+])
+def test_bad_npz_at_the_boundaries(tmp_path, arrays, message):
+    np.savez(tmp_path / "d.npz", **arrays)
+    with pytest.raises(DatasetError, match=message):
+        load_npz(tmp_path / "d.npz")
+
+
+@pytest.mark.parametrize("value", [BEYOND, -BEYOND, 1e39, -1e39])
+def test_npz_values_beyond_float32_are_refused_when_reading_float32(tmp_path, value):
+    np.savez(tmp_path / "d.npz", X=np.array([[0.5, value], [1.0, 2.0]]), y=np.array([0, 1]))
+    with pytest.raises(DatasetError, match=r"X has values too large for float32 \(magnitude up to [0-9.e+]+, at most "
+                                           r"3\.403e\+38\); scale the data or use float64"):
+        load_npz(tmp_path / "d.npz", dtype="float32")
+    assert load_npz(tmp_path / "d.npz")[0][0, 1] == value  # float64 stays float64
+
+
+def test_npz_values_at_float32s_limits_load_as_float32(tmp_path):
+    np.savez(tmp_path / "d.npz", X=np.array([[F32, -F32], [1.0, 2.0]]), y=np.array([0, 1]))
+    X, _ = load_npz(tmp_path / "d.npz", dtype="float32")
+    assert X.dtype == np.float32 and X[0].tolist() == [F32, -F32]
+
+
+@pytest.mark.parametrize("stored, requested, result", [
+    ("float64", None, "float64"), ("float32", None, "float32"), ("float16", None, "float32"),
+    ("int64", None, "float32"), ("uint8", None, "float32"), ("bool", None, "float32"),
+    ("float32", "float64", "float64"), ("float64", "float32", "float32"), ("int16", "float64", "float64"),
+])
+def test_npz_feature_dtypes(tmp_path, stored, requested, result):
+    X = (np.arange(6).reshape(3, 2) % 2).astype(stored)
+    np.savez(tmp_path / "d.npz", X=X, y=np.array([True, False, True]))
+    X2, y2 = load_npz(tmp_path / "d.npz", **({"dtype": requested} if requested else {}))
+    assert X2.dtype == np.dtype(result) and y2.dtype == np.int64
+    np.testing.assert_array_equal(X2, X.astype(result))
+    assert y2.tolist() == [1, 0, 1]
+
+
+# -- NPY (predict --input) --------------------------------------------------------------------------------
+def test_npy_round_trip_and_bad_files(tmp_path):
+    from portablenn.datasets import load_npy
+
+    X = np.arange(6, dtype=np.float32).reshape(3, 2)
+    np.save(tmp_path / "x.npy", X)
+    out = load_npy(tmp_path / "x.npy")
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, X)
+    with pytest.raises(DatasetError, match=r"NPY file .*missing.npy does not exist"):
+        load_npy(tmp_path / "missing.npy")
+    (tmp_path / "empty.npy").write_bytes(b"")
+    with pytest.raises(DatasetError, match=r"empty.npy is empty"):
+        load_npy(tmp_path / "empty.npy")
+    (tmp_path / "text.npy").write_text("1,2,3\n")
+    with pytest.raises(DatasetError, match=r"text.npy is not an .npy array file"):
+        load_npy(tmp_path / "text.npy")
+    data = (tmp_path / "x.npy").read_bytes()
+    (tmp_path / "short.npy").write_bytes(data[:-1])  # one byte short of what its header says
+    with pytest.raises(DatasetError, match=r"short.npy: its header says shape \(3, 2\) of float32 \(24 B\) but the "
+                                           r"file holds only 23 B"):
+        load_npy(tmp_path / "short.npy")
+
+    class Boom:
+        def __reduce__(self):
+            return (exec, ("raise SystemExit('unpickled!')",))
+
+    np.save(tmp_path / "obj.npy", np.array([Boom(), 1], dtype=object), allow_pickle=True)
+    with pytest.raises(DatasetError, match=r"obj.npy holds a pickled object array, which is never loaded"):
+        load_npy(tmp_path / "obj.npy")

@@ -352,3 +352,79 @@ def test_cli_refuses_a_single_class_and_a_header_typo(files):
     assert_one_line(_cli("train", "--dataset", "csv:single.csv", cwd=files),
                     "single class (label 0 on all 3 rows)", "at least two classes")
     assert_one_line(_cli("train", "--dataset", "csv:typo.csv", cwd=files), "line 1, column 2: 'O.2'")
+
+
+# -- the rules themselves, at their boundaries ----------------------------------------------------------------
+def test_class_limit_is_max_of_1000_and_10_per_row():
+    from portablenn.validation import class_limit
+
+    assert [class_limit(n) for n in (0, 1, 3, 99, 100, 101, 200, 10**6)] == [1000, 1000, 1000, 1000, 1000, 1010,
+                                                                             2000, 10**7]
+
+
+@pytest.mark.parametrize("rows, label, ok", [(3, 999, True), (3, 1000, False), (200, 1999, True), (200, 2000, False)])
+def test_readers_allow_exactly_the_class_limit(tmp_path, rows, label, ok):
+    labels = np.arange(rows) % 2
+    labels[-1] = label
+    (tmp_path / "d.csv").write_text("".join(f"{i},0.5,{c}\n" for i, c in enumerate(labels)))
+    np.savez(tmp_path / "d.npz", X=np.zeros((rows, 2)), y=labels)
+    for read in (lambda: load_csv(tmp_path / "d.csv"), lambda: load_npz(tmp_path / "d.npz")):
+        if ok:
+            assert read()[1].max() == label
+        else:
+            limit = max(1000, 10 * rows)
+            with pytest.raises(DatasetError, match=rf"{label + 1} classes from {rows} rows; .* \(here {limit}\)"):
+                read()
+
+
+def test_check_memory_refuses_only_beyond_the_limit(monkeypatch):
+    from portablenn import validation
+
+    monkeypatch.setattr(validation, "available_memory", lambda: (1000, "the test's memory"))
+    validation.check_memory(1000, "x")
+    validation.check_memory(0, "x")
+    with pytest.raises(validation.InputError, match=r"^y needs 1001 B, more than the test's memory \(1000 B\); "
+                                                    r"try less$"):
+        validation.check_memory(1001, "y", hint="try less")
+    with pytest.raises(DatasetError, match=r"^z needs 1\.0 KiB, more than the test's memory \(1000 B\)$"):
+        validation.check_memory(1024, "z", DatasetError)
+    monkeypatch.setattr(validation, "available_memory", lambda: (None, None))
+    validation.check_memory(10**30, "anything")  # unknown: no check
+
+
+def test_available_memory_is_the_lower_of_the_machine_and_the_address_space_limit():
+    """Run under RLIMIT_AS: what the limit leaves (less than 1 GiB, more than nothing); without: the machine."""
+    code = ("from portablenn.validation import available_memory; import os; n, what = available_memory(); "
+            "print(n, os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE'), what, sep='|')")
+    limited = _limited(["-c", code], os.getcwd())
+    assert limited.returncode == 0, limited.stderr
+    n, machine, what = limited.stdout.strip().split("|")
+    assert 0 < int(n) < LIMIT and "address-space limit" in what
+    free = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    n, machine, what = free.stdout.strip().split("|")
+    assert int(n) == int(machine) and what == "this machine's memory"
+
+
+@pytest.mark.parametrize("n, text", [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"),
+                                     (2**20 - 1, "1024.0 KiB"), (2**20, "1.0 MiB"), (3 * 2**30, "3.0 GiB"),
+                                     (2**40, "1.0 TiB"), (2**50, "1.0 PiB"), (2**60, "1024.0 PiB")])
+def test_format_bytes(n, text):
+    from portablenn.validation import format_bytes
+
+    assert format_bytes(n) == text
+
+
+def test_training_memory_counts_each_part():
+    from portablenn.validation import training_memory
+
+    # [10, 20, 3]: 10*20 + 20 + 20*3 + 3 = 283 parameters; largest matrix 200 (its float64 draw: 16 bytes each)
+    total, params = training_memory([10, 20, 3], 4, rows=100, batch_rows=10)
+    assert params == 283
+    passes = 100 * (20 + 3) * 4 * 3  # min(rows, 8192) rows of activations and gradients
+    assert total == 283 * 4 * 2 + 200 * 16 + 100 * (10 + 3) * 4 + passes
+    assert training_memory([10, 20, 3], 4, 100, 10, optimizer_buffers=2)[0] == total + 2 * 283 * 4
+    assert training_memory([10, 20, 3], 4, 100, 10, bias=False)[1] == 260
+    assert training_memory([10, 20, 3], 8, 100, 10)[0] == 2 * total - 200 * 16
+    big = training_memory([10, 20, 3], 4, rows=10**5, batch_rows=10)[0]  # passes are over 8192 rows at most
+    assert big == 283 * 4 * 2 + 200 * 16 + 10**5 * 13 * 4 + 8192 * 23 * 4 * 3
+    assert training_memory([10, 20, 3], 4, rows=10**5, batch_rows=10**4)[0] == big + (10**4 - 8192) * 23 * 4 * 3

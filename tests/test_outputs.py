@@ -321,3 +321,42 @@ def test_api_check_refuses_what_the_cli_refuses(tmp_path):
         outputs.prepare(tmp_path / "notes.txt" / "x" / "m", flag="--save")
     assert outputs.prepare(tmp_path / "made" / "here" / "m", flag="--save") and (tmp_path / "made" / "here").is_dir()
     assert sorted(p.name for p in (tmp_path / "made" / "here").iterdir()) == []
+
+
+def test_sweep_removes_only_regular_files_of_dead_writers(tmp_path):
+    """Only regular files are swept: a FIFO, a folder or a link with a temporary's name (and a dead writer) stay."""
+    import time
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    name = lambda n: f".m.safetensors.portablenn-{outputs._HOST}-{dead}-{n:08d}.tmp"  # noqa: E731
+    (tmp_path / name(1)).write_bytes(b"partial")
+    (tmp_path / name(2)).mkdir()
+    (tmp_path / "target").write_text("a user's file")
+    (tmp_path / name(3)).symlink_to(tmp_path / "target")
+    if hasattr(os, "mkfifo"):
+        os.mkfifo(tmp_path / name(4))
+    old = time.time() - 10 * outputs.STALE_SECONDS
+    for n in (2, 3, 4):
+        if os.path.lexists(tmp_path / name(n)):
+            os.utime(tmp_path / name(n), (old, old), follow_symlinks=False)
+    assert outputs.sweep_temporaries(tmp_path) == [name(1)]
+    assert (tmp_path / name(2)).is_dir() and (tmp_path / name(3)).is_symlink()
+    assert (tmp_path / "target").read_text() == "a user's file"
+    assert outputs.sweep_temporaries(tmp_path / "missing") == []
+
+
+def test_is_ours_reads_a_checkpoint_header_of_any_honest_length(tmp_path):
+    from safetensors.numpy import save as st_save
+
+    meta = {"format_version": "1", "architecture": "[]", "dtype": "float32"}
+    small = _write(tmp_path / "small.safetensors", st_save({}, metadata=meta))  # a short header, still ours
+    assert outputs.is_ours(small, "checkpoint")
+    big = _write(tmp_path / "big.safetensors", st_save({f"t{i}": np.zeros(1) for i in range(2000)}, metadata=meta))
+    assert outputs.is_ours(big, "checkpoint")
+    data = big.read_bytes()
+    _write(tmp_path / "bad.safetensors", (10**9).to_bytes(8, "little") + data[8:])  # a length no file has
+    assert not outputs.is_ours(tmp_path / "bad.safetensors", "checkpoint")
+    for missing in ("format_version", "architecture", "dtype"):
+        other = {k: v for k, v in meta.items() if k != missing}
+        assert not outputs.is_ours(_write(tmp_path / "o.safetensors", st_save({}, metadata=other)), "checkpoint")

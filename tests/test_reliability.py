@@ -13,46 +13,77 @@ import pytest
 import portablenn as pn
 from portablenn import checkpoint
 
+from _durability import SUPPORTED, crash_states
+
 
 # -- checkpoints under SIGKILL: the file on disk is always one complete saved state --------------------------
+# The writer also journals what a power cut at the kill would have left (tests/_durability.py): a kill alone
+# cannot reveal a missing flush or fsync, since the page cache outlives the process.
 WRITER = textwrap.dedent("""
     import sys
     import numpy as np
+    sys.path.insert(0, sys.argv[3])
+    from _durability import Journal
     import portablenn as pn
     from portablenn import checkpoint
-    path = sys.argv[1]
-    model = pn.mlp([50, 200, 10], seed=0)
+    path, journal = sys.argv[1], sys.argv[2]
+    from pathlib import Path
+    Journal(Path(path).parent, journal).install()
+    models = [pn.mlp([50, 200, 10], seed=0), pn.mlp([4, 8, 3], seed=0)]  # 48 KiB; 0.5 KiB, under the file buffer
     for i in range(100000):
+        model = models[i % 2]
         model.load_state_dict({k: np.full_like(v, i) for k, v in model.state_dict().items()})
         checkpoint.save(model, path, metadata={"i": i})
         print(i, flush=True)
 """)
 
 
+def _one_saved_state(data, where):
+    """The checkpoint ``data`` loads, and all its tensors hold the one value its metadata names; returns it."""
+    path = where / "check.safetensors"
+    path.write_bytes(data)
+    ckpt = checkpoint.load_checkpoint(path)  # must load: old or new, never partial
+    i = int(ckpt.metadata["i"])
+    for value in ckpt.state_dict.values():
+        assert np.all(value == i), "a checkpoint mixes two saved states"
+    return i
+
+
+@pytest.mark.skipif(not SUPPORTED, reason="the power-cut journal reads descriptors through /proc/self/fd")
 def test_sigkill_during_saves_never_leaves_a_broken_checkpoint(tmp_path):
     script = tmp_path / "writer.py"
     script.write_text(WRITER)
-    path = tmp_path / "model.safetensors"
+    out = tmp_path / "out"
+    out.mkdir()
+    path = out / "model.safetensors"
+    tests = os.path.dirname(os.path.abspath(__file__))
     rng = np.random.default_rng(0)
     trials = 0
     for trial in range(25):
-        proc = subprocess.Popen([sys.executable, str(script), str(path)], stdout=subprocess.PIPE, text=True)
+        journal = tmp_path / f"journal-{trial}"
+        proc = subprocess.Popen([sys.executable, str(script), str(path), str(journal), tests], stdout=subprocess.PIPE,
+                                text=True)
         proc.stdout.readline()  # one save done: from now on a complete file exists
         time.sleep(float(rng.uniform(0, 0.15)))
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        ckpt = checkpoint.load_checkpoint(path)  # must load: old or new, never partial
-        i = int(ckpt.metadata["i"])
-        for value in ckpt.state_dict.values():
-            assert np.all(value == i), "a checkpoint mixes two saved states"
+        last = int(([0] + proc.stdout.read().split())[-1])  # the last save that returned before the kill
+        i = _one_saved_state(path.read_bytes(), tmp_path)  # what the killed process left
+        assert last <= i <= last + 1
+        # and what a power cut at the kill could have left: the last save that returned, or the one under way
+        could = crash_states(journal)[-1][1].get("model.safetensors", set())
+        assert could, f"trial {trial}: after a power cut no checkpoint would survive"
+        for durable in could:
+            assert isinstance(durable, bytes), f"trial {trial}: after a power cut the checkpoint could be {durable}"
+            assert last <= _one_saved_state(durable, tmp_path) <= i, f"trial {trial}: a power cut loses save {last}"
         trials += 1
-    leftovers = [p.name for p in tmp_path.iterdir() if p.name not in ("writer.py", "model.safetensors")]
+    leftovers = [p.name for p in out.iterdir() if p.name != "model.safetensors"]
     assert trials == 25
     assert all(name.startswith(".") and name.endswith(".tmp") for name in leftovers)  # only temp files can remain
     # the next save into the folder removes the temporary files the killed writers left, and only those
-    (tmp_path / ".notes.tmp").write_text("a user's hidden file")
+    (out / ".notes.tmp").write_text("a user's hidden file")
     checkpoint.save(pn.mlp([50, 200, 10], seed=1), path)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.tmp", "model.safetensors", "writer.py"]
+    assert sorted(p.name for p in out.iterdir()) == [".notes.tmp", "model.safetensors"]
 
 
 # -- the temporary files of a save: removed when their writer is gone, never while it lives ------------------
@@ -198,6 +229,99 @@ def test_bad_files_through_the_cli(tmp_path):
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("portablenn: error:"), (args, result.stderr)
         assert word in lines[0], (args, lines[0])
+
+
+# -- the input checks at their boundaries (portablenn.validation) ---------------------------------------------
+F32 = float(np.finfo(np.float32).max)
+
+
+def test_check_range_allows_float32s_largest_magnitude_and_nothing_beyond():
+    from portablenn.validation import InputError, check_range
+
+    beyond = float(np.nextafter(F32, np.inf))
+    check_range(np.array([[F32, -F32], [0.0, 1.0]]), np.float32)
+    for value in (beyond, -beyond, 1e39, -1e39):
+        with pytest.raises(InputError, match=r"X has values too large for float32 \(magnitude above 3\.403e\+38\)"):
+            check_range(np.array([[0.0, value]]), np.float32)
+    check_range(np.array([[1e39, -1e300]]), np.float64)  # nothing to lose in float64
+    check_range(np.array([[2**62]], dtype=np.int64), np.float32)  # integers always fit
+    check_range(np.array([[1e38]], dtype=np.float32), np.float32)
+
+
+@pytest.mark.parametrize("X, message", [
+    (np.array([[1.0, np.nan]]), r"contains 1 NaN or infinite value"),
+    (np.array([[np.inf, -np.inf]]), r"contains 2 NaN or infinite value"),
+    (np.array([[1e308, 1e308]]), None),  # a sum that overflows, of finite values
+    (np.array([[1e308, 1e308], [1.0, np.nan]]), r"contains 1 NaN"),
+    (np.zeros((0, 3)), r"X is empty \(0 samples\)"),
+    (np.zeros((2, 3, 1)), r"X must be 2-D"),
+    (np.array([[True, False]]), r"must hold real numbers, got dtype bool"),
+    (np.array([[1, 2]], dtype=np.int8), None),
+])
+def test_check_features(X, message):
+    from portablenn.validation import InputError, check_features
+
+    if message is None:
+        assert check_features(X) == X.shape[0]
+    else:
+        with pytest.raises(InputError, match=message):
+            check_features(X)
+
+
+def test_check_features_counts_the_models_inputs():
+    from portablenn.validation import InputError, check_features
+
+    assert check_features(np.zeros((4, 3)), in_features=3) == 4
+    for features in (2, 4):
+        with pytest.raises(InputError, match=rf"X has {features} features per sample, the model expects 3"):
+            check_features(np.zeros((4, features)), in_features=3)
+    with pytest.raises(InputError, match="too large for float32"):
+        check_features(np.array([[1e39]]), dtype=np.float32)
+
+
+@pytest.mark.parametrize("y, ok", [
+    ([0, 2, 1], True), ([0.0, 2.0, 1.0], True), ([True, False, True], True), (np.array([0, 2, 1], np.uint8), True),
+    ([0, 3, 1], False), ([-1, 0, 1], False), ([0.0, np.inf, 1.0], False), ([0.0, -np.inf, 1.0], False),
+    ([0.0, np.nan, 1.0], False), ([0.0, 0.5, 1.0], False), (["a", "b", "c"], False),
+])
+def test_check_labels_for_three_classes(y, ok):
+    from portablenn.validation import InputError, check_labels
+
+    if ok:
+        assert check_labels(np.asarray(y), 3, 3).tolist() == np.asarray(y).astype(int).tolist()
+    else:
+        with pytest.raises(InputError):
+            check_labels(np.asarray(y), 3, 3)
+
+
+def test_check_labels_counts_and_shapes():
+    from portablenn.validation import InputError, check_labels
+
+    with pytest.raises(InputError, match=r"X has 4 samples but y has 3 labels"):
+        check_labels(np.zeros(3, int), 4, 2)
+    with pytest.raises(InputError, match=r"y must be 1-D"):
+        check_labels(np.zeros((3, 1), int), 3, 2)
+    with pytest.raises(InputError, match=r"y has label 2 but the model has only 2 classes \(labels must be 0\.\.1\)"):
+        check_labels(np.array([0, 2, 1]), 3, 2)
+    with pytest.raises(InputError, match=r"y has a negative label \(-1\); labels must be 0\.\.1"):
+        check_labels(np.array([0, -1, 1]), 3, 2)
+
+
+def test_batch_size_epochs_and_l2_at_their_limits():
+    from portablenn.validation import InputError, check_batch_size, check_epochs, check_l2
+
+    assert [check_batch_size(b, 6) for b in (1, 6, None, np.int64(3))] == [1, 6, 6, 3]
+    for bad in (0, 7, -1, True, 2.0, "3"):
+        with pytest.raises(InputError, match="batch_size"):
+            check_batch_size(bad, 6)
+    assert check_epochs(0) == 0 and check_epochs(np.int32(5)) == 5
+    for bad in (-1, True, 1.5, None):
+        with pytest.raises(InputError, match="epochs must be a non-negative integer"):
+            check_epochs(bad)
+    assert check_l2(0) == 0.0 and check_l2(1e300) == 1e300
+    for bad in (-1e-12, float("inf"), float("nan")):
+        with pytest.raises(InputError, match="l2 must be a finite number >= 0"):
+            check_l2(bad)
 
 
 def test_layer_sizes_that_do_not_chain():
