@@ -51,6 +51,7 @@ TESTS = {
     "backend.py": ["test_backend.py", "test_train.py", "test_cupy_emulated.py"],
     "backend_cupy.py": ["test_cupy_emulated.py"],
     "kernel_check.py": ["test_backend.py", "test_cupy_emulated.py"],
+    "distributed.py": ["test_distributed.py"],
 }
 
 # (id, file under portablenn/, find, replace[, why it is equivalent])
@@ -174,6 +175,11 @@ MUTANTS = [
      "        problem = None"),
     ("backend-auto-cpu", "backend.py", "self.kernel_mode = \"fast\" if mode == \"auto\" and kind == \"cpu\" else mode",
      "self.kernel_mode = mode"),
+    ("backend-asarray-device", "backend.py", "                array = array.to_device(self.native)\n", "                pass\n"),
+    ("distributed-steps", "distributed.py", "            opt.steps = payload[\"steps\"]\n", "            pass\n"),
+    ("distributed-state", "distributed.py",
+     "            opt.state = {k: tuple(dev.asarray(b) for b in bufs) for k, bufs in payload[\"state\"].items()}\n",
+     "            pass\n"),
     # -- validation ------------------------------------------------------------------------------------------
     ("validation-range-neg", "validation.py", "or float(_host(xp.min(X))) < -largest", ""),
     ("validation-features", "validation.py", "if in_features is not None and X.shape[1] != in_features:",

@@ -409,3 +409,21 @@ def test_cuda_fast_kernels_pass_their_self_test_on_this_gpu():
         kernels = dev.kernels
     assert [str(w.message) for w in caught if w.category is pn.KernelFallbackWarning] == []
     assert dev.kernel_status == "fast (self-test passed)" and type(kernels).__name__ == "CupyKernels"
+
+
+@pytest.mark.parametrize("source, target", [("array_api_strict:CPU_DEVICE", "array_api_strict:device1"),
+                                            ("array_api_strict:device1", "array_api_strict:device2"),
+                                            ("numpy", "array_api_strict:device1"),
+                                            ("array_api_strict:device2", "numpy")])
+def test_asarray_puts_the_array_on_the_target_device(source, target):
+    """Values alone cannot show it: the result must live on the target device (array-api-strict's devices refuse
+    to mix, as a GPU's do), whatever library and device the input came from."""
+    pytest.importorskip("array_api_strict")
+    src, dst = pn.device(source), pn.device(target)
+    moved = dst.asarray(src.asarray(np.arange(6.0).reshape(2, 3)), dtype="float32")
+    if dst.library == "numpy":
+        assert type(moved) is np.ndarray
+    else:
+        assert moved.device == dst.native and moved.dtype == dst.dtype("float32")
+        moved + dst.zeros((2, 3), "float32")  # mixing with the target's own arrays works
+    np.testing.assert_array_equal(dst.to_numpy(moved), np.arange(6.0).reshape(2, 3))
