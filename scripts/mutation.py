@@ -131,8 +131,8 @@ MUTANTS = [
     ("train-error-mean", "train.py", "\"error\": (values[:, _WRONG] / n).tolist()", "\"error\": (values[:, _WRONG] / val_n if val_n else values[:, _WRONG] / n).tolist()"),
     ("train-divergence-step", "train.py", "step = int(np.argmin(np.isfinite(row))) + 1", "step = int(np.argmin(np.isfinite(row)))"),
     ("train-onehot-small", "train.py", "if classes <= n:", "if classes <= n + 1000:",
-     "equivalent: the identity or the comparison with arange give the same one-hot rows; only memory differs "
-     "(a test under an address-space limit catches the large case)"),
+     "equivalent: the identity and the comparison with arange give the same one-hot rows; the threshold only picks "
+     "the cheaper one, and a dataset with far more classes than rows still takes the comparison"),
     ("train-initial-epoch", "train.py", "for epoch in range(initial_epoch + 1, epochs + 1):", "for epoch in range(initial_epoch, epochs + 1):"),
     ("static-steps", "static_step.py", "self.steps = data.n // batch", "self.steps = -(-data.n // batch)"),
     ("static-rewind", "static_step.py", "        self.start[...] = 0\n", "        pass\n"),
