@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from . import backend, outputs
-from .layers import Linear, ReLU, Sequential, Sigmoid, Tanh
-from .models import ACTIVATIONS, mlp
+from .layers import Sequential
+from .models import mlp
+from .registry import ACTIVATIONS, LAYERS
 from .validation import check_memory, format_bytes
 
 __all__ = ["FORMAT_VERSION", "Checkpoint", "CheckpointError", "save", "load", "load_into", "load_checkpoint",
@@ -21,7 +22,6 @@ FORMAT_VERSION = 1  # bump when a reader of this version could misread what a ne
 
 _RESERVED = ("format_version", "architecture", "dtype", "portablenn_version", "optimizer", "sha256")
 _OPTIM, _EXTRA = "optim.", "extra."
-_ACTIVATIONS = {"ReLU": ReLU, "Sigmoid": Sigmoid, "Tanh": Tanh}
 
 
 class CheckpointError(ValueError):
@@ -72,21 +72,14 @@ def _safetensors():
 
 
 def _architecture(model):
-    """``model.config`` (the ``mlp`` arguments) or, without one, a list describing every layer."""
+    """``model.config`` (the ``mlp`` arguments) or, without one, every layer's registry config."""
     config = getattr(model, "config", None)
     if config is not None:
         return dict(config)
-    layers = []
-    for layer in model.layers:
-        if isinstance(layer, Linear):
-            layers.append({"type": "Linear", "in_features": layer.in_features, "out_features": layer.out_features,
-                           "bias": "bias" in layer.params})
-        elif type(layer) in _ACTIVATIONS.values():
-            layers.append({"type": type(layer).__name__})
-        else:
-            raise CheckpointError(f"cannot describe layer {layer!r} in a checkpoint; only Linear, ReLU, Sigmoid "
-                                  "and Tanh layers can be saved")
-    return layers
+    try:
+        return model.to_config()["layers"]
+    except ValueError as exc:
+        raise CheckpointError(f"cannot describe the model in a checkpoint: {exc}") from None
 
 
 def _optimizer_config(optimizer):
@@ -385,26 +378,24 @@ def _check_architecture(architecture, path):
         return architecture
     if not isinstance(architecture, list) or not 1 <= len(architecture) <= 10_000:
         raise cannot(f"expected the mlp arguments (an object) or a list of layers, got {_short(architecture)}")
-    linears = 0
+    parameters = 0
     for i, spec in enumerate(architecture):
-        if not isinstance(spec, dict) or spec.get("type") not in ("Linear", *_ACTIVATIONS):
-            raise cannot(f"layer {i} is {_short(spec)}; expected a Linear, ReLU, Sigmoid or Tanh layer")
-        if spec["type"] != "Linear":
-            if set(spec) != {"type"}:
-                raise cannot(f"layer {i} ({spec['type']}) has unknown entries {_short(sorted(set(spec) - {'type'}))}")
-            continue
-        linears += 1
-        if set(spec) != {"type", "in_features", "out_features", "bias"}:
-            raise cannot(f"layer {i} (Linear) must have exactly in_features, out_features and bias, "
-                         f"got {_short(sorted(spec))}")
-        for name in ("in_features", "out_features"):
-            value = spec[name]
-            if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _MAX_SIZE:
-                raise cannot(f"layer {i} {name} must be an integer from 1 to {_MAX_SIZE}, got {_short(value)}")
-        if not isinstance(spec["bias"], bool):
-            raise cannot(f"layer {i} bias must be true or false, got {_short(spec['bias'])}")
-    if not linears:
-        raise cannot("it has no Linear layer")
+        kind = spec.get("type") if isinstance(spec, dict) else None
+        if not isinstance(kind, str) or kind not in LAYERS:
+            raise cannot(f"layer {i} is {_short(spec)}; expected one of the layers {', '.join(LAYERS)}")
+        cls, config = LAYERS.get(kind), {k: v for k, v in spec.items() if k != "type"}
+        try:
+            cls.check_config(config)
+            shapes = cls.parameter_shapes(config)
+        except (TypeError, ValueError) as exc:
+            raise cannot(f"layer {i} ({kind}): {exc}") from None
+        for name, shape in shapes.items():  # the tensors in the file must then match these
+            if not all(1 <= size <= _MAX_SIZE for size in shape):
+                raise cannot(f"layer {i} ({kind}) {name} would have shape {_short(shape)}: every size must be "
+                             f"from 1 to {_MAX_SIZE}")
+        parameters += len(shapes)
+    if not parameters:
+        raise cannot("it has no layer with parameters")
     return architecture
 
 
@@ -412,16 +403,13 @@ def _parameter_shapes(architecture):
     """``{"0.weight": (in, out), "0.bias": (out,), ...}``: what the architecture's model holds."""
     if isinstance(architecture, dict):
         sizes, bias = architecture["sizes"], architecture.get("bias", True)
-        layers = [(2 * i, a, b, bias) for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
+        layers = [(2 * i, {"in_features": a, "out_features": b, "bias": bias}, "Linear")
+                  for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
     else:
-        layers = [(i, spec["in_features"], spec["out_features"], spec["bias"])
-                  for i, spec in enumerate(architecture) if spec["type"] == "Linear"]
-    shapes = {}
-    for index, fan_in, fan_out, bias in layers:
-        shapes[f"{index}.weight"] = (fan_in, fan_out)
-        if bias:
-            shapes[f"{index}.bias"] = (fan_out,)
-    return shapes
+        layers = [(i, {k: v for k, v in spec.items() if k != "type"}, spec["type"])
+                  for i, spec in enumerate(architecture)]
+    return {f"{index}.{name}": tuple(shape) for index, config, kind in layers
+            for name, shape in LAYERS.get(kind).parameter_shapes(config).items()}
 
 
 def _check_tensors(architecture, state, path):
@@ -532,15 +520,7 @@ def _build(architecture, dtype, path):
     try:
         if isinstance(architecture, dict):
             return mlp(**architecture, init="zeros", dtype=dtype)
-        layers = []
-        for spec in architecture:
-            kind = spec["type"]
-            if kind == "Linear":
-                layers.append(Linear(spec["in_features"], spec["out_features"], bias=spec["bias"], init="zeros",
-                                     dtype=dtype))
-            else:
-                layers.append(_ACTIVATIONS[kind]())
-        return Sequential(layers)
+        return Sequential.from_config({"layers": architecture}, dtype=dtype)
     except (KeyError, TypeError, ValueError) as exc:
         raise CheckpointError(f"{path} has an architecture this portablenn cannot build ({type(exc).__name__}: "
                               f"{exc})") from None

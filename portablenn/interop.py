@@ -4,12 +4,11 @@ import re
 import numpy as np
 
 from .backend import _host
-from .layers import Linear, ReLU, Sequential, Sigmoid, Tanh
+from .layers import Linear, Sequential
+from .registry import ACTIVATIONS, LAYERS
 
 __all__ = ["to_torch", "from_torch"]
 
-_NAMES = {ReLU: "ReLU", Sigmoid: "Sigmoid", Tanh: "Tanh"}  # portablenn layer -> torch.nn class name
-_LAYERS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
 _KEY = re.compile(r"(\d+)\.(weight|bias)")
 
 
@@ -19,7 +18,8 @@ def to_torch(model):
     Parameters
     ----------
     model : Sequential
-        Of Linear, ReLU, Sigmoid and Tanh layers, on any device.
+        Of layers whose class names a ``torch_class`` (Linear, ReLU, Sigmoid, Tanh and any layer
+        registered with one), on any device.
 
     Returns
     -------
@@ -42,18 +42,14 @@ def to_torch(model):
     dtype = getattr(torch, model.dtype)
     modules = []
     for i, layer in enumerate(model.layers):
-        if isinstance(layer, Linear):
-            linear = torch.nn.Linear(layer.in_features, layer.out_features, bias="bias" in layer.params,
-                                     dtype=dtype)
-            with torch.no_grad():
-                linear.weight.copy_(torch.from_numpy(np.ascontiguousarray(_host(layer.params["weight"]).T)))
-                if linear.bias is not None:
-                    linear.bias.copy_(torch.from_numpy(np.array(_host(layer.params["bias"]))))
-            modules.append(linear)
-        elif type(layer) in _NAMES:
-            modules.append(getattr(torch.nn, _NAMES[type(layer)])())
-        else:
+        if layer.torch_class is None or not hasattr(torch.nn, layer.torch_class):
             raise TypeError(f"layer {i} ({type(layer).__name__}) has no PyTorch counterpart in to_torch")
+        module = getattr(torch.nn, layer.torch_class)(**layer.to_config()).to(dtype)
+        with torch.no_grad():
+            for name, value in layer.params.items():
+                host = np.ascontiguousarray(layer.torch_layout(name, _host(value)))
+                getattr(module, name).copy_(torch.from_numpy(host))
+        modules.append(module)
     return torch.nn.Sequential(*modules)
 
 
@@ -63,12 +59,14 @@ def from_torch(module_or_state_dict, activation=None):
     Parameters
     ----------
     module_or_state_dict : torch.nn.Sequential or dict
-        A Sequential of ``nn.Linear``, ``nn.ReLU``, ``nn.Sigmoid`` and ``nn.Tanh``; or its state
+        A Sequential of ``nn.Linear``, ``nn.ReLU``, ``nn.Sigmoid``, ``nn.Tanh`` (and of the modules
+        that registered layers name as their ``torch_class``); or an MLP's state
         dict (``{"0.weight": (out, in), "0.bias": (out,), "2.weight": ...}``, tensors or NumPy
         arrays), in which the Linear layers must sit at indices 0, 2, 4, ... with one activation
         between consecutive ones.
-    activation : {"relu", "sigmoid", "tanh"}, optional
-        The activation between Linear layers; required with a state dict of more than one Linear
+    activation : str, optional
+        A name in ``portablenn.registry.ACTIVATIONS`` ("relu", "sigmoid", "tanh", ...).
+        The activation between Linear layers: required with a state dict of more than one Linear
         layer, not allowed with a module (whose layers say it).
 
     Returns
@@ -86,50 +84,52 @@ def from_torch(module_or_state_dict, activation=None):
         For a state dict that is not such an MLP, or a bad ``activation``.
     """
     if isinstance(module_or_state_dict, dict):
-        kinds, state = _from_state_dict(module_or_state_dict, activation)
+        configs, state = _from_state_dict(module_or_state_dict, activation)
     else:
         if activation is not None:
             raise ValueError("activation is read from the module's layers; pass it only with a state dict")
-        kinds, state = _from_module(module_or_state_dict)
+        configs, state = _from_module(module_or_state_dict)
     weights = [value for key, value in state.items() if key.endswith(".weight")]
     dtype = "float64" if weights[0].dtype == np.float64 else "float32"
-    layers = []
-    for i, kind in enumerate(kinds):
-        if kind == "linear":
-            out_features, in_features = state[f"{i}.weight"].shape
-            layers.append(Linear(in_features, out_features, bias=f"{i}.bias" in state, init="zeros", dtype=dtype))
-        else:
-            layers.append(_LAYERS[kind]())
-    model = Sequential(layers)
-    model.load_state_dict({key: (value.T if key.endswith(".weight") else value) for key, value in state.items()})
-    acts = {kind for kind in kinds if kind != "linear"}
-    biases = {"bias" in layer.params for layer in model.linears}
-    if len(acts) <= 1 and len(biases) == 1:
+    model = Sequential.from_config({"layers": configs}, dtype=dtype)
+    model.load_state_dict({key: model.layers[int(key.split(".")[0])].torch_layout(key.split(".", 1)[1], value)
+                           for key, value in state.items()})
+    kinds = [type(layer) for layer in model.layers]
+    acts, biases = set(kinds[1::2]), {"bias" in layer.params for layer in model.linears}
+    if (set(kinds[::2]) == {Linear} and len(acts) <= 1 and len(kinds) % 2 and len(biases) == 1
+            and all(ACTIVATIONS.name_of(a) and a().to_config() == layer.to_config()  # what mlp builds
+                    for a, layer in zip(kinds[1::2], model.layers[1::2]))):
         model.config = {"sizes": [model.in_features] + [l.out_features for l in model.linears],
-                        "activation": acts.pop() if acts else "relu", "bias": biases.pop()}
+                        "activation": ACTIVATIONS.name_of(acts.pop()) if acts else "relu", "bias": biases.pop()}
     return model
 
 
 def _from_module(module):
-    """``(layer kinds, host state dict)`` of a torch Sequential."""
+    """``(layer configs, host state dict)`` of a torch Sequential."""
     import torch
 
     if not isinstance(module, torch.nn.Sequential):
         raise TypeError(f"from_torch needs a torch.nn.Sequential or a state dict, got {type(module).__name__}")
-    names = {"Linear": "linear", "ReLU": "relu", "Sigmoid": "sigmoid", "Tanh": "tanh"}
-    kinds = []
+    by_torch = {cls.torch_class: (name, cls) for name, cls in LAYERS.items() if cls.torch_class}
+    configs = []
     for i, child in enumerate(module):
-        kind = names.get(type(child).__name__) if type(child).__module__.startswith("torch.nn") else None
-        if kind is None:
-            raise TypeError(f"layer {i} ({type(child).__name__}) is not Linear, ReLU, Sigmoid or Tanh")
-        kinds.append(kind)
-    if "linear" not in kinds:
+        found = by_torch.get(type(child).__name__) if type(child).__module__.startswith("torch.nn") else None
+        if found is None:
+            raise TypeError(f"layer {i} ({type(child).__name__}) is not {_known(by_torch)}")
+        name, cls = found
+        configs.append({"type": name, **cls.config_from_torch(child)})
+    if not any(LAYERS.get(c["type"]) is Linear for c in configs):
         raise TypeError("the torch Sequential has no Linear layer")
-    return kinds, _host_state(module.state_dict())
+    return configs, _host_state(module.state_dict())
+
+
+def _known(by_torch):
+    names = sorted(by_torch, key=lambda n: (n != "Linear", n))
+    return ", ".join(names[:-1]) + " or " + names[-1]
 
 
 def _from_state_dict(state, activation):
-    """``(layer kinds, host state dict)`` of an MLP state dict with Linear layers at 0, 2, 4, ..."""
+    """``(layer configs, host state dict)`` of an MLP state dict with Linear layers at 0, 2, 4, ..."""
     state = _host_state(state)
     bad = [key for key in state if not _KEY.fullmatch(key)]
     if bad:
@@ -146,13 +146,18 @@ def _from_state_dict(state, activation):
         if i and state[f"{i - 2}.weight"].shape[0] != weight.shape[1]:
             raise ValueError(f"layer {i} takes {weight.shape[1]} features but layer {i - 2} gives "
                              f"{state[f'{i - 2}.weight'].shape[0]}")
-    if len(indices) > 1 and activation not in _LAYERS:
-        raise ValueError(f"activation must be one of {', '.join(_LAYERS)} for a state dict of "
+    if len(indices) > 1 and activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)} for a state dict of "
                          f"{len(indices)} Linear layers, got {activation!r}")
-    if len(indices) == 1 and activation is not None and activation not in _LAYERS:
-        raise ValueError(f"activation must be one of {', '.join(_LAYERS)}, got {activation!r}")
-    kinds = [activation if i % 2 else "linear" for i in range(2 * len(indices) - 1)]
-    return kinds, state
+    if len(indices) == 1 and activation is not None and activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+    act = {"type": LAYERS.name_of(ACTIVATIONS.get(activation))} if len(indices) > 1 else None
+    linears = [{"type": "Linear", "in_features": int(state[f"{i}.weight"].shape[1]),
+                "out_features": int(state[f"{i}.weight"].shape[0]), "bias": f"{i}.bias" in state} for i in indices]
+    configs = [linears[0]]
+    for linear in linears[1:]:
+        configs += [act, linear]
+    return configs, state
 
 
 def _host_state(state):

@@ -1,8 +1,11 @@
 """Layers with hand-written backward passes: Linear, ReLU, Sigmoid, Tanh and the Sequential container."""
 import copy
 
+import numpy as np
+
 from . import backend
 from .init import linear_params
+from .registry import LAYERS, register_activation, register_layer
 
 __all__ = ["Module", "Linear", "ReLU", "Sigmoid", "Tanh", "Sequential"]
 
@@ -19,11 +22,61 @@ class Module:
     """
 
     keeps_output = False
+    training = True  # train mode (Dropout, normalization statistics); ``eval()`` turns it off
+    config_keys = ()  # the constructor's arguments that ``to_config`` returns
+    torch_class = None  # name of the ``torch.nn`` module computing the same function (PyTorch interop)
 
     def __init__(self):
         self.params = {}
         self.grads = {}
         self._bind(backend.device("cpu"))
+
+    # -- modes ---------------------------------------------------------------------------------------
+    def train(self, mode=True):
+        """Train mode (``mode=True``) or eval mode, for this layer and every layer inside; returns self."""
+        self.training = bool(mode)
+        for layer in getattr(self, "layers", ()):
+            layer.train(mode)
+        return self
+
+    def eval(self):
+        """Eval mode: ``train(False)``."""
+        return self.train(False)
+
+    # -- configs: how the registry, checkpoints and the PyTorch interop rebuild a layer -------------
+    def to_config(self):
+        """The JSON-able constructor arguments that rebuild this layer (without its parameters' values)."""
+        return {key: getattr(self, key) for key in self.config_keys}
+
+    @classmethod
+    def check_config(cls, config):
+        """ValueError naming the first thing wrong with ``config`` (a dict as ``to_config`` returns)."""
+        unknown, missing = sorted(set(config) - set(cls.config_keys)), sorted(set(cls.config_keys) - set(config))
+        if unknown or missing:
+            expected = ", ".join(cls.config_keys) or "no entries"
+            raise ValueError(f"{cls.__name__} takes {expected}; "
+                             + (f"unknown {unknown}" if unknown else f"missing {missing}"))
+
+    @classmethod
+    def from_config(cls, config, dtype="float32"):
+        """A new layer from ``to_config``'s dict; parameters get placeholder values (load them after)."""
+        cls.check_config(config)
+        return cls(**config)
+
+    @classmethod
+    def parameter_shapes(cls, config):
+        """``{name: shape}`` of the parameters a layer of ``config`` holds, computed without allocating them."""
+        return {}
+
+    @classmethod
+    def config_from_torch(cls, module):
+        """This layer's config read from the equivalent ``torch.nn`` module's attributes."""
+        return {key: getattr(module, key) for key in cls.config_keys}
+
+    @staticmethod
+    def torch_layout(name, array):
+        """Parameter ``name`` as PyTorch stores it (and back: the map is its own inverse)."""
+        return array
 
     def _bind(self, device):
         self.device = device
@@ -37,6 +90,7 @@ class Module:
         return f"{type(self).__name__}()"
 
 
+@register_layer
 class Linear(Module):
     """Affine map ``y = x @ weight + bias`` with weight of shape ``(in_features, out_features)``.
 
@@ -52,6 +106,9 @@ class Linear(Module):
     dtype : str
         "float32" or "float64".
     """
+
+    config_keys = ("in_features", "out_features", "bias")
+    torch_class = "Linear"
 
     def __init__(self, in_features, out_features, bias=True, *, init="he", rng=None, dtype="float32"):
         super().__init__()
@@ -76,11 +133,47 @@ class Linear(Module):
     def __repr__(self):
         return f"Linear({self.in_features}, {self.out_features}, bias={'bias' in self.params})"
 
+    def to_config(self):
+        return {"in_features": self.in_features, "out_features": self.out_features, "bias": "bias" in self.params}
 
+    @classmethod
+    def check_config(cls, config):
+        super().check_config(config)
+        for key in ("in_features", "out_features"):
+            value = config[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"Linear {key} must be a positive integer, got {value!r}")
+        if not isinstance(config["bias"], bool):
+            raise ValueError(f"Linear bias must be true or false, got {config['bias']!r}")
+
+    @classmethod
+    def from_config(cls, config, dtype="float32"):
+        cls.check_config(config)
+        return cls(**config, init="zeros", dtype=dtype)
+
+    @classmethod
+    def parameter_shapes(cls, config):
+        shapes = {"weight": (config["in_features"], config["out_features"])}
+        if config["bias"]:
+            shapes["bias"] = (config["out_features"],)
+        return shapes
+
+    @classmethod
+    def config_from_torch(cls, module):
+        return {"in_features": module.in_features, "out_features": module.out_features,
+                "bias": module.bias is not None}
+
+    @staticmethod
+    def torch_layout(name, array):
+        return array.T if name == "weight" else array  # torch keeps (out_features, in_features)
+
+
+@register_activation("relu", init="he")
 class ReLU(Module):
     """``max(x, 0)`` elementwise."""
 
     keeps_output = True
+    torch_class = "ReLU"
 
     def forward(self, x):  # (batch, n) -> (batch, n)
         self._out = self.kernels.relu(x)
@@ -90,10 +183,12 @@ class ReLU(Module):
         return self.kernels.relu_backward(grad_output, self._out) if input_grad else None
 
 
+@register_activation("sigmoid", init="xavier")
 class Sigmoid(Module):
     """The logistic function ``1 / (1 + exp(-x))``, computed as ``(tanh(x/2) + 1) / 2`` (no overflow)."""
 
     keeps_output = True
+    torch_class = "Sigmoid"
 
     def forward(self, x):  # (batch, n) -> (batch, n)
         self._out = 0.5 * (self.xp.tanh(0.5 * x) + 1.0)
@@ -104,10 +199,12 @@ class Sigmoid(Module):
         return grad_output * (self._out * (1.0 - self._out)) if input_grad else None
 
 
+@register_activation("tanh", init="xavier")
 class Tanh(Module):
     """Hyperbolic tangent elementwise."""
 
     keeps_output = True
+    torch_class = "Tanh"
 
     def forward(self, x):  # (batch, n) -> (batch, n)
         self._out = self.xp.tanh(x)
@@ -143,8 +240,8 @@ class Sequential(Module):
     def __init__(self, *layers):
         self.layers = list(layers[0]) if len(layers) == 1 and isinstance(layers[0], (list, tuple)) else list(layers)
         _own_positions(self.layers)
-        linears = [(i, l) for i, l in enumerate(self.layers) if isinstance(l, Linear)]
-        for (i, a), (j, b) in zip(linears, linears[1:]):
+        sized = [(i, l) for i, l in enumerate(self.layers) if hasattr(l, "in_features")]  # Linear and the like
+        for (i, a), (j, b) in zip(sized, sized[1:]):
             if a.out_features != b.in_features:
                 raise ValueError(f"layer sizes do not chain: layer {i} gives {a.out_features} features "
                                  f"but layer {j} expects {b.in_features}")
@@ -186,11 +283,20 @@ class Sequential(Module):
 
     @property
     def in_features(self):
-        return self.linears[0].in_features
+        return next(l.in_features for l in self.layers if hasattr(l, "in_features"))
 
     @property
     def out_features(self):
-        return self.linears[-1].out_features
+        return next(l.out_features for l in reversed(self.layers) if hasattr(l, "out_features"))
+
+    def to_config(self):
+        """``{"layers": [{"type": "Linear", "in_features": ..., ...}, {"type": "ReLU"}, ...]}``."""
+        return {"layers": [LAYERS.to_config(layer) for layer in self.layers]}
+
+    @classmethod
+    def from_config(cls, config, dtype="float32"):
+        """The model ``to_config`` describes, with placeholder parameters (load a state dict after)."""
+        return cls([LAYERS.from_config(layer, dtype=dtype) for layer in config["layers"]])
 
     def named_parameters(self):
         """``[(key, layer, name), ...]`` in layer order, e.g. ``("0.weight", layer0, "weight")``."""
@@ -237,7 +343,8 @@ class Sequential(Module):
             if value.shape != shape:
                 raise ValueError(f"state dict entry {key!r} has shape {value.shape}, the model expects {shape}")
             new[key] = value
-        for key, (layer, name) in expected.items():  # a copy: training updates parameters in place
-            layer.params[name] = self.device.asarray(new[key].astype(self.dtype, copy=True))
+        for key, (layer, name) in expected.items():  # a C-ordered copy: training updates parameters in place,
+            # and a transposed view (PyTorch's weights) would otherwise stay column-major, changing GEMM rounding
+            layer.params[name] = self.device.asarray(np.array(new[key], dtype=self.dtype, order="C"))
             layer.grads = {}
         return self

@@ -2,12 +2,10 @@
 import numbers
 
 from .init import generator
-from .layers import Linear, ReLU, Sequential, Sigmoid, Tanh
+from .layers import Linear, Sequential
+from .registry import ACTIVATIONS
 
 __all__ = ["ACTIVATIONS", "mlp"]
-
-ACTIVATIONS = {"relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh}
-_AUTO_INIT = {"relu": "he", "sigmoid": "xavier", "tanh": "xavier"}
 
 
 def mlp(sizes, activation="relu", bias=True, init="auto", seed=0, dtype="float32"):
@@ -17,10 +15,12 @@ def mlp(sizes, activation="relu", bias=True, init="auto", seed=0, dtype="float32
     ----------
     sizes : sequence of int
         ``[in_features, hidden..., out_features]``; ``[784, 10]`` is the linear softmax classifier.
-    activation : {"relu", "sigmoid", "tanh"}
+    activation : str
+        A name in ``portablenn.registry.ACTIVATIONS``: "relu", "sigmoid", "tanh" or one registered.
     bias : bool
     init : str or callable
-        A name in ``portablenn.init.INITS``, or "auto": He for ReLU, Xavier for sigmoid/tanh.
+        A name in ``portablenn.init.INITS``, or "auto": the activation's own (He for ReLU, Xavier for
+        sigmoid/tanh: its ``auto_init``).
     seed : int
         Seed of the host NumPy Generator that draws every weight, layer by layer.
     dtype : {"float32", "float64"}
@@ -39,7 +39,7 @@ def mlp(sizes, activation="relu", bias=True, init="auto", seed=0, dtype="float32
     if dtype not in ("float32", "float64"):
         raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
     if init == "auto":
-        init = _AUTO_INIT[activation]
+        init = ACTIVATIONS[activation].auto_init
     rng = generator(seed)
     layers = []
     for i, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):

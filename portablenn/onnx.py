@@ -15,9 +15,9 @@ INPUT, LOGITS, PROBABILITIES = "input", "logits", "probabilities"
 def export_onnx(model, path, *, opset=None):
     """Write ``model`` as an ONNX file with a dynamic batch dimension.
 
-    The graph is traced from ``model.forward`` itself: every layer runs its usual Array API code
-    with ``xp = ndonnx`` (and the generic ``Kernels``), so the file computes exactly what the
-    layers define. The weights are embedded as constants; ``model`` is not modified.
+    The graph is traced from ``model.forward`` itself, in eval mode: every layer runs its usual
+    Array API code with ``xp = ndonnx`` (and the generic ``Kernels``), so the file computes exactly
+    what the layers define, a layer registered by a user included. The weights are embedded as constants; ``model`` is not modified.
 
     Parameters
     ----------
@@ -55,7 +55,7 @@ def export_onnx(model, path, *, opset=None):
     if not isinstance(model, Sequential):
         raise TypeError(f"export_onnx needs a portablenn Sequential (e.g. from mlp), got {type(model).__name__}")
     dtype = getattr(ndx, model.dtype)
-    traced = _on_device(model, _ndonnx_device(ndx), dtype)
+    traced = _on_device(model, _ndonnx_device(ndx), dtype).eval()  # inference: Dropout off, running statistics
     x = ndx.argument(shape=("N", model.in_features), dtype=dtype)
     logits = traced.forward(x)
     exp = ndx.exp(logits - ndx.max(logits, axis=1, keepdims=True))

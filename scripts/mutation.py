@@ -147,7 +147,7 @@ MUTANTS = [
     ("init-bias-zero", "init.py", "params[\"bias\"] = np.zeros(fan_out, dtype=dtype)",
      "params[\"bias\"] = np.full(fan_out, 0.01, dtype=dtype)"),
     ("init-shape-check", "init.py", "    if w.shape != (fan_in, fan_out):", "    if False:"),
-    ("models-auto-init", "models.py", "init = _AUTO_INIT[activation]", "init = \"he\""),
+    ("models-auto-init", "models.py", "init = ACTIVATIONS[activation].auto_init", "init = \"he\""),
     ("models-no-activation", "models.py", "        if i:\n", "        if i < 0:\n"),
     ("models-shared-rng", "models.py", "rng=rng, dtype=dtype))", "rng=seed, dtype=dtype))"),
     ("models-config-bias", "models.py", "\"bias\": bool(bias)}", "\"bias\": True}"),

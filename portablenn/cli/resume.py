@@ -41,7 +41,7 @@ _FLAGS = {"batch_size": "--batch-size"}  # attribute -> flag, where not "--" + a
 
 def _checkpoint_options(ckpt, saved):
     """What a checkpoint says each model flag was (attribute -> value), for the flags it records."""
-    from ..models import _AUTO_INIT
+    from ..registry import ACTIVATIONS
 
     values = {key: saved[key] for key in ("dataset", "val", "seed", "lr", "l2", "batch_size", "shuffle")
               if key in saved}
@@ -53,7 +53,8 @@ def _checkpoint_options(ckpt, saved):
         if not linear:
             values["activation"] = arch.get("activation")
             if "init" in saved:
-                values["init"] = _AUTO_INIT.get(arch.get("activation")) if saved["init"] == "auto" else saved["init"]
+                auto = ACTIVATIONS[arch["activation"]].auto_init if arch.get("activation") in ACTIVATIONS else None
+                values["init"] = auto if saved["init"] == "auto" else saved["init"]
     config = ckpt.optimizer_config or {}
     name = {"SGD": "sgd", "Adam": "adam"}.get(config.get("class"))
     if name is not None:
@@ -74,8 +75,6 @@ def _show_flag(key, value):
 
 
 def _same_value(key, given, saved):
-    from ..models import _AUTO_INIT
-
     if key in ("lr", "l2", "momentum"):
         return saved is not None and float(given) == float(saved)
     if key == "hidden":
