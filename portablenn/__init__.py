@@ -7,6 +7,7 @@ from .models import mlp
 from .optim import SGD, Adam
 from .train import DivergenceError, History, evaluate, fit, predict, predict_proba
 from .validation import InputError
+from . import distributed  # noqa: F401  registers fit(comm=...)'s adapter; imports mpi4py only when used
 
 __version__ = "0.1.0"
 

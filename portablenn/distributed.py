@@ -48,6 +48,7 @@ import time
 
 import numpy as np
 
+from .train import Reducer, register_comm_adapter
 from .validation import InputError
 
 __all__ = ["CommunicationError", "Communicator", "DataParallel", "DEFAULT_TIMEOUT", "TIMEOUT_ENV", "as_communicator",
@@ -593,42 +594,33 @@ def as_communicator(comm):
                      f"make_communicator, not {type(comm).__name__}")
 
 
-# -- fit's data-parallel hooks -------------------------------------------------------------------
-class DataParallel:
-    """What ``fit`` does differently with ``comm``: set-up, each rank's slice, gradient and metric sums.
+# -- fit's data-parallel reducer -----------------------------------------------------------------
+class DataParallel(Reducer):
+    """The :class:`portablenn.train.Reducer` over a communicator: set-up, each rank's slice, gradient and
+    metric sums. ``fit(..., comm=comm)`` makes one (the adapter registered below); so can
+    ``fit(..., reducer=DataParallel(comm))``.
 
-    Created by ``fit`` after the model, optimizer and data are on the device. Collective: every
-    rank must create it with the same arguments (checked).
+    Collective: every rank must call ``fit`` with it and the same arguments (checked by :meth:`start`).
     """
 
-    def __init__(self, comm, model, optimizer, data, val, *, l2, batch, settings):
-        self.comm = comm = as_communicator(comm)
-        self.model, self.optimizer, self.l2 = model, optimizer, l2
+    def __init__(self, comm):
+        self.comm = as_communicator(comm)
+        self.rank, self.size = self.comm.rank, self.comm.size
+
+    # -- set-up --------------------------------------------------------------------------------------
+    def start(self, model, optimizer, n, val_n, settings):
+        """Check that all ranks got the same arguments, choose the transport, broadcast rank 0's state."""
+        comm = self.comm
+        self.model, self.optimizer = model, optimizer
         self.dev = dev = model.device
-        self.rank, self.size = comm.rank, comm.size
-        everyone = self._agree(dict(settings, n=data.n, n_val=None if val is None else val.n, dtype=model.dtype,
-                                    device=dev.library, optimizer=repr(optimizer), model=repr(model),
+        everyone = self._agree(dict(settings, n=n, n_val=val_n, dtype=model.dtype, device=dev.library,
+                                    optimizer=repr(optimizer), model=repr(model),
                                     parameters=[(k, tuple(int(s) for s in layer.params[name].shape))
                                                 for k, layer, name in model.named_parameters()]),
                                comm._device_facts(dev))
         comm.setup(dev, everyone)
         self._broadcast_state()
-        self.val_n = None
-        if val is not None:  # each rank evaluates its contiguous slice of the validation set
-            self.val_n = val.n
-            lo, hi = self._slice(0, val.n)
-            val.X, val.y, val.onehot, val.n = val.X[lo:hi, :], val.y[lo:hi], val.onehot[lo:hi, :], hi - lo
-        # one flat gradient buffer; layer.grads are views into it where the library has views
-        self._layout, offset = [], 0
-        for key, layer, name in model.named_parameters():
-            shape = tuple(int(s) for s in layer.params[name].shape)
-            size = int(np.prod(shape))
-            self._layout.append((layer, name, offset, size, shape))
-            offset += size
-        self.flat = dev.zeros(offset, model.dtype)
-        self._set_views()
 
-    # -- set-up --------------------------------------------------------------------------------------
     def _agree(self, settings, facts):
         """Every rank must pass the same arguments (InputError on every rank if not); one allgather
         that also collects every rank's device facts, which it returns."""
@@ -659,46 +651,29 @@ class DataParallel:
             opt.steps = payload["steps"]
             opt.state = {k: tuple(dev.asarray(b) for b in bufs) for k, bufs in payload["state"].items()}
 
-    def _set_views(self):
-        xp = self.dev.xp
-        self._views = []
-        for layer, name, offset, size, shape in self._layout:
-            view = xp.reshape(self.flat[offset:offset + size], shape)
-            layer.grads[name] = view
-            self._views.append(view)
-
     # -- per step ------------------------------------------------------------------------------------
-    def _slice(self, start, stop):
+    def shard(self, start, stop):
+        """This rank's contiguous rows ``(lo, hi)`` of the global minibatch ``start:stop``."""
         m = stop - start
         return start + m * self.rank // self.size, start + m * (self.rank + 1) // self.size
 
-    def shard(self, start, stop):
-        """This rank's contiguous rows ``(lo, hi)`` of the global minibatch ``start:stop``."""
-        return self._slice(start, stop)
-
-    def allreduce_grads(self):
-        """Sum every parameter's gradient over the ranks in ONE allreduce of the flat buffer."""
-        xp, flat = self.dev.xp, self.flat
-        for (layer, name, offset, size, _), view in zip(self._layout, self._views):
-            grad = layer.grads[name]
-            if grad is not view:  # kernels that ignore out= made a new array: pack it
-                flat[offset:offset + size] = xp.reshape(grad, (size,))
-        reduced = self.comm.allreduce_(flat, self.dev)
-        if reduced is not flat:
-            self.flat = reduced
-            self._set_views()
-        else:
-            for (layer, name, *_), view in zip(self._layout, self._views):
-                layer.grads[name] = view
+    def reduce_gradients(self, flat):
+        """Sum the flat buffer of all gradients over the ranks in ONE allreduce."""
+        return self.comm.allreduce_(flat, self.dev)
 
     # -- per epoch -----------------------------------------------------------------------------------
-    def epoch_metrics(self, row):
-        """Sum an epoch's metrics row over the ranks (``fit``'s ``[L2 term, wrong, validation loss and
-        wrong, per-step loss sums...]``) in one allreduce; the L2 term, the same on every rank, stays."""
-        from .train import _WRONG
-
-        part = row[_WRONG:]
-        reduced = self.comm.allreduce_(part, self.dev, what="metrics allreduce")
+    def reduce_metrics(self, sums):
+        """Sum an epoch's additive metrics over the ranks in one small allreduce, then wait for it."""
+        reduced = self.comm.allreduce_(sums, self.dev, what="metrics allreduce")
         self.comm.drain("metrics allreduce")
-        if reduced is not part:  # libraries reduced through a host copy give a new array
-            row[_WRONG:] = reduced
+        return reduced
+
+
+def _reducer_for(comm):
+    """fit's adapter for ``comm``: a DataParallel for an mpi4py communicator or a Communicator, else None."""
+    if isinstance(comm, Communicator) or type(comm).__module__.split(".")[0] == "mpi4py":
+        return DataParallel(comm)
+    return None
+
+
+register_comm_adapter(_reducer_for)

@@ -8,7 +8,8 @@ from .losses import l2_penalty, softmax, weight_matrices
 from .static_step import StaticStep
 from .validation import InputError, check_batch_size, check_epochs, check_features, check_l2, check_labels
 
-__all__ = ["DivergenceError", "History", "fit", "evaluate", "predict", "predict_proba"]
+__all__ = ["DivergenceError", "History", "Reducer", "fit", "evaluate", "predict", "predict_proba",
+           "register_comm_adapter"]
 
 _EVAL_CHUNK = 8192  # rows per forward pass when evaluating, to bound activation memory
 
@@ -65,8 +66,115 @@ class _DeviceData:
         return take(self.X, idx, axis=0), take(self.y, idx, axis=0), take(self.onehot, idx, axis=0)
 
 
+# -- data parallelism: the interface fit defines (portablenn/distributed.py implements it over MPI/NCCL) --
+class Reducer:
+    """How ``fit`` combines the work of several workers that train one model together; the base class is
+    a single worker (``shard`` returns its arguments, the reductions return theirs).
+
+    ``fit(..., reducer=r)`` calls, in this order:
+
+    * ``r.start(model, optimizer, n, val_n, settings)`` once, when the model, data and optimizer are on
+      the device: collective set-up (check that the workers agree, give all of them worker 0's weights
+      and optimizer state). ``n``/``val_n`` are the training/validation rows (``val_n`` None without
+      validation); ``settings`` is a dict of the fit arguments every worker must share.
+    * ``r.shard(start, stop) -> (lo, hi)``: this worker's contiguous rows of the global minibatch
+      ``start:stop`` (its loss gradient is still scaled by the global ``stop - start``). ``fit`` also
+      evaluates only the rows ``shard(0, val_n)`` of the validation set.
+    * ``r.reduce_gradients(flat)`` every step after backward: ``flat`` is a 1-D device array with every
+      parameter's gradient (``layer.grads`` are views into it); returns the sum over the workers,
+      ``flat`` itself when summed in place, or a new array.
+    * ``r.reduce_metrics(sums)`` once per epoch: a 1-D device vector of additive sums (wrong
+      predictions, validation loss and wrong predictions, each step's loss); returns the sum over the
+      workers, in place or new.
+
+    With a reducer the optimizer step is never fused into backward: the gradients must exist to be summed.
+    """
+
+    def start(self, model, optimizer, n, val_n, settings):
+        pass
+
+    def shard(self, start, stop):
+        return start, stop
+
+    def reduce_gradients(self, flat):
+        return flat
+
+    def reduce_metrics(self, sums):
+        return sums
+
+
+_COMM_ADAPTERS = []  # callables comm -> Reducer, or None for a comm they do not know
+
+
+def register_comm_adapter(adapter):
+    """Let ``fit(..., comm=c)`` train with the Reducer ``adapter(c)`` (None: not a comm it knows).
+
+    ``portablenn.distributed`` registers one for mpi4py communicators and its ``Communicator``; train
+    itself never imports it.
+    """
+    if adapter not in _COMM_ADAPTERS:
+        _COMM_ADAPTERS.append(adapter)
+    return adapter
+
+
+def _comm_reducer(comm):
+    for adapter in _COMM_ADAPTERS:
+        reducer = adapter(comm)
+        if reducer is not None:
+            return reducer
+    raise InputError("comm must be an mpi4py communicator or one made by portablenn.distributed."
+                     f"make_communicator, not {type(comm).__name__}")
+
+
+class _FlatGradients:
+    """Every parameter's gradient in one flat device buffer, so a reducer sums them all in one call.
+
+    ``layer.grads[name]`` are views into the buffer: kernels that write with ``out=`` fill it directly; a
+    gradient a kernel returned as a new array is copied in before the reduction.
+    """
+
+    def __init__(self, model):
+        self.xp, self.layout, offset = model.device.xp, [], 0
+        for _, layer, name in model.named_parameters():
+            shape = tuple(int(s) for s in layer.params[name].shape)
+            size = int(np.prod(shape))
+            self.layout.append((layer, name, offset, size, shape))
+            offset += size
+        self._point(model.device.zeros(offset, model.dtype))
+
+    def _point(self, flat):
+        self.flat, self.views = flat, []
+        for layer, name, offset, size, shape in self.layout:
+            layer.grads[name] = view = self.xp.reshape(flat[offset:offset + size], shape)
+            self.views.append(view)
+
+    def reduce(self, reducer):
+        flat = self.flat
+        for (layer, name, offset, size, _), view in zip(self.layout, self.views):
+            grad = layer.grads[name]
+            if grad is not view:  # kernels that ignore out= made a new array: pack it
+                flat[offset:offset + size] = self.xp.reshape(grad, (size,))
+        reduced = reducer.reduce_gradients(flat)
+        if reduced is not flat:  # a new array (libraries reduced through a host copy): views into it
+            self._point(reduced)
+        else:
+            for (layer, name, *_), view in zip(self.layout, self.views):
+                layer.grads[name] = view
+
+
+class _Rows:
+    """Rows ``lo:hi`` of device data, read where they are (this worker's part of the validation set)."""
+
+    def __init__(self, data, lo, hi):
+        self.data, self.lo, self.n = data, lo, hi - lo
+
+    def rows(self, start, stop):
+        return self.data.rows(self.lo + start, self.lo + stop)
+
+
 def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.0, device=None, seed=0,
-        validation=None, callback=None, log_every=1, on_step=None, initial_epoch=0, comm=None, graph=False):
+        validation=None, callback=None, log_every=1, on_step=None, initial_epoch=0, comm=None, reducer=None,
+        graph=False):
     """Train ``model`` in place with minibatch gradient descent on softmax cross-entropy.
 
     Parameters
@@ -109,12 +217,15 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
         of its slice of every global minibatch, one allreduce per step sums them, and every rank
         ends with the same weights and History as one process with the same ``batch_size``
         (see ``portablenn.distributed``). Raises ``CommunicationError`` if another rank fails.
+        ``fit`` turns it into a :class:`Reducer` with the adapter ``portablenn.distributed`` registers.
+    reducer : Reducer, optional
+        Data-parallel training with any implementation of :class:`Reducer` (not with ``comm``).
     graph : bool
         Record the training step once and replay it for every full minibatch: a CUDA graph on a
         CuPy device, one launch per step instead of ~20 (``portablenn.static_step``). Minibatches
         are gathered on the device by a step counter; the results are those of the ordinary path.
         Elsewhere the same static step runs eagerly (slower than the ordinary path on the CPU:
-        it copies each minibatch). Not with ``comm`` nor with Adam (whose step size changes
+        it copies each minibatch). Not with ``comm``/``reducer`` nor with Adam (whose step size changes
         every step).
 
     Returns
@@ -131,8 +242,12 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
     initial_epoch = check_epochs(initial_epoch)
     if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
         raise InputError(f"log_every must be a positive integer, got {log_every!r}")
-    if graph and comm is not None:
-        raise InputError("graph=True cannot be combined with data-parallel training (comm)")
+    if comm is not None and reducer is not None:
+        raise InputError("pass fit either comm or reducer, not both")
+    if reducer is not None and not isinstance(reducer, Reducer):
+        raise InputError(f"reducer must be a portablenn.train.Reducer, not {type(reducer).__name__}")
+    if graph and (comm is not None or reducer is not None):
+        raise InputError("graph=True cannot be combined with data-parallel training (comm, reducer)")
     if graph and not optimizer.replayable:
         raise InputError(f"graph=True needs an optimizer that does the same work every step (SGD), "
                          f"not {type(optimizer).__name__}")
@@ -143,12 +258,19 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
     batch = check_batch_size(batch_size, data.n)
     optimizer.bind(model, l2)
     kernels, fused = dev.kernels, optimizer.in_backward
-    dist = None
-    if comm is not None:  # -- distributed hook 1: set up data parallelism (portablenn/distributed.py)
-        from .distributed import DataParallel
-        dist = DataParallel(comm, model, optimizer, data, val, l2=l2, batch=batch, settings=dict(
+    grads = None  # -- distributed hook 1: the Reducer's set-up; without one a single worker (identities)
+    if comm is not None:
+        reducer = _comm_reducer(comm)
+    if reducer is None:
+        reducer = Reducer()
+    else:
+        reducer.start(model, optimizer, data.n, None if val is None else val.n, dict(
             epochs=epochs, initial_epoch=initial_epoch, batch_size=batch, shuffle=bool(shuffle), seed=seed, l2=l2))
-        fused = False  # gradients must be materialised to be summed over the ranks
+        grads = _FlatGradients(model)  # gradients must be materialised, in one buffer, to be summed
+        fused = False
+    val_rows = val  # this worker evaluates its contiguous part shard(0, val.n) of the validation set
+    if val is not None and reducer.shard(0, val.n) != (0, val.n):
+        val_rows = _Rows(val, *reducer.shard(0, val.n))
     starts = range(0, data.n, batch)
     steps = len(starts)
     weights = weight_matrices(model) if l2 else None
@@ -167,8 +289,8 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
             optimizer.steps += 1
         else:
             model.backward(grad, input_grad=False)
-            if dist is not None:  # -- distributed hook 3: one allreduce of all gradients
-                dist.allreduce_grads()
+            if grads is not None:  # -- distributed hook 3: one reduction of all gradients
+                grads.reduce(reducer)
             optimizer.step()
         return loss, wrong
 
@@ -194,8 +316,8 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
                         static.run()  # a full minibatch through the recorded step
                     else:
                         stop = min(start + batch, data.n)
-                        # -- distributed hook 2: this rank's slice of the global minibatch, scaled by its global rows
-                        lo, hi = (start, stop) if dist is None else dist.shard(start, stop)
+                        # -- distributed hook 2: this worker's slice of the global minibatch, scaled by its global rows
+                        lo, hi = reducer.shard(start, stop)
                         xb, yb, onehot = data.rows(lo, hi, order)
                         step_losses[step], step_wrong = train_step(xb, yb, onehot, stop - start)
                         wrong = wrong + step_wrong
@@ -205,15 +327,17 @@ def fit(model, X, y, *, optimizer, epochs=1, batch_size=100, shuffle=True, l2=0.
                     wrong = static.finish_epoch(step_losses, wrong)
                 row[_WRONG] = wrong
                 if val is not None:
-                    row[_VAL_LOSS], row[_VAL_WRONG] = _totals(model, val)
+                    row[_VAL_LOSS], row[_VAL_WRONG] = _totals(model, val_rows)
                     if l2:
                         row[_L2] = l2_penalty(model, l2, weights)
-                if dist is not None:  # -- distributed hook 4: one small allreduce of the epoch's sums
-                    dist.epoch_metrics(row)
+                sums = row[_WRONG:]  # -- distributed hook 4: one small reduction of the epoch's additive sums
+                reduced = reducer.reduce_metrics(sums)
+                if reduced is not sums:
+                    row[_WRONG:] = reduced
                 pending.append((epoch, began))
                 if epoch % log_every == 0 or epoch == epochs:
                     _flush(dev, block, pending, history, callback, optimizer, data.n,
-                           None if val is None else dist.val_n if dist is not None else val.n)
+                           None if val is None else val.n)
         finally:  # the recorded step holds a graph and a cuBLAS handle: released here, not by the GC
             if static is not None:
                 static.close()

@@ -1,7 +1,8 @@
 """One MPI rank of the distributed tests: ``mpiexec -n K python tests/_mpi_worker.py SPEC.json OUTDIR``.
 
 SPEC is ``{"runs": [config, ...], "die": {"rank", "epoch", "step"} or null}``; for every config each
-rank trains with ``fit(..., comm=make_communicator("mpi"))`` and writes ``OUTDIR/<name>.rank<r>.npz``
+rank trains with ``fit(..., comm=make_communicator("mpi"))`` (or ``reducer=DataParallel(comm)`` for a
+config with ``via_reducer``) and writes ``OUTDIR/<name>.rank<r>.npz``
 (final state dict) and ``.json`` (history without timings, communicator facts). ``build`` and
 ``problem`` are imported by tests/test_distributed.py for the single-process reference, so both sides
 start from the same data, weights and optimizer.
@@ -20,7 +21,8 @@ import portablenn as pn  # noqa: E402
 
 DEFAULTS = {"device": "numpy", "dtype": "float64", "optimizer": "sgd", "shuffle": True, "epochs": 4,
             "initial_epoch": 0, "batch": 32, "l2": 1e-3, "n": 130, "n_val": 40, "seed": 5,
-            "resume_from": None, "resume_rank0_only": False, "save_to": None, "batch_on_rank": None, "lr": None}
+            "resume_from": None, "resume_rank0_only": False, "save_to": None, "batch_on_rank": None, "lr": None,
+            "via_reducer": False}
 
 
 def config(**kwargs):
@@ -121,6 +123,8 @@ def main():
 
 
 def run(spec, out, comm, on_step):
+    from portablenn.distributed import DataParallel
+
     rank = comm.rank
     with open(os.path.join(out, f"any.rank{rank}.json"), "w") as f:  # collective decisions
         json.dump([comm.any(rank == comm.size - 1), comm.any(False)], f)
@@ -132,8 +136,9 @@ def run(spec, out, comm, on_step):
         kwargs["device"] = comm.device(cfg["device"])  # "cuda": this rank's GPU
         if cfg["batch_on_rank"] and str(rank) in cfg["batch_on_rank"]:
             kwargs["batch_size"] = cfg["batch_on_rank"][str(rank)]
-        history = pn.fit(model, X, y, optimizer=optimizer, validation=(Xv, yv), comm=comm,
-                         on_step=on_step, **kwargs)
+        parallel = {"reducer": DataParallel(comm)} if cfg["via_reducer"] else {"comm": comm}
+        history = pn.fit(model, X, y, optimizer=optimizer, validation=(Xv, yv), on_step=on_step, **parallel,
+                         **kwargs)
         np.savez(os.path.join(out, f"{cfg['name']}.rank{rank}.npz"), **model.state_dict())
         with open(os.path.join(out, f"{cfg['name']}.rank{rank}.json"), "w") as f:
             json.dump({"history": history_records(history), "size": comm.size,

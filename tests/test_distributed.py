@@ -106,7 +106,8 @@ PARITY = [worker.config(name=f"{dev.split(':')[-1]}-{dtype}-{opt}-{'shuffle' if 
 # full-batch gradient descent, Nesterov, no L2, and batches smaller than the rank count
 PARITY += [worker.config(name="fullbatch-sgd", batch=None, shuffle=False),
            worker.config(name="nesterov-no-l2", optimizer="nesterov", l2=0.0),
-           worker.config(name="tiny-batches-adam", optimizer="adam", batch=2, n=21, n_val=2, epochs=2)]
+           worker.config(name="tiny-batches-adam", optimizer="adam", batch=2, n=21, n_val=2, epochs=2),
+           worker.config(name="reducer-argument", optimizer="momentum", via_reducer=True)]  # reducer=DataParallel(comm)
 
 
 @pytest.fixture(scope="module")
@@ -357,6 +358,146 @@ def test_launched_by_mpi_reads_the_environment(monkeypatch):
     assert distributed.launched_by_mpi()
     monkeypatch.setenv("PMI_SIZE", "1")
     assert not distributed.launched_by_mpi()
+
+
+# -- training defines the Reducer interface; distributed plugs into it (no mpi4py needed) ------------------
+TRAIN_PY = HERE.parent / "portablenn" / "train.py"
+
+
+def test_train_never_imports_distributed():
+    """Neither train.py's source nor anything it imports brings in portablenn.distributed."""
+    import ast
+
+    tree = ast.parse(TRAIN_PY.read_text(), str(TRAIN_PY))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            names = [node.module or ""] + [f"{node.module or ''}.{a.name}" for a in node.names]
+            assert not any("distributed" in n.split(".") for n in names), ast.dump(node)
+        elif isinstance(node, ast.Import):
+            assert not any("distributed" in a.name.split(".") for a in node.names), ast.dump(node)
+        elif isinstance(node, ast.Call):  # no import by name either
+            func = node.func
+            assert getattr(func, "id", getattr(func, "attr", None)) not in ("__import__", "import_module"), ast.dump(node)
+    # import train with portablenn.distributed blocked and without the package's __init__ (which imports it
+    # to register fit's comm adapter): fit then trains alone, with a Reducer, and refuses a comm
+    code = f"""
+import sys, types
+import numpy as np
+sys.modules["portablenn.distributed"] = None  # importing it now raises ImportError
+package = types.ModuleType("portablenn")
+package.__path__ = [{str(TRAIN_PY.parent)!r}]
+sys.modules["portablenn"] = package
+from portablenn import train, models, optim
+from portablenn.validation import InputError
+assert train._COMM_ADAPTERS == []
+X, y = np.random.default_rng(0).standard_normal((8, 3)), np.arange(8) % 2
+train.fit(models.mlp([3, 2]), X, y, optimizer=optim.SGD(0.1), batch_size=4, reducer=train.Reducer())
+try:
+    train.fit(models.mlp([3, 2]), X, y, optimizer=optim.SGD(0.1), batch_size=4, comm=object())
+except InputError as exc:
+    assert "comm must be an mpi4py communicator" in str(exc), exc
+else:
+    raise AssertionError("comm=object() was accepted")
+assert "portablenn.distributed" in sys.modules and sys.modules["portablenn.distributed"] is None
+print("alone")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, PORTABLENN_DISABLE_CUDA="1"), stdin=subprocess.DEVNULL)
+    assert result.returncode == 0 and result.stdout.strip() == "alone", result.stdout + result.stderr
+
+
+def test_importing_portablenn_registers_the_comm_adapter_without_mpi4py():
+    code = ("import sys, portablenn; from portablenn import train; "
+            "assert [a.__module__ for a in train._COMM_ADAPTERS] == ['portablenn.distributed'], train._COMM_ADAPTERS; "
+            "assert 'mpi4py' not in sys.modules; print('lazy')")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            stdin=subprocess.DEVNULL)
+    assert result.returncode == 0 and result.stdout.strip() == "lazy", result.stdout + result.stderr
+
+
+class _Doubling(pn.train.Reducer):
+    """Two simulated workers that computed the same rows: every sum over the workers is twice this one's."""
+
+    def __init__(self, in_place):
+        self.in_place, self.calls, self.started = in_place, {"gradients": 0, "metrics": 0, "shard": []}, None
+
+    def start(self, model, optimizer, n, val_n, settings):
+        self.started = (n, val_n, settings)
+
+    def shard(self, start, stop):
+        self.calls["shard"].append((start, stop))
+        return start, stop
+
+    def reduce_gradients(self, flat):
+        self.calls["gradients"] += 1
+        if self.in_place:
+            flat *= 2
+            return flat
+        return flat * 2  # a new array: fit must point layer.grads into it
+
+    def reduce_metrics(self, sums):
+        self.calls["metrics"] += 1
+        if self.in_place:
+            sums *= 2
+            return sums
+        return sums * 2
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["in-place", "new-array"])
+def test_fit_honours_a_custom_reducer(in_place):
+    """Doubled gradients with lr 0.1 are the single worker's gradients with lr 0.2, exactly (x2 is exact);
+    the History's sums are doubled; start, shard and both reductions are called when fit says."""
+    cfg = worker.config(name="reducer", l2=0.0, epochs=3)  # L2 is not a sum over the workers
+    X, y, Xv, yv = worker.problem(cfg)
+    kwargs = worker.fit_kwargs(cfg)
+    doubled, one = _Doubling(in_place), pn.train.Reducer()
+    model, _ = worker.build(cfg)
+    history = pn.fit(model, X, y, optimizer=pn.SGD(0.1), validation=(Xv, yv), reducer=doubled, **kwargs)
+    ref_model, _ = worker.build(cfg)
+    ref = pn.fit(ref_model, X, y, optimizer=pn.SGD(0.2), validation=(Xv, yv), reducer=one, **kwargs)
+    for key, value in ref_model.state_dict().items():
+        np.testing.assert_array_equal(model.state_dict()[key], value, err_msg=key)
+    for field in ("loss", "error", "val_loss", "val_error"):
+        assert history[field] == [2 * v for v in ref[field]], field
+    steps = -(-cfg["n"] // cfg["batch"])
+    n, val_n, settings = doubled.started
+    assert (n, val_n, settings["batch_size"], settings["epochs"], settings["seed"]) == (130, 40, 32, 3, 5)
+    assert doubled.calls["gradients"] == 3 * steps and doubled.calls["metrics"] == 3
+    assert doubled.calls["shard"][0] == (0, 40)  # the validation rows this worker evaluates
+    assert len(doubled.calls["shard"]) == 1 + 3 * steps
+    # the identity Reducer (unfused SGD, one flat gradient buffer) trains what fit without one trains
+    plain, _ = worker.build(cfg)
+    pn.fit(plain, X, y, optimizer=pn.SGD(0.2), validation=(Xv, yv), **kwargs)
+    for key, value in plain.state_dict().items():
+        assert_close(ref_model.state_dict()[key], value, "float64", err_msg=key)
+
+
+def test_fit_evaluates_only_the_reducers_validation_rows():
+    """A worker given rows lo:hi of the validation set sums its loss and errors over those rows alone;
+    fit divides by the global validation size (the other workers' sums would complete it)."""
+
+    class FirstQuarter(pn.train.Reducer):
+        def shard(self, start, stop):
+            return start, start + (stop - start) // 4
+
+    cfg = worker.config(name="val-rows", l2=0.0, epochs=2)
+    X, y, Xv, yv = worker.problem(cfg)
+    model, optimizer = worker.build(cfg)
+    history = pn.fit(model, X, y, optimizer=optimizer, validation=(Xv, yv), reducer=FirstQuarter(),
+                     **worker.fit_kwargs(cfg))
+    loss, error = pn.evaluate(model, Xv[:10], yv[:10])
+    assert_close(history["val_loss"][-1], loss * 10 / 40, "float64")
+    assert_close(history["val_error"][-1], error * 10 / 40, "float64")
+
+
+def test_reducer_arguments_are_checked():
+    X, y = np.zeros((4, 2)), np.array([0, 1, 0, 1])
+    with pytest.raises(pn.InputError, match="either comm or reducer"):
+        pn.fit(pn.mlp([2, 2]), X, y, optimizer=pn.SGD(0.1), comm=object(), reducer=pn.train.Reducer())
+    with pytest.raises(pn.InputError, match="reducer must be a portablenn.train.Reducer"):
+        pn.fit(pn.mlp([2, 2]), X, y, optimizer=pn.SGD(0.1), reducer=object())
+    with pytest.raises(pn.InputError, match="graph=True cannot be combined with data-parallel training"):
+        pn.fit(pn.mlp([2, 2]), X, y, optimizer=pn.SGD(0.1), graph=True, reducer=pn.train.Reducer())
 
 
 # -- NCCL (needs CUDA GPUs; cannot run on a CPU-only machine) ---------------------------------------------
