@@ -97,7 +97,7 @@ _adam = cupy.ElementwiseKernel(
     """, "portablenn_adam")
 
 _sgd_decay = cupy.ElementwiseKernel(
-    "T grad, T keep", "T param", "param = param * keep - grad", "portablenn_sgd_decay")
+    "T grad, T keep, T lr", "T param", "param = param * keep - lr * grad", "portablenn_sgd_decay")
 
 
 class CupyKernels(Kernels):
@@ -179,7 +179,18 @@ class CupyKernels(Kernels):
     def relu_backward(self, grad_output, output):
         return _relu_backward(grad_output, output)
 
+    fuses_sgd = True
+
+    def fused_loss(self, loss):
+        from .losses import SoftmaxCrossEntropy
+
+        if type(loss) is SoftmaxCrossEntropy:
+            softmax_xent = self.softmax_xent
+            return lambda xp, logits, targets, scale: softmax_xent(logits, targets[1], targets[0], scale)
+        return None
+
     def softmax_xent(self, logits, onehot, labels, scale):
+        """``SoftmaxCrossEntropy.value_and_grad`` fused: ``(grad, loss_sum, wrong)``."""
         n, classes = logits.shape
         if 0 < classes <= _ROW_KERNEL_CLASSES and n:
             grad = cupy.empty((n, classes), logits.dtype)
@@ -205,9 +216,10 @@ class CupyKernels(Kernels):
     def record_step(self, losses, wrong_total, start, starts, loss, wrong, batch):
         _record_step(loss, wrong, numpy.int32(batch), losses, wrong_total, start)
 
-    def sgd_(self, param, grad, decay):
-        if decay:
-            _sgd_decay(grad, param.dtype.type(1.0 - decay), param)
+    def sgd_(self, param, grad, lr, decay):
+        if decay or lr != 1.0:
+            t = param.dtype.type
+            _sgd_decay(grad, t(1.0 - lr * decay), t(lr), param)
         else:
             param -= grad
 

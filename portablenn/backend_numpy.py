@@ -53,14 +53,25 @@ class NumpyKernels(Kernels):
         # d relu/dx from the cached output: zero the gradient where the unit was off
         return np.multiply(grad_output, output > 0)
 
+    fuses_sgd = True
+
+    def fused_loss(self, loss):
+        from .losses import SoftmaxCrossEntropy
+
+        if type(loss) is SoftmaxCrossEntropy:
+            softmax_xent = self.softmax_xent
+            return lambda xp, logits, targets, scale: softmax_xent(logits, targets[1], targets[0], scale)
+        return None
+
     def softmax_xent(self, logits, onehot, labels, scale):
-        # overwrites logits (the caller's fresh forward output) with the gradient: no temporaries
+        """``SoftmaxCrossEntropy.value_and_grad`` fused: ``(grad, loss_sum, wrong)``; the gradient is one
+        new array, worked on in place (``logits`` is left as it is: backward may still read it)."""
         dtype = logits.dtype
         n = logits.shape[0]
         predicted = logits.argmax(axis=1)
         wrong = np.count_nonzero(predicted != labels)
         # each row's maximum, picked by its arg-max (faster than a max-reduction along short rows)
-        shifted = np.subtract(logits, logits[self._constant(np.arange, n, np.intp), predicted][:, None], out=logits)
+        shifted = np.subtract(logits, logits[self._constant(np.arange, n, np.intp), predicted][:, None])
         picked = np.vdot(shifted, onehot)  # sum over rows of the label's shifted logit
         exp = np.exp(shifted, out=shifted)
         total = exp @ self._constant(np.ones, logits.shape[1], dtype)
@@ -75,7 +86,7 @@ class NumpyKernels(Kernels):
         flat = w.reshape(-1)
         return np.dot(flat, flat)
 
-    def sgd_(self, param, grad, decay):
+    def sgd_(self, param, grad, lr, decay):
         if decay:
-            param *= 1.0 - decay
-        np.subtract(param, grad, out=param)
+            param *= 1.0 - lr * decay
+        np.subtract(param, grad if lr == 1.0 else np.multiply(grad, param.dtype.type(lr)), out=param)

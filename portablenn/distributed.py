@@ -48,7 +48,7 @@ import time
 
 import numpy as np
 
-from .train import Reducer, register_comm_adapter
+from .reducer import Reducer, register_comm_adapter
 from .validation import InputError
 
 __all__ = ["CommunicationError", "Communicator", "DataParallel", "DEFAULT_TIMEOUT", "TIMEOUT_ENV", "as_communicator",

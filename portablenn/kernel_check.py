@@ -3,12 +3,15 @@
 A user's GPU, driver or CuPy version can trip a fused kernel that no test here has run: NVRTC may
 refuse its source, cuBLAS may return an error status, or a kernel may compute something else. So
 the first time a device's fast kernels are asked for, each of them runs on tiny seeded inputs next
-to its generic Array API twin (``portablenn.kernels.Kernels``, the definition) on the same device,
+to its generic Array API twin (``portablenn.kernels.Kernels`` or, for the fused loss, the loss's own
+``value_and_grad``: the definitions) on the same device,
 and then a small MLP trains a few steps with each optimizer on both. ``check`` names the first
 kernel that raised or whose results differ beyond the dtype's tolerance; ``backend`` then warns once
 and uses the generic kernels. It runs once per device, outside any training loop.
 """
 import numpy as np
+
+from .losses import SoftmaxCrossEntropy
 
 __all__ = ["check", "describe"]
 
@@ -128,15 +131,17 @@ def _softmax_xent(classes):
     def case(k, a):
         logits = a.normal(9, classes, scale=5.0)
         labels, onehot = a.labels(9, classes)
-        return k.softmax_xent(logits, onehot, labels, 0.25)
+        loss = SoftmaxCrossEntropy()  # the generic kernels fuse nothing: the loss's own code is the twin
+        return (k.fused_loss(loss) or loss.value_and_grad)(k.xp, logits, (labels, onehot), 0.25)
     return case
 
 
 def _sgd(k, a):
-    p, q, g = a.normal(4, 3), a.normal(4, 3), a.normal(4, 3)
-    k.sgd_(p, g, 0.0)
-    k.sgd_(q, g, 0.01)
-    return p, q
+    p, q, r, g = a.normal(4, 3), a.normal(4, 3), a.normal(4, 3), a.normal(4, 3)
+    k.sgd_(p, g, 0.5, 0.0)
+    k.sgd_(q, g, 0.5, 0.01)
+    k.sgd_(r, g, 1.0, 0.0)  # the bias update of SGD folded into the GEMMs
+    return p, q, r
 
 
 def _momentum(k, a):
@@ -144,7 +149,7 @@ def _momentum(k, a):
     for nesterov in (False, True):
         p, v, g = a.normal(4, 3), a.normal(4, 3), a.normal(4, 3)
         for _ in range(2):
-            k.momentum_(p, v, g, 0.9, 0.01, nesterov)
+            k.momentum_(p, v, g, 0.5, 0.9, 0.01, nesterov)
         out += [p, v]
     return out
 

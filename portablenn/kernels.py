@@ -4,9 +4,11 @@
 class Kernels:
     """The hot-path operations, written once against the Array API standard.
 
-    Layers, the loss and the optimizers call these instead of composing ``xp`` calls themselves, so
-    a backend can replace one with a faster twin (``backend_numpy``, ``backend_cupy``) without
-    touching the model code. Every method here is the definition of what its twin computes.
+    Layers and the optimizers' in-place forms call these instead of composing ``xp`` calls
+    themselves, so a backend can replace one with a faster twin (``backend_numpy``,
+    ``backend_cupy``) without touching the model code. Every method here is the definition of what
+    its twin computes. A backend may also offer fusions that a built training step chooses
+    (``fused_loss``, ``fuses_sgd``; see ``portablenn.step``); here there are none.
     ``out`` arguments are buffers a twin *may* write into; the generic version ignores them.
     """
 
@@ -49,52 +51,36 @@ class Kernels:
         """``grad_output * (output > 0)``."""
         return self.xp.where(output > 0, grad_output, 0.0)
 
-    def softmax_xent(self, logits, onehot, labels, scale):
-        """Fused softmax cross-entropy over a minibatch; a fast twin may overwrite ``logits``.
+    def fused_loss(self, loss):
+        """A fused twin of ``loss.value_and_grad`` (same signature) that a built step may use, or None.
 
-        Parameters
-        ----------
-        logits : array of shape (batch, classes)
-        onehot : array of shape (batch, classes), same dtype as ``logits``
-        labels : integer array of shape (batch,)
-        scale : float
-            Folded into the gradient: ``lr / batch`` for plain SGD, ``1 / batch`` otherwise.
-
-        Returns
-        -------
-        grad : array of shape (batch, classes)
-            ``(softmax(logits) - onehot) * scale``.
-        loss_sum : 0-d array
-            Sum over the batch of ``-log softmax(logits)[label]`` (stable for huge logits).
-        wrong : 0-d array
-            Number of rows whose arg-max is not the label, in ``logits.dtype``.
+        The generic kernels fuse nothing: a step built on them is the plain composition of the
+        layers', the loss's and the optimizer's own code, the reference every fusion is tested against.
         """
-        xp = self.xp
-        shifted = logits - xp.max(logits, axis=1, keepdims=True)
-        exp = xp.exp(shifted)
-        total = xp.sum(exp, axis=1, keepdims=True)
-        grad = (exp / total - onehot) * scale
-        loss_sum = xp.sum(xp.log(total)) - xp.sum(shifted * onehot)
-        wrong = xp.sum(xp.astype(xp.argmax(logits, axis=1) != labels, logits.dtype))
-        return grad, loss_sum, wrong
+        return None
+
+    fuses_sgd = False  # whether a built step may fold plain SGD into the backward GEMMs (``portablenn.step``)
 
     def sq_sum(self, w):
         """``sum(w ** 2)`` as a 0-d array."""
         return self.xp.sum(w * w)
 
-    def sgd_(self, param, grad, decay):
-        """In place: ``param = param * (1 - decay) - grad`` (``grad`` already holds the lr)."""
+    def sgd_(self, param, grad, lr, decay):
+        """In place: ``param = param * (1 - lr * decay) - lr * grad``."""
         if decay:
-            param *= 1.0 - decay
-        param -= grad
+            param *= 1.0 - lr * decay
+        param -= grad if lr == 1.0 else lr * grad
 
-    def momentum_(self, param, velocity, grad, momentum, decay, nesterov):
-        """In place, PyTorch's SGD momentum with lr folded into ``grad`` and ``decay = lr * l2``."""
+    def momentum_(self, param, velocity, grad, lr, momentum, decay, nesterov):
+        """In place, PyTorch's SGD momentum (for a constant lr) with the velocity holding ``lr * v``:
+        ``g = grad + decay * param``, ``velocity = momentum * velocity + lr * g``, then ``param -= velocity``
+        or, Nesterov, ``param -= lr * g + momentum * velocity``."""
         if decay:
             grad = grad + decay * param
+        step = lr * grad
         velocity *= momentum
-        velocity += grad
-        param -= (grad + momentum * velocity) if nesterov else velocity
+        velocity += step
+        param -= (step + momentum * velocity) if nesterov else velocity
 
     def minibatch(self, X, y, onehot, order, start, offsets):
         """The rows at positions ``start + offsets`` (through the permutation ``order`` unless None) of

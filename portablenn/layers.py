@@ -14,14 +14,13 @@ class Module:
     """Base of every layer: ``params``/``grads`` dicts of device arrays and the device they live on.
 
     A layer implements ``forward(x)`` (caching what backward needs) and ``backward(grad_output,
-    input_grad=True)``, which fills ``grads`` and returns the gradient with respect to its input
-    (or None when ``input_grad`` is False: the first layer never needs it in training). Layers with
-    parameters also take ``optimizer``: an optimizer that updates during backward (plain SGD).
-    ``keeps_output`` says whether backward reads the array forward returned (activations do): a
-    caller that overwrites the model's output in place (the fast loss kernels) must copy it then.
+    input_grad=True)``, which fills ``grads`` with the true gradients of its parameters and returns
+    the gradient with respect to its input (or None when ``input_grad`` is False: the first layer
+    never needs it in training). Neither knows about optimizers or the backend's fusions
+    (``portablenn.step`` chooses those). A new layer is one subclass registered with
+    ``portablenn.registry.register_layer`` (see ``docs/architecture.md``).
     """
 
-    keeps_output = False
     training = True  # train mode (Dropout, normalization statistics); ``eval()`` turns it off
     config_keys = ()  # the constructor's arguments that ``to_config`` returns
     torch_class = None  # name of the ``torch.nn`` module computing the same function (PyTorch interop)
@@ -119,12 +118,9 @@ class Linear(Module):
         self._x = x  # cached for backward
         return self.kernels.linear(x, self.params["weight"], self.params.get("bias"))
 
-    def backward(self, grad_output, input_grad=True, optimizer=None):  # (batch, out) -> (batch, in)
+    def backward(self, grad_output, input_grad=True):  # (batch, out) -> (batch, in)
         k, weight = self.kernels, self.params["weight"]
-        grad_input = k.matmul(grad_output, weight.T) if input_grad else None  # before weight changes
-        if optimizer is not None:  # plain SGD updates here: weight -= x.T @ grad_output in one GEMM
-            optimizer.update_linear(self, self._x, grad_output)
-            return grad_input
+        grad_input = k.matmul(grad_output, weight.T) if input_grad else None
         self.grads["weight"] = k.matmul(self._x.T, grad_output, out=self.grads.get("weight"))
         if "bias" in self.params:
             self.grads["bias"] = k.sum_rows(grad_output, out=self.grads.get("bias"))
@@ -172,7 +168,6 @@ class Linear(Module):
 class ReLU(Module):
     """``max(x, 0)`` elementwise."""
 
-    keeps_output = True
     torch_class = "ReLU"
 
     def forward(self, x):  # (batch, n) -> (batch, n)
@@ -187,7 +182,6 @@ class ReLU(Module):
 class Sigmoid(Module):
     """The logistic function ``1 / (1 + exp(-x))``, computed as ``(tanh(x/2) + 1) / 2`` (no overflow)."""
 
-    keeps_output = True
     torch_class = "Sigmoid"
 
     def forward(self, x):  # (batch, n) -> (batch, n)
@@ -203,7 +197,6 @@ class Sigmoid(Module):
 class Tanh(Module):
     """Hyperbolic tangent elementwise."""
 
-    keeps_output = True
     torch_class = "Tanh"
 
     def forward(self, x):  # (batch, n) -> (batch, n)
@@ -253,19 +246,11 @@ class Sequential(Module):
             x = layer.forward(x)
         return x
 
-    def backward(self, grad_output, input_grad=True, optimizer=None):  # (batch, out) -> (batch, in)
-        """Backpropagate through every layer; with ``optimizer`` (plain SGD) Linear layers update in place."""
+    def backward(self, grad_output, input_grad=True):  # (batch, out) -> (batch, in)
+        """Backpropagate through every layer, filling each one's ``grads``."""
         for i in range(len(self.layers) - 1, -1, -1):
-            layer, wants = self.layers[i], input_grad or i > 0
-            if optimizer is not None and isinstance(layer, Linear):
-                grad_output = layer.backward(grad_output, wants, optimizer)
-            else:
-                grad_output = layer.backward(grad_output, wants)
+            grad_output = self.layers[i].backward(grad_output, input_grad or i > 0)
         return grad_output
-
-    @property
-    def keeps_output(self):
-        return bool(self.layers) and self.layers[-1].keeps_output
 
     def __len__(self):
         return len(self.layers)

@@ -1,20 +1,21 @@
-"""Optimizers: SGD (momentum, Nesterov) and Adam, updating a model's parameters in place on its device."""
+"""Optimizers as update rules over (parameter, gradient, state): SGD (momentum, Nesterov) and Adam.
+
+Each rule is written twice, side by side: ``update`` returns new arrays (for immutable backends) and
+``update_`` changes the parameter and its state in place through the device's kernels (whose fast
+twins fuse it). ``hyper(step)`` gives the host scalars of a step (Adam's bias correction), so the rule
+itself never reads the step counter. The gradients a rule receives are true gradients of the loss;
+``decay`` is the L2 strength for a weight matrix (0 for a bias): ``grad + decay * param``.
+"""
+from .registry import OPTIMIZERS, register_optimizer
 
 __all__ = ["Optimizer", "SGD", "Adam", "OPTIMIZERS"]
 
 
 class Optimizer:
-    """Base class. ``fit`` binds it to a model, folds ``grad_scale`` into the loss gradient, then calls ``step``.
+    """Base class: hyper-parameters, per-parameter state (``state[key]``: a tuple of ``slots`` buffers) and
+    the count of steps taken. ``fit`` binds it to a model; ``step()`` updates from ``layer.grads``."""
 
-    ``grad_scale`` lets SGD multiply the learning rate into the small ``(batch, classes)`` gradient
-    once instead of into every weight gradient; ``step`` knows the gradients carry it. An optimizer
-    whose ``in_backward`` is True updates each Linear layer during ``model.backward(...,
-    optimizer=opt)`` through ``update_linear`` instead (no weight gradient is materialised).
-    ``l2`` (set by ``bind``) adds ``l2 * W`` to the gradient of every weight matrix, not biases.
-    """
-
-    grad_scale = 1.0
-    in_backward = False
+    slots = 0  # state buffers per parameter, shaped like it
     replayable = True  # the same operations every step: a recorded step (CUDA graph) may replay it
 
     def __init__(self, lr):
@@ -27,6 +28,20 @@ class Optimizer:
         self.model = None
         self.l2 = 0.0
 
+    # -- the rule --------------------------------------------------------------------------------------
+    def hyper(self, step):
+        """Host scalars for step number ``step`` (1-based), passed to ``update``/``update_``."""
+        return (self.lr,)
+
+    def update(self, xp, param, grad, state, decay, hyper):
+        """Functional form: ``(new_param, new_state)``."""
+        raise NotImplementedError
+
+    def update_(self, kernels, param, grad, state, decay, hyper):
+        """In-place form: changes ``param`` and the buffers of ``state``."""
+        raise NotImplementedError
+
+    # -- binding and the parameters' state -------------------------------------------------------------
     def bind(self, model, l2=0.0):
         """Attach to ``model`` with L2 strength ``l2``; existing state follows the model to its device."""
         if self.model is not model:  # a new model starts afresh
@@ -40,23 +55,41 @@ class Optimizer:
         self._device = model.device
         return self
 
-    def _buffers(self, key, layer, name, count):
+    def buffers(self, key, param, device):
+        """The state of parameter ``key``, created as zeros like ``param`` on first use."""
         if key not in self.state:
-            p = layer.params[name]
-            self.state[key] = tuple(layer.device.zeros(p.shape, p.dtype) for _ in range(count))
+            self.state[key] = tuple(device.zeros(param.shape, param.dtype) for _ in range(self.slots))
         return self.state[key]
 
+    def step(self):
+        """Update every bound parameter in place from ``layer.grads`` (true gradients), L2 on weights."""
+        self.steps += 1
+        hyper = self.hyper(self.steps)
+        for key, layer, name in self._params:
+            p = layer.params[name]
+            self.update_(layer.kernels, p, layer.grads[name], self.buffers(key, p, layer.device),
+                         self.l2 if name == "weight" else 0.0, hyper)
+
+    # -- the registry's config protocol ------------------------------------------------------------------
+    config_keys = ("lr",)
+
+    def to_config(self):
+        return {key: getattr(self, key) for key in self.config_keys}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
     def __repr__(self):
-        args = ", ".join(f"{k}={v}" for k, v in vars(self).items()
-                         if not k.startswith("_") and k not in ("state", "steps", "model", "l2"))
-        return f"{type(self).__name__}({args})"
+        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in self.to_config().items())})"
 
 
+@register_optimizer(name="sgd")
 class SGD(Optimizer):
-    """Stochastic gradient descent, optionally with (Nesterov) momentum, as ``torch.optim.SGD``.
+    """Stochastic gradient descent, optionally with (Nesterov) momentum, as ``torch.optim.SGD`` for a
+    constant learning rate; the velocity buffer holds ``lr * v`` (what checkpoints have always stored)."""
 
-    Without momentum it updates inside backward (``in_backward``): one GEMM per weight matrix.
-    """
+    config_keys = ("lr", "momentum", "nesterov")
 
     def __init__(self, lr, momentum=0.0, nesterov=False):
         super().__init__(lr)
@@ -68,37 +101,34 @@ class SGD(Optimizer):
             raise ValueError("nesterov momentum needs momentum > 0")
 
     @property
-    def grad_scale(self):
-        return self.lr
+    def slots(self):
+        return 1 if self.momentum else 0
 
-    @property
-    def in_backward(self):
-        return not self.momentum
+    def update(self, xp, param, grad, state, decay, hyper):
+        (lr,) = hyper
+        if decay:
+            grad = grad + decay * param
+        if not self.momentum:
+            return param - lr * grad, state
+        (velocity,) = state
+        velocity = self.momentum * velocity + lr * grad
+        return param - ((lr * grad + self.momentum * velocity) if self.nesterov else velocity), (velocity,)
 
-    def step(self):
-        """Update every parameter in place from ``layer.grads`` (which already hold the factor lr)."""
-        self.steps += 1
-        for key, layer, name in self._params:
-            decay = self.lr * self.l2 if name == "weight" else 0.0
-            p, g, k = layer.params[name], layer.grads[name], layer.kernels
-            if self.momentum:
-                (velocity,) = self._buffers(key, layer, name, 1)
-                k.momentum_(p, velocity, g, self.momentum, decay, self.nesterov)
-            else:
-                k.sgd_(p, g, decay)
-
-    def update_linear(self, layer, x, grad_output):
-        """Plain SGD inside backward: ``W = W (1 - lr l2) - x.T @ grad_output``, ``b -= sum(grad_output)``."""
-        k, weight = layer.kernels, layer.params["weight"]
-        k.matmul_update_(weight, x.T, grad_output, -1.0, 1.0 - self.lr * self.l2)  # the decay as GEMM's beta
-        if "bias" in layer.params:
-            k.sgd_(layer.params["bias"], k.sum_rows(grad_output), 0.0)
+    def update_(self, kernels, param, grad, state, decay, hyper):
+        (lr,) = hyper
+        if self.momentum:
+            kernels.momentum_(param, state[0], grad, lr, self.momentum, decay, self.nesterov)
+        else:
+            kernels.sgd_(param, grad, lr, decay)
 
 
+@register_optimizer(name="adam")
 class Adam(Optimizer):
     """Adam (Kingma & Ba, 2015) with PyTorch's defaults and L2 added to the gradient (``torch.optim.Adam``)."""
 
+    slots = 2  # first and second moments
     replayable = False  # the bias-corrected step size is computed on the host every step
+    config_keys = ("lr", "beta1", "beta2", "eps")
 
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
         super().__init__(lr)
@@ -106,17 +136,22 @@ class Adam(Optimizer):
         if not (0.0 <= self.beta1 < 1.0 and 0.0 <= self.beta2 < 1.0 and self.eps > 0):
             raise ValueError("Adam needs 0 <= beta1, beta2 < 1 and eps > 0")
 
-    def step(self):
-        """Update every parameter in place from ``layer.grads``."""
-        self.steps += 1
-        l2 = self.l2
-        correction1 = 1.0 - self.beta1 ** self.steps
-        root2 = (1.0 - self.beta2 ** self.steps) ** 0.5
-        step_size, eps_hat = self.lr * root2 / correction1, self.eps * root2
-        for key, layer, name in self._params:
-            m, v = self._buffers(key, layer, name, 2)
-            layer.kernels.adam_(layer.params[name], m, v, layer.grads[name], self.beta1, self.beta2,
-                                step_size, eps_hat, l2 if name == "weight" else 0.0)
+    def hyper(self, step):
+        """``(step_size, eps_hat)``: the bias corrections folded into the step size and epsilon."""
+        correction1 = 1.0 - self.beta1 ** step
+        root2 = (1.0 - self.beta2 ** step) ** 0.5
+        return self.lr * root2 / correction1, self.eps * root2
 
+    def update(self, xp, param, grad, state, decay, hyper):
+        step_size, eps_hat = hyper
+        if decay:
+            grad = grad + decay * param
+        m, v = state
+        m = self.beta1 * m + (1.0 - self.beta1) * grad
+        v = self.beta2 * v + (1.0 - self.beta2) * (grad * grad)
+        return param - step_size * (m / (xp.sqrt(v) + eps_hat)), (m, v)
 
-OPTIMIZERS = {"sgd": SGD, "adam": Adam}
+    def update_(self, kernels, param, grad, state, decay, hyper):
+        step_size, eps_hat = hyper
+        m, v = state
+        kernels.adam_(param, m, v, grad, self.beta1, self.beta2, step_size, eps_hat, decay)

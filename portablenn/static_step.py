@@ -21,14 +21,15 @@ class StaticStep:
     Parameters
     ----------
     dev : Device
-    data : train._DeviceData
-        The training set on the device: ``X (n, in)``, ``y (n,)``, ``onehot (n, classes)``.
+    data : portablenn.data.DeviceData
+        The training set on the device: ``X (n, in)`` and the targets of softmax cross-entropy,
+        ``(labels (n,), onehot (n, classes))``.
     batch : int
         Rows per minibatch; the epoch's first ``n // batch`` minibatches run here.
     shuffled : bool
         Whether every epoch brings a row permutation (``start_epoch(order)``).
-    train_step : callable(xb, yb, onehot, rows) -> (loss_sum, wrong)
-        One minibatch's forward, backward and update (``fit``'s own), returning 0-d device arrays.
+    train_step : callable(xb, targets, rows) -> (loss_sum, wrong)
+        One minibatch's forward, backward and update (``portablenn.step.Step``), returning 0-d device arrays.
     optimizer : Optimizer
         Its host-side step count is kept right: a replay does not run Python.
     dtype : str
@@ -78,6 +79,7 @@ class StaticStep:
 
     def _step(self):
         kernels, data = self.dev.kernels, self.data
-        xb, yb, onehot = kernels.minibatch(data.X, data.y, data.onehot, self.order, self.start, self._offsets)
-        loss, wrong = self._train_step(xb, yb, onehot, self.batch)
+        labels, onehot = data.targets
+        xb, yb, ob = kernels.minibatch(data.X, labels, onehot, self.order, self.start, self._offsets)
+        loss, wrong = self._train_step(xb, (yb, ob), self.batch)
         kernels.record_step(self.losses, self.wrong, self.start, self._starts, loss, wrong, self.batch)

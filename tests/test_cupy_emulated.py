@@ -31,6 +31,7 @@ from numpy.lib.stride_tricks import as_strided
 import portablenn
 from portablenn import backend
 from portablenn.kernels import Kernels
+from portablenn.losses import SoftmaxCrossEntropy
 
 
 class _DeviceArray(np.ndarray):
@@ -424,8 +425,8 @@ def _device(a):
 
 @pytest.mark.parametrize("classes", [5, 300])  # one thread per row up to 256 classes, seven kernels beyond
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_fused_softmax_xent_computes_what_the_generic_kernel_defines(emulated, dtype, classes):
-    """The fused softmax cross-entropy (its C, run on the host) against ``Kernels``, the definition."""
+def test_fused_softmax_xent_computes_what_the_loss_defines(emulated, dtype, classes):
+    """The fused softmax cross-entropy (its C, run on the host) against the loss object's own code."""
     import array_api_compat.numpy as xp
 
     fused, generic = emulated[0].CupyKernels(xp), Kernels(xp)
@@ -440,7 +441,8 @@ def test_fused_softmax_xent_computes_what_the_generic_kernel_defines(emulated, d
     labels[3] = np.argmax(logits[3])  # and one right
     onehot = np.eye(classes, dtype=dtype)[labels]
     grad, loss, wrong = fused.softmax_xent(_device(logits), _device(onehot), _device(labels), 0.25)
-    expected = generic.softmax_xent(logits.copy(), onehot, labels, 0.25)
+    expected = SoftmaxCrossEntropy().value_and_grad(xp, logits.copy(), (labels, onehot), 0.25)  # the definition
+    assert generic.fused_loss(SoftmaxCrossEntropy()) is None
     assert grad.shape == (9, classes) and grad.dtype == dtype and loss.shape == () and loss.dtype == dtype
     np.testing.assert_allclose(grad, expected[0], **tol)
     np.testing.assert_allclose(loss, expected[1], **tol)
@@ -497,11 +499,11 @@ def test_fused_kernels_compute_what_the_generic_kernels_define(emulated, dtype):
     np.testing.assert_array_equal(fused.relu_backward(_device(upstream), _device(out)),
                                   generic.relu_backward(upstream, out))
 
-    for decay in (0.0, 0.01):
+    for lr, decay in ((1.0, 0.0), (0.5, 0.0), (1.0, 0.01), (0.3, 0.01)):
         param, step = rng.standard_normal((4, 3)).astype(dtype), rng.standard_normal((4, 3)).astype(dtype)
         updated, reference = _device(param.copy()), param.copy()
-        fused.sgd_(updated, _device(step), decay)
-        generic.sgd_(reference, step, decay)
+        fused.sgd_(updated, _device(step), lr, decay)
+        generic.sgd_(reference, step, lr, decay)
         np.testing.assert_allclose(updated, reference, **tol)
 
     for l2 in (0.0, 0.1):
@@ -677,7 +679,7 @@ def _wrong_result(emulated):
 
 
 def _not_finite(emulated):
-    broken = _elementwise_kernel("T grad, T keep", "T param", "param = param * keep - grad / 0", "bad")
+    broken = _elementwise_kernel("T grad, T keep, T lr", "T param", "param = param * keep - lr * grad / 0", "bad")
     return emulated[0], "_sgd_decay", broken, "sgd_ gave non-finite values"
 
 

@@ -4,9 +4,16 @@ import numpy as np
 import pytest
 
 import portablenn as pn
+from portablenn.losses import SoftmaxCrossEntropy
+from portablenn.step import loss_function
 
 from _support import copy_state, host, host_softmax, host_xent, require_dtype
 from _tolerances import FD_RTOL, FD_STEP, assert_close, assert_state_close
+
+
+def _fused_xent(dev, logits, onehot, y, scale):
+    """Softmax cross-entropy as a built step runs it on ``dev``: the kernels' fused twin, or the loss's own."""
+    return loss_function(SoftmaxCrossEntropy(), dev.kernels)(dev.xp, logits, (y, onehot), scale)
 
 
 def _fd_close(analytic, numeric, err_msg=""):
@@ -133,7 +140,7 @@ def test_softmax_cross_entropy_gradient(device64):
 @pytest.mark.parametrize("classes", [4, 300])  # CuPy: a thread per row up to 256 classes, seven kernels beyond
 @pytest.mark.parametrize("scale", [1.0, 0.37, 1 / 7])
 def test_fused_softmax_xent_matches_reference(device, dtype, scale, classes):
-    """``kernels.softmax_xent`` (fast twin or generic) == the separate loss and gradient functions."""
+    """The fused loss (fast twin, or the loss object's own code) == the separate loss and gradient functions."""
     dev, rng = device, np.random.default_rng(4)
     batch = 7
     logits = (3.0 * rng.standard_normal((batch, classes))).astype(dtype)
@@ -144,7 +151,7 @@ def test_fused_softmax_xent_matches_reference(device, dtype, scale, classes):
 
     ref_mean = float(host(dev, pn.softmax_cross_entropy(dev.asarray(logits.copy()), y)))
     ref_grad = host(dev, pn.softmax_cross_entropy_grad(dev.asarray(logits.copy()), y))
-    grad, loss_sum, wrong = dev.kernels.softmax_xent(dev.asarray(logits.copy()), onehot, y, scale)
+    grad, loss_sum, wrong = _fused_xent(dev, dev.asarray(logits.copy()), onehot, y, scale)
     grad, loss_sum, wrong = host(dev, grad).copy(), host(dev, loss_sum), host(dev, wrong)
 
     assert grad.shape == (batch, classes) and grad.dtype == np.dtype(dtype)
@@ -166,7 +173,7 @@ def test_fused_softmax_xent_all_right_and_all_wrong(device, dtype):
     onehot_of = lambda labels: dev.asarray(np.eye(3)[labels], dtype=dtype)  # noqa: E731
     for labels, expected in (([0, 1, 2], 0), ([1, 2, 0], 3)):
         labels = np.array(labels)
-        _, _, wrong = dev.kernels.softmax_xent(dev.asarray(logits.copy()), onehot_of(labels),
+        _, _, wrong = _fused_xent(dev, dev.asarray(logits.copy()), onehot_of(labels),
                                                dev.asarray(labels, dtype=dev.index_dtype), 1.0)
         assert float(host(dev, wrong)) == expected
 
@@ -280,7 +287,7 @@ def test_softmax_cross_entropy_is_stable_for_huge_logits(device, dtype, offsets)
     assert_close(grad, exact_grad, dtype, factor=10, scale=1.0)
 
     onehot = dev.asarray(np.eye(3)[labels], dtype=dtype)
-    g, loss_sum, wrong = dev.kernels.softmax_xent(dev.asarray(logits.copy()), onehot, y, 1.0)
+    g, loss_sum, wrong = _fused_xent(dev, dev.asarray(logits.copy()), onehot, y, 1.0)
     g, loss_sum = host(dev, g).copy(), float(host(dev, loss_sum))
     assert np.all(np.isfinite(g)) and np.isfinite(loss_sum)
     assert_close(loss_sum, 3 * exact, dtype, factor=10, scale=abs(3 * exact))
@@ -312,15 +319,15 @@ def test_fused_loss_of_confident_rows_is_accurate(device, dtype, spread):
     logits = logits.astype(dtype)
     exact = host_xent(logits.astype(np.float64), labels) * batch
     assert exact < 0.1  # ~1e-3 per row
-    _, loss_sum, wrong = dev.kernels.softmax_xent(
-        dev.asarray(logits.copy()), dev.asarray(np.eye(classes)[labels], dtype=dtype),
+    _, loss_sum, wrong = _fused_xent(
+        dev, dev.asarray(logits.copy()), dev.asarray(np.eye(classes)[labels], dtype=dtype),
         dev.asarray(labels, dtype=dev.index_dtype), 0.01)
     assert float(host(dev, wrong)) == 0.0
     assert_close(float(host(dev, loss_sum)), exact, dtype, factor=10)
 
 
 def test_fused_gradient_stays_valid_after_another_call(device):
-    """``softmax_xent`` returns its gradient; a second call (another minibatch or a validation pass of the
+    """The fused loss returns its gradient; a second call (another minibatch or a validation pass of the
     same shape) must not change an array the caller already holds.
 
     Regression: the NumPy twin once returned a scratch buffer cached per shape (shared by every model on
@@ -330,7 +337,22 @@ def test_fused_gradient_stays_valid_after_another_call(device):
     y = dev.asarray(labels, dtype=dev.index_dtype)
     onehot = dev.asarray(np.eye(3)[labels], dtype="float32")
     first_logits, second_logits = rng.standard_normal((2, 4, 3)).astype(np.float32)
-    grad, _, _ = dev.kernels.softmax_xent(dev.asarray(first_logits.copy()), onehot, y, 1.0)
+    grad, _, _ = _fused_xent(dev, dev.asarray(first_logits.copy()), onehot, y, 1.0)
     saved = host(dev, grad).copy()
-    dev.kernels.softmax_xent(dev.asarray(second_logits.copy()), onehot, y, 1.0)
+    _fused_xent(dev, dev.asarray(second_logits.copy()), onehot, y, 1.0)
     np.testing.assert_array_equal(host(dev, grad), saved)
+
+
+def test_fused_loss_leaves_the_logits_as_they_are(device, dtype):
+    """The activation before the loss (ReLU, sigmoid, tanh) reads the array it returned in its backward:
+    the loss, fused or not, must not write into it.
+
+    Regression: the NumPy twin once overwrote the logits with the gradient, so every caller had to know
+    to copy them first (``keeps_output``/``copy_logits``), and one once did not."""
+    dev, rng = device, np.random.default_rng(10)
+    logits = (3.0 * rng.standard_normal((6, 4))).astype(dtype)
+    labels = rng.integers(0, 4, 6)
+    given = dev.asarray(logits.copy())
+    _fused_xent(dev, given, dev.asarray(np.eye(4)[labels], dtype=dtype), dev.asarray(labels, dtype=dev.index_dtype),
+                0.5)
+    np.testing.assert_array_equal(host(dev, given), logits)

@@ -273,3 +273,39 @@ def test_host_helper_reads_device_arrays(device):
     """Sanity check of the helper the tests use to read device arrays."""
     arr = device.asarray(np.array([1.5, 2.5], dtype=np.float32))
     np.testing.assert_array_equal(host(device, arr), [1.5, 2.5])
+
+
+@pytest.mark.parametrize("kind, kwargs", OPTIMIZERS)
+@pytest.mark.parametrize("decay", [0.0, 0.05])
+def test_the_functional_and_in_place_forms_of_a_rule_agree(device, dtype, kind, kwargs, decay):
+    """``update`` (new arrays, for immutable backends) and ``update_`` (in place, through the kernels, fast
+    twins included) are the same rule: three steps from the same parameter, gradients and state."""
+    require_dtype(device, dtype)
+    dev, rng = device, np.random.default_rng(11)
+    opt = _ours(kind, kwargs)
+    param = rng.standard_normal((4, 3)).astype(dtype)
+    grads = [rng.standard_normal((4, 3)).astype(dtype) for _ in range(3)]
+    p_new, p_in = dev.asarray(param), dev.asarray(param.copy())
+    state_new = tuple(dev.zeros((4, 3), dtype) for _ in range(opt.slots))
+    state_in = tuple(dev.zeros((4, 3), dtype) for _ in range(opt.slots))
+    for step, g in enumerate(grads, start=1):
+        hyper = opt.hyper(step)
+        p_new, state_new = opt.update(dev.xp, p_new, dev.asarray(g), state_new, decay, hyper)
+        opt.update_(dev.kernels, p_in, dev.asarray(g), state_in, decay, hyper)
+        assert_close(host(dev, p_in), host(dev, p_new), dtype, factor=10)
+        for a, b in zip(state_in, state_new):
+            assert_close(host(dev, a), host(dev, b), dtype, factor=10)
+    assert not np.allclose(host(dev, p_new), param)  # it moved
+
+
+def test_gradients_are_true_gradients_after_a_step():
+    """The loss gradient carries no learning rate: after a step, ``layer.grads`` of a momentum SGD fit are
+    those of the loss alone (the first-wave folded ``lr`` into them)."""
+    X, y = classification_data(n=12, features=4, classes=3)
+    for lr in (0.1, 0.7):
+        model = pn.mlp([4, 3], init="xavier", seed=1, dtype="float64")
+        start = copy_state(model.state_dict())
+        pn.fit(model, X, y, optimizer=pn.SGD(lr, momentum=0.5), epochs=1, batch_size=12, shuffle=False)
+        _, _, expected = oracle.loss_and_grads(start, oracle.architecture(model), X.astype(np.float64), y)
+        for key, layer, name in model.named_parameters():
+            np.testing.assert_allclose(host(model.device, layer.grads[name]), expected[key], rtol=1e-12, atol=1e-15)

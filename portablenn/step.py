@@ -1,0 +1,109 @@
+"""The training step, built once: forward, loss, backward, gradient reduction and update in one callable.
+
+``make_step(model, loss, optimizer, device)`` assembles the model's layers, the loss and the optimizer
+(the math, which knows nothing of backends) into ``step(xb, targets, rows) -> (loss_sum, metric_sum)``.
+When it is built, the step chooses which of the device kernels' fusions run that math:
+
+* the loss's fused twin, ``kernels.fused_loss(loss)`` (NumPy's and CuPy's softmax cross-entropy);
+* plain SGD folded into the backward GEMMs, where ``kernels.fuses_sgd``: with no momentum, no
+  reducer and every parameter in a ``Linear`` layer, the learning rate is folded into the loss
+  gradient and each Linear layer's update is one GEMM ``W = (1 - lr l2) W - x.T @ g`` (no weight
+  gradient is made); its bias takes ``b -= sum(g)``;
+* otherwise every layer's ``backward`` fills true gradients, a reducer (data parallelism) sums them,
+  and the optimizer's in-place rule updates each parameter through the kernels (fused twins on CuPy).
+
+With the generic kernels nothing is fused: the step is then the plain composition of the layers',
+the loss's and the optimizer's own code, the twin that every fusion is tested against. A recorded
+(CUDA graph) replay of the step is ``portablenn.static_step``'s business, on top of this.
+"""
+from .layers import Linear, Sequential
+from .losses import l2_penalty, weight_matrices
+from .optim import SGD
+
+__all__ = ["Step", "make_step", "loss_function"]
+
+
+def loss_function(loss, kernels):
+    """``value_and_grad(xp, outputs, targets, scale)`` of ``loss`` as a step on ``kernels`` runs it: the
+    backend's fused twin where it has one, else the loss's own."""
+    return kernels.fused_loss(loss) or loss.value_and_grad
+
+
+def make_step(model, loss, optimizer, device, *, l2=0.0, reducer=None, gradients=None):
+    """The training step of ``model`` with ``loss`` and ``optimizer`` on ``device``; see ``Step``."""
+    return Step(model, loss, optimizer, device, l2=l2, reducer=reducer, gradients=gradients)
+
+
+class Step:
+    """One minibatch of training; ``fused`` names the fusions chosen (for tests and ``info``).
+
+    Parameters
+    ----------
+    model : Sequential, on ``device``
+    loss : portablenn.losses.Loss
+    optimizer : Optimizer, bound to ``model``
+    device : Device
+    l2 : float
+        L2 strength: ``0.5 l2 sum(W^2)`` in the loss, ``l2 W`` in every weight matrix's gradient.
+    reducer : optional
+        Sums gradients over data-parallel workers (``portablenn.train.Reducer``), through ``gradients``.
+    gradients : optional
+        The flat gradient buffer the reducer sums (``portablenn.train`` lays it out).
+    """
+
+    def __init__(self, model, loss, optimizer, device, *, l2=0.0, reducer=None, gradients=None):
+        self.model, self.loss, self.optimizer, self.device = model, loss, optimizer, device
+        self.l2, self.reducer, self.gradients = float(l2), reducer, gradients
+        self.xp, kernels = device.xp, device.kernels
+        self._value_and_grad = loss_function(loss, kernels)
+        self._weights = weight_matrices(model) if self.l2 else None
+        self._params = [(key, layer, name, self.l2 if name == "weight" else 0.0)
+                        for key, layer, name in model.named_parameters()]
+        self._update = optimizer.update_
+        self._sgd_in_gemm = (kernels.fuses_sgd and type(optimizer) is SGD and not optimizer.momentum
+                             and reducer is None and isinstance(model, Sequential)
+                             and all(type(layer) is Linear for layer in model.layers if layer.params))
+        self._scale = optimizer.lr if self._sgd_in_gemm else 1.0  # folded into the loss gradient
+        self.fused = [name for name, chosen in (("loss", self._value_and_grad != loss.value_and_grad),
+                                                ("sgd_in_gemm", self._sgd_in_gemm)) if chosen]
+
+    def __call__(self, xb, targets, rows):
+        """Train on one minibatch (this worker's part of ``rows`` global rows): device ``(loss_sum, metric_sum)``."""
+        model, optimizer = self.model, self.optimizer
+        outputs = model.forward(xb)
+        grad, loss_sum, metric_sum = self._value_and_grad(self.xp, outputs, targets, self._scale / rows)
+        if self.l2:
+            loss_sum = loss_sum + xb.shape[0] * l2_penalty(model, self.l2, self._weights)
+        optimizer.steps += 1
+        if self._sgd_in_gemm:
+            self._backward_and_sgd(grad)
+            return loss_sum, metric_sum
+        model.backward(grad, input_grad=False)
+        if self.reducer is not None:
+            self.gradients.reduce(self.reducer)
+        hyper, device = optimizer.hyper(optimizer.steps), self.device
+        for key, layer, name, decay in self._params:
+            p = layer.params[name]
+            self._update(layer.kernels, p, layer.grads[name], optimizer.buffers(key, p, device), decay, hyper)
+        return loss_sum, metric_sum
+
+    def _backward_and_sgd(self, grad):
+        """Backward with plain SGD inside: ``grad`` already carries the learning rate."""
+        layers, keep = self.model.layers, 1.0 - self.optimizer.lr * self.l2
+        for i in range(len(layers) - 1, -1, -1):
+            layer = layers[i]
+            if type(layer) is Linear:
+                grad = _linear_sgd(layer, grad, i > 0, keep)
+            else:
+                grad = layer.backward(grad, i > 0)
+
+
+def _linear_sgd(layer, grad_output, input_grad, keep):
+    """``Linear.backward`` and the SGD update fused: ``W = keep W - x.T @ g`` in one GEMM, ``b -= sum(g)``,
+    where ``g`` is the output gradient times the learning rate; returns the input gradient."""
+    k, weight = layer.kernels, layer.params["weight"]
+    grad_input = k.matmul(grad_output, weight.T) if input_grad else None  # before the weight changes
+    k.matmul_update_(weight, layer._x.T, grad_output, -1.0, keep)  # the decay as GEMM's beta
+    if "bias" in layer.params:
+        k.sgd_(layer.params["bias"], k.sum_rows(grad_output), 1.0, 0.0)
+    return grad_input
