@@ -1,8 +1,6 @@
 """Devices: resolve a spec such as "cpu", "cuda:1" or "array_api_strict:device1" to (xp, device, kernels)."""
 from __future__ import annotations
 
-import contextlib
-import os
 import threading
 import warnings
 
@@ -54,6 +52,7 @@ class Device:
         self.kernel_mode = "fast" if mode == "auto" and kind == "cpu" else mode
         self.kernel_status = None  # "fast", "generic", "fast (self-test passed)", "generic (fallback: ...)"
         self._kernels = None
+        self._backend = None
         self._choosing = threading.RLock()  # re-entered only by mistake: then an error, not a deadlock
 
     @property
@@ -114,6 +113,15 @@ class Device:
             return name in info().dtypes()
 
     # -- transfers (the only ways data crosses the host/device boundary) -------------------------
+    @property
+    def backend(self):
+        """The ``portablenn.backends.Backend`` of this device's library (the default one for others)."""
+        if self._backend is None:
+            from . import backends
+
+            self._backend = backends.for_library(self.library)
+        return self._backend
+
     def asarray(self, array, dtype=None):
         """Copy a host (NumPy) array, or an array of any supported library, onto this device.
 
@@ -122,18 +130,8 @@ class Device:
         """
         if dtype is not None and isinstance(dtype, str):
             dtype = self.dtype(dtype)
-        same = _library(array) == self.library
         with self.activate():
-            if self.library == "numpy":
-                return np.asarray(_host(array), dtype=dtype)
-            if self.library == "cupy":
-                return self.xp.asarray(array if same else _host(array), dtype=dtype)
-            if self.library == "torch" and same:
-                return array.to(device=self.native, dtype=dtype)
-            if self.library == "array_api_strict" and same:
-                array = array.to_device(self.native)
-                return array if dtype is None else self.xp.astype(array, dtype)
-            return self.xp.asarray(_host(array), dtype=dtype, device=self.native)
+            return self.backend.asarray(self, array, dtype)
 
     def to_numpy(self, array):
         """Copy an array of this device to a host NumPy array (a host sync on accelerators)."""
@@ -141,23 +139,11 @@ class Device:
 
     def synchronize(self):
         """Wait until all work queued on this device is done (a no-op on the CPU)."""
-        if self.library == "cupy":
-            import cupy
-
-            with self.activate():
-                cupy.cuda.get_current_stream().synchronize()
-        elif self.name.startswith("torch:cuda"):
-            import torch
-
-            torch.cuda.synchronize(self.native)
+        self.backend.synchronize(self)
 
     def activate(self):
         """Context in which creation functions allocate on this device (CuPy ignores ``device=``)."""
-        if self.library == "cupy":
-            import cupy
-
-            return cupy.cuda.Device(self.native.id)
-        return contextlib.nullcontext()
+        return self.backend.activate(self)
 
     @property
     def index_dtype(self):
@@ -183,25 +169,13 @@ class Device:
             return self.xp.arange(n, dtype=dtype, device=self.native)
 
 
-def _library(array):
-    """The top-level module of an array's type: numpy, cupy, torch, array_api_strict, ..."""
-    return type(array).__module__.split(".")[0]
-
-
 def _host(array):
     """Any supported array -> NumPy array on the host."""
     if isinstance(array, np.ndarray):
         return array
-    module = _library(array)
-    if module == "cupy":
-        return array.get()
-    if module == "torch":
-        return array.detach().cpu().numpy()
-    if module == "array_api_strict":
-        import array_api_strict as strict
+    from .backends import to_host
 
-        return np.asarray(array.to_device(strict.Device("CPU_DEVICE")))
-    return np.asarray(array)
+    return to_host(array)
 
 
 def _kernel_mode(fast, kernels):
@@ -217,15 +191,7 @@ def _kernel_mode(fast, kernels):
 
 def _fast_kernels(dev):
     """The backend's hand-tuned twin of ``Kernels`` for ``dev``, or None where its library has none."""
-    if dev.library == "numpy":
-        from .backend_numpy import NumpyKernels
-
-        return NumpyKernels(dev.xp)
-    if dev.library == "cupy":
-        from .backend_cupy import CupyKernels
-
-        return CupyKernels(dev.xp)
-    return None
+    return dev.backend.fast_kernels(dev)
 
 
 def _choose_kernels(dev):
@@ -255,11 +221,7 @@ def _choose_kernels(dev):
     return Kernels(dev.xp), f"generic (fallback: {problem})"
 
 
-# -- spec resolution -----------------------------------------------------------------------------
-# not "no_x64": array-api-strict 2.6's argmax returns int64 there, which that device then refuses
-_STRICT_DEVICES = ("CPU_DEVICE", "device1", "device2", "no_float64")
-
-
+# -- spec resolution: the backend registered for the spec's first word ---------------------------
 def device(spec="cpu", *, fast=None, kernels=None, verbose=False):
     """Resolve a device spec.
 
@@ -298,99 +260,39 @@ _CACHE = {}
 
 
 def _resolve(spec, mode, verbose):
-    s = spec.strip().lower() if not spec.startswith("array_api_strict:") else spec.strip()
-    if s in ("cpu", "numpy", "numpy:cpu"):
-        return _numpy_device(mode)
-    if s == "auto":
-        reason = _cuda_problem(0)
-        dev = _numpy_device(mode) if reason else _cupy_device(0, mode)
+    from . import backends
+    from .backends import cupy as cuda
+
+    text = spec.strip()
+    word, _, rest = text.partition(":")
+    if word != "array_api_strict":  # its device names are case-sensitive
+        word, rest = word.lower(), rest.lower()
+    if word == "auto" and not rest:
+        reason = cuda.cuda_problem(0)
+        dev = backends.for_word("cpu").resolve("cpu", None, mode) if reason else cuda.cupy_device(0, mode)
         if verbose:
             print(f"device auto -> {dev.name}" + (f" ({reason})" if reason else ""))
         return dev
-    if s == "cuda" or s.startswith("cuda:") or s == "cupy" or s.startswith("cupy:"):
-        index = _index(spec, s.split(":", 1)[1] if ":" in s else "0")
-        reason = _cuda_problem(index)
-        if reason:
-            raise DeviceError(f"cannot use {spec}: {reason}")
-        return _cupy_device(index, mode)
-    if s == "array_api_strict" or s.startswith("array_api_strict:"):
-        return _strict_device(spec, s.split(":", 1)[1] if ":" in s else "CPU_DEVICE", mode)
-    if s == "torch" or s.startswith("torch:"):
-        return _torch_device(spec, s.split(":", 1)[1] if ":" in s else "cpu", mode)
-    raise DeviceError(f"unknown device {spec!r}; expected cpu, cuda, cuda:N, auto, "
-                      "array_api_strict[:NAME] or torch[:cpu|cuda[:N]]")
+    backend = backends.for_word(word)
+    if backend is None:
+        raise DeviceError(f"unknown device {spec!r}; expected cpu, cuda, cuda:N, auto, "
+                          "array_api_strict[:NAME] or torch[:cpu|cuda[:N]]")
+    return backend.resolve(spec, rest if ":" in text else None, mode)
 
 
-def _index(spec, text):
+def parse_index(spec, text):
+    """The device index in ``text`` ("1" of "cuda:1"); DeviceError naming ``spec`` otherwise."""
     if not text.isdigit():
         raise DeviceError(f"bad device index in {spec!r}: expected a number such as cuda:0")
     return int(text)
 
 
-def _numpy_device(mode):
-    import array_api_compat.numpy as xp
-
-    return Device("numpy", xp, None, "cpu", kernels=mode)
-
-
-def _cuda_problem(index):
-    """Why CUDA device ``index`` cannot be used here, or None if it can."""
-    if os.environ.get("PORTABLENN_DISABLE_CUDA"):
-        return "CUDA is disabled by PORTABLENN_DISABLE_CUDA"
-    try:
-        import cupy
-    except Exception:  # ImportError, or a broken install raising anything
-        return "CuPy is not installed (pip install 'portablenn[cuda12]' or 'portablenn[cuda13]')"
-    try:
-        if not cupy.is_available():
-            return "CuPy is installed but no usable CUDA GPU or driver was found"
-        count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:
-        return f"CUDA is not usable ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
-    if index >= count:
-        return f"there is no GPU {index}; this machine has {count} (cuda:0..cuda:{count - 1})"
-    return None
-
-
-def _cupy_device(index, mode):
-    import array_api_compat.cupy as xp
-    import cupy
-
-    return Device(f"cupy:{index}", xp, cupy.cuda.Device(index), "cuda", kernels=mode)
-
-
-def _strict_device(spec, name, mode):
-    try:
-        import array_api_strict as strict
-    except ImportError:
-        raise DeviceError(f"cannot use {spec}: array-api-strict is not installed "
-                          "(pip install array-api-strict)") from None
-    if name not in _STRICT_DEVICES:
-        raise DeviceError(f"unknown array_api_strict device {name!r}; expected one of "
-                          + ", ".join(_STRICT_DEVICES))
-    return Device(f"array_api_strict:{name}", strict, strict.Device(name), "cpu", kernels=mode)
-
-
-def _torch_device(spec, rest, mode):
-    try:
-        import torch
-        import array_api_compat.torch as xp
-    except ImportError:
-        raise DeviceError(f"cannot use {spec}: PyTorch is not installed") from None
-    if rest == "cpu":
-        return Device("torch:cpu", xp, torch.device("cpu"), "cpu", kernels=mode)
-    if rest == "cuda" or rest.startswith("cuda:"):
-        index = _index(spec, rest.split(":", 1)[1] if ":" in rest else "0")
-        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
-            raise DeviceError(f"cannot use {spec}: PyTorch sees no CUDA GPU {index}")
-        return Device(f"torch:cuda:{index}", xp, torch.device("cuda", index), "cuda", kernels=mode)
-    raise DeviceError(f"unknown torch device {spec!r}; expected torch, torch:cpu or torch:cuda[:N]")
-
-
 def device_specs():
     """Every spec this package knows, for ``portablenn info`` and the test matrix."""
-    return (["cpu", "cuda", "auto"] + [f"array_api_strict:{n}" for n in _STRICT_DEVICES]
-            + ["torch:cpu", "torch:cuda"])
+    from . import backends
+
+    specs = [spec for backend in backends.BACKENDS.values() for spec in backend.specs()]
+    return specs[:2] + ["auto"] + specs[2:]  # cpu, cuda, auto, then the others
 
 
 def probe(spec):

@@ -217,9 +217,9 @@ def mpi_cuda_aware():
 
 def nccl_available():
     """``(True, "")`` if CuPy with NCCL and a CUDA GPU are usable here, else ``(False, reason)``."""
-    from . import backend
+    from .backends.cupy import cuda_problem
 
-    reason = backend._cuda_problem(0)
+    reason = cuda_problem(0)
     if reason:
         return False, reason
     try:
@@ -287,10 +287,11 @@ class Communicator:
         ``--gpus-per-task=1``) this is ``cuda:0`` on every rank.
         """
         from . import backend
+        from .backends.cupy import cuda_problem
 
         if not isinstance(spec, str) or spec.strip().lower() not in ("auto", "cuda", "cupy"):
             return spec
-        reason = backend._cuda_problem(0)
+        reason = cuda_problem(0)
         if reason:
             if spec.strip().lower() == "auto":
                 return "cpu"

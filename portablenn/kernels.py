@@ -5,8 +5,8 @@ class Kernels:
     """The hot-path operations, written once against the Array API standard.
 
     Layers and the optimizers' in-place forms call these instead of composing ``xp`` calls
-    themselves, so a backend can replace one with a faster twin (``backend_numpy``,
-    ``backend_cupy``) without touching the model code. Every method here is the definition of what
+    themselves, so a backend can replace one with a faster twin (``backends.numpy``,
+    ``backends.cupy_kernels``) without touching the model code. Every method here is the definition of what
     its twin computes. A backend may also offer fusions that a built training step chooses
     (``fused_loss``, ``fuses_sgd``; see ``portablenn.step``); here there are none.
     ``out`` arguments are buffers a twin *may* write into; the generic version ignores them.

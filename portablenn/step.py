@@ -10,7 +10,9 @@ When it is built, the step chooses which of the device kernels' fusions run that
   gradient and each Linear layer's update is one GEMM ``W = (1 - lr l2) W - x.T @ g`` (no weight
   gradient is made); its bias takes ``b -= sum(g)``;
 * otherwise every layer's ``backward`` fills true gradients, a reducer (data parallelism) sums them,
-  and the optimizer's in-place rule updates each parameter through the kernels (fused twins on CuPy).
+  and the optimizer's in-place rule updates each parameter through the kernels (fused twins on CuPy);
+  on a backend whose arrays cannot change in place (``Backend.mutable`` False) its functional rule
+  returns new parameters and state instead.
 
 With the generic kernels nothing is fused: the step is then the plain composition of the layers',
 the loss's and the optimizer's own code, the twin that every fusion is tested against. A recorded
@@ -59,8 +61,8 @@ class Step:
         self._weights = weight_matrices(model) if self.l2 else None
         self._params = [(key, layer, name, self.l2 if name == "weight" else 0.0)
                         for key, layer, name in model.named_parameters()]
-        self._update = optimizer.update_
-        self._sgd_in_gemm = (kernels.fuses_sgd and type(optimizer) is SGD and not optimizer.momentum
+        self._functional = not device.backend.mutable  # arrays that cannot change in place: new ones instead
+        self._sgd_in_gemm = (kernels.fuses_sgd and not self._functional and type(optimizer) is SGD and not optimizer.momentum
                              and reducer is None and isinstance(model, Sequential)
                              and all(type(layer) is Linear for layer in model.layers if layer.params))
         self._scale = optimizer.lr if self._sgd_in_gemm else 1.0  # folded into the loss gradient
@@ -84,7 +86,12 @@ class Step:
         hyper, device = optimizer.hyper(optimizer.steps), self.device
         for key, layer, name, decay in self._params:
             p = layer.params[name]
-            self._update(layer.kernels, p, layer.grads[name], optimizer.buffers(key, p, device), decay, hyper)
+            state = optimizer.buffers(key, p, device)
+            if self._functional:
+                layer.params[name], optimizer.state[key] = optimizer.update(self.xp, p, layer.grads[name], state,
+                                                                            decay, hyper)
+            else:
+                optimizer.update_(layer.kernels, p, layer.grads[name], state, decay, hyper)
         return loss_sum, metric_sum
 
     def _backward_and_sgd(self, grad):

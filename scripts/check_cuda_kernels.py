@@ -37,7 +37,7 @@ _NDARRAY, _INDEXER, _SCALAR = 1, 2, 3  # CuPy's _ArgKind
 
 
 def _import_backend():
-    """portablenn.backend_cupy, with a stand-in cuBLAS where the library is not installed (unused here)."""
+    """portablenn.backends.cupy_kernels, with a stand-in cuBLAS where the library is not installed (unused here)."""
     import cupy_backends.cuda.libs as libs
     try:
         importlib.import_module("cupy_backends.cuda.libs.cublas")  # ImportError where libcublas is missing
@@ -45,7 +45,7 @@ def _import_backend():
         libs.cublas = sys.modules["cupy_backends.cuda.libs.cublas"] = types.ModuleType("cublas")
         libs.cublas.CUBLAS_OP_N, libs.cublas.CUBLAS_OP_T = 0, 1
         cupy.cublas = sys.modules["cupy.cublas"] = types.ModuleType("cupy.cublas")
-    from portablenn import backend_cupy
+    from portablenn.backends import cupy_kernels as backend_cupy
     return backend_cupy
 
 
@@ -61,7 +61,7 @@ def _indexer(ndim):
     return _kernel._ArgInfo(_INDEXER, Indexer, None, ndim, True, True)
 
 
-# How backend_cupy launches its kernels: parameters passed as host scalars, the dimensions of raw
+# How backends/cupy_kernels.py launches its kernels: parameters passed as host scalars, the dimensions of raw
 # arrays (CuPy keeps their shape) and of 0-d arrays, and the dtypes of type placeholders other than T
 _SCALARS = {"scale", "keep", "beta1", "beta2", "step_size", "eps_hat", "l2", "classes", "shuffled", "features",
             "batch"}
@@ -126,7 +126,7 @@ def main(argv=None):
     print(f"CuPy {cupy.__version__}, NVRTC {'.'.join(map(str, cupy.cuda.nvrtc.getVersion()))}, sm_{args.arch}")
     found = kernels(_import_backend())
     if not found:
-        print("no kernels found in portablenn.backend_cupy")
+        print("no kernels found in portablenn.backends.cupy_kernels")
         return 1
     failed = 0
     for name, kernel in found.items():

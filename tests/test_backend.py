@@ -7,7 +7,8 @@ from array_api_compat import array_namespace
 
 import portablenn as pn
 from portablenn import backend
-from portablenn.backend_numpy import NumpyKernels
+from portablenn.backends import cupy as cuda_backend
+from portablenn.backends.numpy import NumpyKernels
 from portablenn.kernels import Kernels
 
 from _support import classification_data
@@ -54,9 +55,9 @@ def test_auto_follows_cuda_availability_after_the_first_call(monkeypatch):
     monkeypatch.setattr(backend, "_CACHE", {}, raising=False)  # isolate the module cache, if there is one
     monkeypatch.delenv("PORTABLENN_DISABLE_CUDA", raising=False)
     fake_gpu = pn.Device("cupy:0", pn.device("numpy").xp, None, "cuda", False)
-    monkeypatch.setattr(backend, "_cuda_problem",
+    monkeypatch.setattr(cuda_backend, "cuda_problem",
                         lambda index: "disabled" if os.environ.get("PORTABLENN_DISABLE_CUDA") else None)
-    monkeypatch.setattr(backend, "_cupy_device", lambda index, fast: fake_gpu)
+    monkeypatch.setattr(cuda_backend, "cupy_device", lambda index, mode: fake_gpu)
     assert pn.device("auto", fast=False).name == "cupy:0"
     monkeypatch.setenv("PORTABLENN_DISABLE_CUDA", "1")
     assert pn.device("auto", fast=False).name == "numpy"
@@ -181,10 +182,10 @@ def test_cuda_index_beyond_count_raises(monkeypatch):
     monkeypatch.delenv("PORTABLENN_DISABLE_CUDA", raising=False)
     monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(2))
     for index in (0, 1):
-        assert backend._cuda_problem(index) is None, index
+        assert cuda_backend.cuda_problem(index) is None, index
     for index in (2, 3, 999):
         reason = f"there is no GPU {index}; this machine has 2 (cuda:0..cuda:1)"
-        assert backend._cuda_problem(index) == reason
+        assert cuda_backend.cuda_problem(index) == reason
         with pytest.raises(pn.DeviceError) as info:
             pn.device(f"cuda:{index}")
         assert str(info.value) == f"cannot use cuda:{index}: {reason}"
@@ -427,3 +428,49 @@ def test_asarray_puts_the_array_on_the_target_device(source, target):
         assert moved.device == dst.native and moved.dtype == dst.dtype("float32")
         moved + dst.zeros((2, 3), "float32")  # mixing with the target's own arrays works
     np.testing.assert_array_equal(dst.to_numpy(moved), np.arange(6.0).reshape(2, 3))
+
+
+@pytest.mark.parametrize("mutable", [True, False])
+def test_a_backend_is_one_registered_module(monkeypatch, mutable):
+    """The recipe of docs/architecture.md: a Backend subclass registered for a spec word resolves devices,
+    moves arrays, trains with the generic kernels and shows in device_specs, with nothing else changed."""
+    from portablenn import backends
+
+    moved = []
+
+    class Tracing(backends.Backend):
+        library, words = "tracing", ("tracing",)
+        mutable = True
+
+        def resolve(self, spec, rest, mode):
+            import array_api_compat.numpy as xp
+
+            return pn.Device(f"tracing:{rest or 0}", xp, None, "cpu", kernels=mode)
+
+        def specs(self):
+            return ["tracing"]
+
+        def asarray(self, dev, array, dtype):
+            moved.append(dev.name)
+            return np.asarray(backends.to_host(array), dtype=dtype)
+
+    monkeypatch.setattr(backends, "BACKENDS", dict(backends.BACKENDS))
+    monkeypatch.setattr(backends, "_WORDS", dict(backends._WORDS))
+    Tracing.mutable = mutable  # immutable: the step updates through the optimizers' functional rules
+    backends.register(Tracing())
+    monkeypatch.setattr(backend, "_CACHE", {})
+    dev = pn.device("tracing:3")
+    assert dev.name == "tracing:3" and type(dev.kernels) is Kernels and "tracing" in backend.device_specs()
+    X = np.random.default_rng(0).standard_normal((20, 3))
+    y = (X[:, 0] > 0).astype(np.int64)
+    for optimizer in (lambda: pn.SGD(0.1), lambda: pn.SGD(0.1, momentum=0.9, nesterov=True), lambda: pn.Adam(0.01)):
+        model, opt = pn.mlp([3, 4, 2], seed=1), optimizer()
+        pn.fit(model, X, y, optimizer=opt, epochs=2, batch_size=5, device=dev, l2=1e-3)
+        reference = pn.mlp([3, 4, 2], seed=1)
+        pn.fit(reference, X, y, optimizer=optimizer(), epochs=2, batch_size=5, l2=1e-3,
+               device=pn.device("cpu", kernels="generic"))
+        for key, value in reference.state_dict().items():
+            np.testing.assert_allclose(model.state_dict()[key], value, rtol=1e-6, atol=1e-7, err_msg=repr(opt))
+            if mutable:  # the same in-place code: bit for bit
+                np.testing.assert_array_equal(model.state_dict()[key], value)
+    assert moved and set(moved) == {"tracing:3"}

@@ -365,7 +365,7 @@ def test_a_kernel_fallback_warning_is_one_line(monkeypatch, capsys):
 @pytest.mark.parametrize("kernels", ["fast", "generic"])
 def test_kernels_flag_picks_the_kernels(monkeypatch, kernels):
     from portablenn import cli
-    from portablenn.backend_numpy import NumpyKernels
+    from portablenn.backends.numpy import NumpyKernels
 
     seen = []
     monkeypatch.setattr(cli.train, "fit", lambda model, *a, device, **k: seen.append(type(device.kernels)))

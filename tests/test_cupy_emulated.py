@@ -1,6 +1,6 @@
 """The host-side logic of the CuPy CUDA-graph path, run here without a GPU against a stand-in CuPy.
 
-``backend_cupy`` is imported with fake ``cupy`` modules: NumPy arrays that expose ``.data.ptr``,
+``backends.cupy_kernels`` is imported with fake ``cupy`` modules: NumPy arrays that expose ``.data.ptr``,
 a column-major ``cublasSgemm_v2``/``cublasDgemm_v2`` emulated from raw addresses (scalars by
 address), CuPy 14.2's cuBLAS module as its source has it (its wrappers refuse a recording stream,
 ``CUBLAS_TF32_TENSOR_OP_MATH`` is not there), and streams/graphs that log what they are asked to do.
@@ -261,7 +261,7 @@ class _Stream:
 
 @pytest.fixture
 def emulated(monkeypatch):
-    """``(backend_cupy, log)`` imported against the stand-in CuPy; sys.modules is restored afterwards."""
+    """``(backends.cupy_kernels, log)`` imported against the stand-in CuPy; sys.modules is restored afterwards."""
     if backend.probe("cuda")[0] is not None:
         pytest.skip("a real GPU is here: the gpu tests check the real thing")
     log = _Log()
@@ -299,10 +299,10 @@ def emulated(monkeypatch):
                          "cupy_backends.cuda": types.ModuleType("x"), "cupy_backends.cuda.libs": libs,
                          "cupy_backends.cuda.libs.cublas": api}.items():
         monkeypatch.setitem(sys.modules, name, module)
-    monkeypatch.setitem(sys.modules, "portablenn.backend_cupy", None)  # undone: removed again afterwards
-    del sys.modules["portablenn.backend_cupy"]
-    monkeypatch.setattr(portablenn, "backend_cupy", None, raising=False)
-    module = importlib.import_module("portablenn.backend_cupy")
+    monkeypatch.setitem(sys.modules, "portablenn.backends.cupy_kernels", None)  # undone: removed again afterwards
+    del sys.modules["portablenn.backends.cupy_kernels"]
+    monkeypatch.setattr(portablenn.backends, "cupy_kernels", None, raising=False)
+    module = importlib.import_module("portablenn.backends.cupy_kernels")
     monkeypatch.setattr(module, "_tf32", lambda: False)
     monkeypatch.setattr(module, "_cublas_gemm", lambda: {"f": _gemm(np.float32), "d": _gemm(np.float64)})
     return module, log

@@ -502,9 +502,9 @@ def test_reducer_arguments_are_checked():
 
 # -- NCCL (needs CUDA GPUs; cannot run on a CPU-only machine) ---------------------------------------------
 def _gpus():
-    from portablenn import backend
+    from portablenn.backends.cupy import cuda_problem
 
-    if backend._cuda_problem(0):
+    if cuda_problem(0):
         return 0
     import cupy
 

@@ -81,7 +81,7 @@ def test_cuda_graph_is_recorded_once_and_replayed(monkeypatch, dtype):
     from conftest import make_device
 
     device = make_device("cuda")
-    from portablenn import backend_cupy
+    from portablenn.backends import cupy_kernels as backend_cupy
 
     steps = []
     original = backend_cupy._GraphStep

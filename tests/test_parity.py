@@ -203,7 +203,7 @@ def test_fast_path_without_the_blas_update_gives_the_same_result(monkeypatch, dt
     blas = pytest.importorskip("portablenn._blas")
     if not hasattr(blas, "_GEMM"):
         pytest.skip("portablenn._blas has no _GEMM table to disable")
-    from portablenn.backend_numpy import NumpyKernels
+    from portablenn.backends.numpy import NumpyKernels
 
     X, y, _, _ = _data(64)
     calls = []

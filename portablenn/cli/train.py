@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__, backend, outputs
+from ..backends.cupy import cuda_problem
 from ..datasets import registry
 from ..train import DivergenceError, evaluate, fit
 from ..validation import check_epochs
@@ -74,7 +75,7 @@ def run(args):
         opts, done = options(args), 0
     # every output and what it needs, before the data (a download) and long before the first epoch
     agreed(comm, root, lambda: check_outputs(args, prepare=True))
-    why = backend._cuda_problem(0) if args.device.strip().lower() == "auto" and dev.kind == "cpu" else None
+    why = cuda_problem(0) if args.device.strip().lower() == "auto" and dev.kind == "cpu" else None
     if comm is not None and not root:
         comm.barrier()  # rank 0 downloads first
     splits = registry.load(args.dataset, args.data_dir, args.seed, args.val, not args.no_download,

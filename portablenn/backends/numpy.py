@@ -1,4 +1,4 @@
-"""NumPy fast path: the generic kernels with ``out=`` buffers, in-place ufuncs and BLAS row sums.
+"""NumPy: the "cpu"/"numpy" device, and its fast kernels (``out=`` buffers, in-place ufuncs, BLAS row sums).
 
 Small ``(batch, classes)`` reductions along rows are slow in NumPy (~5 us for 100 x 10), so row
 sums go through BLAS (``exp @ ones``) and each row's maximum is picked by its arg-max (needed for
@@ -7,8 +7,38 @@ run both.
 """
 import numpy as np
 
-from . import _blas
-from .kernels import Kernels
+from .. import _blas
+from ..backend import Device, DeviceError
+from ..kernels import Kernels
+from . import Backend, register
+
+
+class NumpyBackend(Backend):
+    library, words = "numpy", ("cpu", "numpy")
+
+    def resolve(self, spec, rest, mode):
+        import array_api_compat.numpy as xp
+
+        if rest not in (None, "cpu"):
+            raise DeviceError(f"unknown NumPy device {spec!r}; expected cpu or numpy")
+        return Device("numpy", xp, None, "cpu", kernels=mode)
+
+    def specs(self):
+        return ["cpu"]
+
+    def fast_kernels(self, dev):
+        return NumpyKernels(dev.xp)
+
+    def asarray(self, dev, array, dtype):
+        from . import to_host
+
+        return np.asarray(to_host(array), dtype=dtype)
+
+    def to_host(self, array):
+        return np.asarray(array)
+
+
+register(NumpyBackend())
 
 
 class NumpyKernels(Kernels):
@@ -56,7 +86,7 @@ class NumpyKernels(Kernels):
     fuses_sgd = True
 
     def fused_loss(self, loss):
-        from .losses import SoftmaxCrossEntropy
+        from ..losses import SoftmaxCrossEntropy
 
         if type(loss) is SoftmaxCrossEntropy:
             softmax_xent = self.softmax_xent

@@ -19,8 +19,8 @@ import numpy
 from cupy import cublas
 from cupy_backends.cuda.libs import cublas as cublas_api  # handles and their settings; GEMMs: _cublas_gemm
 
-from . import _blas
-from .kernels import Kernels
+from .. import _blas
+from ..kernels import Kernels
 
 _relu_backward = cupy.ElementwiseKernel(
     "T grad, T out", "T grad_input", "grad_input = out > (T)0 ? grad : (T)0", "portablenn_relu_backward")
@@ -182,7 +182,7 @@ class CupyKernels(Kernels):
     fuses_sgd = True
 
     def fused_loss(self, loss):
-        from .losses import SoftmaxCrossEntropy
+        from ..losses import SoftmaxCrossEntropy
 
         if type(loss) is SoftmaxCrossEntropy:
             softmax_xent = self.softmax_xent
