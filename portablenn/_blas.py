@@ -3,7 +3,9 @@
 NumPy has no ``beta`` argument, so ``W = (1 - decay) W - x.T @ g`` costs a GEMM into a temporary plus
 passes over ``W``. BLAS does it all in one call. This module finds NumPy's own BLAS (OpenBLAS in the PyPI wheels,
 so its threads are the ones NumPy already uses) and exposes ``gemm_update``; where no BLAS is
-found, or the arrays' layout does not fit, ``gemm_update`` returns False and the caller falls back.
+found (MKL, Accelerate, a BLAS under other symbol names), its OpenBLAS build string contradicts the
+integer width of the symbol found, or the arrays' layout does not fit, ``gemm_update`` returns False
+and the caller falls back.
 """
 import ctypes
 import glob
@@ -17,6 +19,10 @@ _ROW_MAJOR, _NO_TRANS, _TRANS = 101, 111, 112
 # (symbol, integer type) in the order tried: scipy-openblas ILP64 (NumPy wheels), other ILP64, LP64
 _SYMBOLS = (("scipy_cblas_{}gemm64_", ctypes.c_int64), ("cblas_{}gemm64_", ctypes.c_int64),
             ("cblas_{}gemm", ctypes.c_int))
+# OpenBLAS's build string, where exported: an ILP64 build (INTERFACE64) says USE64BITINT. Debian's
+# libopenblas64 exports ILP64 functions under the plain cblas_ names, so the name alone does not tell.
+_CONFIGS = ("scipy_openblas_get_config64_", "openblas_get_config64_", "scipy_openblas_get_config",
+            "openblas_get_config")
 
 
 def loaded_libraries(word):
@@ -37,6 +43,29 @@ def _libraries():
     return list(dict.fromkeys(paths))
 
 
+def _config(lib):
+    """The library's OpenBLAS build string; None where it exports none (not OpenBLAS), b"" if unreadable."""
+    for name in _CONFIGS:
+        try:
+            fn = getattr(lib, name)
+        except AttributeError:
+            continue
+        fn.restype, fn.argtypes = ctypes.c_char_p, []
+        config = fn()
+        return config if isinstance(config, bytes) else b""
+    return None
+
+
+def _int_width_agrees(lib, int_t):
+    """False where the library's own config contradicts the integer width the symbol name implies."""
+    config = _config(lib)
+    if config is None:  # no OpenBLAS config to ask: trust the name (plain cblas_ names are LP64)
+        return True
+    if b"OpenBLAS" not in config:  # a config we cannot read: do not guess an ABI
+        return False
+    return (b"USE64BITINT" in config) == (int_t is ctypes.c_int64)
+
+
 def _load():
     for path in _libraries():
         try:
@@ -49,6 +78,8 @@ def _load():
                        ((np.dtype(np.float32), "s"), (np.dtype(np.float64), "d"))}
             except AttributeError:
                 continue
+            if not _int_width_agrees(lib, int_t):
+                break  # this library's functions would get the wrong integer width: try the next library
             for dt, fn in fns.items():
                 real = ctypes.c_float if dt == np.float32 else ctypes.c_double
                 fn.restype = None
