@@ -32,9 +32,9 @@ class DeviceData:
         (a device permutation)."""
         start, stop = self.start + start, self.start + stop
         if index is None:
-            return self.X[start:stop, ...], tuple(t[start:stop, ...] for t in self.targets)
+            return self.X[start:stop, ...], tuple([t[start:stop, ...] for t in self.targets])
         take, idx = self.xp.take, index[start:stop]
-        return take(self.X, idx, axis=0), tuple(take(t, idx, axis=0) for t in self.targets)
+        return take(self.X, idx, axis=0), tuple([take(t, idx, axis=0) for t in self.targets])
 
     def part(self, lo, hi):
         """The rows ``lo:hi`` as a DeviceData that reads them where they are (no copy)."""

@@ -103,16 +103,6 @@ class Kernels:
         wrong_total += wrong
         start += batch
 
-    def capture(self, step):
-        """``step`` (a callable of no arguments) as a function to call once per minibatch.
-
-        A twin may record the operations of ``step`` once and replay them (CuPy: a CUDA graph);
-        ``step`` must then keep its shapes and buffers fixed and never read data back to the host
-        (``static_step.StaticStep``). The result may have a ``close()``, called when training ends
-        (releasing what a recording holds). Here it simply runs every time.
-        """
-        return step
-
     def adam_(self, param, m, v, grad, beta1, beta2, step_size, eps_hat, l2):
         """In place, PyTorch's Adam: ``param -= step_size * m / (sqrt(v) + eps_hat)``."""
         xp = self.xp

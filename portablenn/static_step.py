@@ -7,8 +7,8 @@ vector at the counter's position, and the counter then advances, all inside the 
 (``Kernels.minibatch`` and ``Kernels.record_step``: on CuPy one kernel each). The host only calls
 ``run()`` once per full minibatch; a partial last minibatch takes the ordinary path.
 
-On CuPy ``Kernels.capture`` records the step as a CUDA graph on its second call and replays it
-from then on; elsewhere the step runs eagerly (the same operations, so the CPU tests check the
+The device's backend compiles the step (``Backend.compile``): CuPy's records it as a CUDA graph on
+its second call and replays it from then on; elsewhere the step runs eagerly (the same operations, so the CPU tests check the
 logic that the GPU replays).
 """
 
@@ -47,7 +47,7 @@ class StaticStep:
         self._starts = dev.arange(self.steps, index) * batch  # each step's first position
         self.losses = dev.zeros((self.steps,), dtype)  # per-step loss sums of the epoch
         self.wrong = dev.zeros((), dtype)  # wrong predictions so far this epoch
-        self._run = dev.kernels.capture(self._step)
+        self._run = dev.backend.compile(self._step, dev)
 
     def start_epoch(self, order=None):
         """Rewind to the epoch's first row and zero the sums; ``order`` is its permutation when shuffled."""

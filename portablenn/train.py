@@ -141,9 +141,9 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
         shuffled = bool(shuffle) and batch < data.n
         static = StaticStep(dev, data, batch, shuffled, train_step, optimizer, model.dtype) if graph else None
         try:
+            model.train()  # and eval() around each validation pass only: a mode switch costs ~2 us an epoch
             for epoch in range(initial_epoch + 1, epochs + 1):
                 began = time.perf_counter()
-                model.train()
                 if not pending:  # a block of metric rows, read back in one transfer by _flush
                     block = dev.zeros((min(log_every, epochs - epoch + 1), LOSSES + steps), model.dtype)
                 row = block[len(pending), :]
@@ -171,6 +171,7 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
                 if val is not None:
                     model.eval()
                     row[VAL_LOSS], row[VAL_WRONG] = _totals(model, val_part, value)
+                    model.train()
                     if l2:
                         row[L2] = l2_penalty(model, l2, weights)
                 if reducer is not None:  # one small reduction of the epoch's additive sums

@@ -49,6 +49,16 @@ class Backend:
     def synchronize(self, dev):
         """Wait for the work queued on ``dev``."""
 
+    def compile(self, step, dev):
+        """``step`` (a callable of no arguments with fixed shapes and buffers that never reads data back to
+        the host: ``static_step.StaticStep``) as the function to call once per minibatch. A backend may record
+        it once and replay it (CuPy: a CUDA graph; later ``jax.jit``). The result may have a ``close()``,
+        called when training ends. By default the device's kernels record it where they can (CuPy's fast
+        kernels: a CUDA graph, whose GEMMs go through their private cuBLAS handle), else ``step`` itself
+        runs every time."""
+        capture = getattr(dev.kernels, "capture", None)
+        return step if capture is None else capture(step)
+
 
 BACKENDS = {}  # library -> Backend, in registration order
 _WORDS = {}  # spec word -> Backend

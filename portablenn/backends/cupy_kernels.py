@@ -166,6 +166,7 @@ class CupyKernels(Kernels):
             self._private.handle = None
 
     def capture(self, step):
+        """``step`` recorded as a CUDA graph and replayed (``_GraphStep``); ``Backend.compile`` calls it."""
         return _GraphStep(self, step)
 
     @property
