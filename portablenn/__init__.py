@@ -2,15 +2,19 @@
 from .backend import Device, DeviceError, KernelFallbackWarning, device
 from .checkpoint import CheckpointError, load, save
 from .layers import Linear, Module, ReLU, Sequential, Sigmoid, Tanh
-from .losses import l2_penalty, softmax_cross_entropy, softmax_cross_entropy_grad
+from .losses import Loss, SoftmaxCrossEntropy, l2_penalty, softmax_cross_entropy, softmax_cross_entropy_grad
 from .models import mlp
-from .optim import SGD, Adam
+from .optim import SGD, Adam, Optimizer
+from .registry import register_activation, register_layer, register_loss, register_optimizer
+from .step import make_step
 from .train import DivergenceError, History, evaluate, fit, predict, predict_proba
 from .validation import InputError
 from . import distributed  # noqa: F401  registers fit(comm=...)'s adapter; imports mpi4py only when used
 
 __version__ = "0.1.0"
 
-__all__ = ["Adam", "CheckpointError", "Device", "DeviceError", "DivergenceError", "History", "InputError", "KernelFallbackWarning", "Linear", "Module", "ReLU",
-           "SGD", "Sequential", "Sigmoid", "Tanh", "device", "evaluate", "fit", "l2_penalty", "load", "mlp", "predict",
-           "predict_proba", "save", "softmax_cross_entropy", "softmax_cross_entropy_grad"]
+__all__ = ["Adam", "CheckpointError", "Device", "DeviceError", "DivergenceError", "History", "InputError",
+           "KernelFallbackWarning", "Linear", "Loss", "Module", "Optimizer", "ReLU", "SGD", "Sequential", "Sigmoid",
+           "SoftmaxCrossEntropy", "Tanh", "device", "evaluate", "fit", "l2_penalty", "load", "make_step", "mlp",
+           "predict", "predict_proba", "register_activation", "register_layer", "register_loss", "register_optimizer",
+           "save", "softmax_cross_entropy", "softmax_cross_entropy_grad"]

@@ -54,10 +54,16 @@ class Kernels:
     def fused_loss(self, loss):
         """A fused twin of ``loss.value_and_grad`` (same signature) that a built step may use, or None.
 
-        The generic kernels fuse nothing: a step built on them is the plain composition of the
-        layers', the loss's and the optimizer's own code, the reference every fusion is tested against.
+        The twin is the kernel method that the loss's own class names in ``fused`` (not inherited: a
+        subclass that changes the math has none until it names one); the generic kernels define no
+        twins, so a step built on them is the plain composition of the layers', the loss's and the
+        optimizer's own code, the reference every fusion is tested against. A twin takes
+        ``(outputs, *targets, scale)``: softmax cross-entropy's ``softmax_xent(logits, labels, onehot, scale)``.
         """
-        return None
+        twin = getattr(self, type(loss).__dict__.get("fused") or "", None)
+        if twin is None:
+            return None
+        return lambda xp, outputs, targets, scale: twin(outputs, *targets, scale)
 
     fuses_sgd = False  # whether a built step may fold plain SGD into the backward GEMMs (``portablenn.step``)
 

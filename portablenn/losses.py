@@ -3,14 +3,14 @@ namespace; and the L2 penalty. A backend may replace a loss's ``value_and_grad``
 training step is built (``portablenn.step``); the method here is the definition the twin is tested against."""
 from array_api_compat import array_namespace
 
-from .registry import LOSSES, register_loss
+from .registry import LOSSES, Configurable, register_loss
 from .validation import check_labels
 
 __all__ = ["Loss", "SoftmaxCrossEntropy", "LOSSES", "get_loss", "softmax", "softmax_cross_entropy",
            "softmax_cross_entropy_grad", "l2_penalty", "one_hot"]
 
 
-class Loss:
+class Loss(Configurable):
     """A training objective: its targets, its value summed over a minibatch, the gradient, and a metric.
 
     Sums, not means: ``fit`` adds them over minibatches (and data-parallel ranks) and divides once by
@@ -19,7 +19,7 @@ class Loss:
     """
 
     metric = "error"  # what the metric sum counts; History reports it divided by the rows
-    config_keys = ()
+    fused = None  # the name of the kernels' fused twin of value_and_grad, if any (read on the class itself)
 
     def check_targets(self, y, n, outputs, name="y"):
         """Host targets checked against ``n`` rows and the model's ``outputs`` features; InputError otherwise."""
@@ -40,17 +40,6 @@ class Loss:
         _, loss_sum, metric_sum = self.value_and_grad(xp, outputs, targets, 1.0)
         return loss_sum, metric_sum
 
-    # the registry's config protocol, as layers have it
-    def to_config(self):
-        return {key: getattr(self, key) for key in self.config_keys}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __repr__(self):
-        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.to_config().items())})"
-
     def __eq__(self, other):
         return type(self) is type(other) and self.to_config() == other.to_config()
 
@@ -64,6 +53,8 @@ class SoftmaxCrossEntropy(Loss):
 
     Targets are integer labels ``(n,)``, encoded on the device as ``(labels, one-hot rows)``.
     """
+
+    fused = "softmax_xent"  # NumPy's and CuPy's kernels: (logits, labels, onehot, scale) -> (grad, loss, wrong)
 
     def check_targets(self, y, n, outputs, name="y"):
         return check_labels(y, n, outputs, name)

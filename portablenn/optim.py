@@ -6,12 +6,12 @@ twins fuse it). ``hyper(step)`` gives the host scalars of a step (Adam's bias co
 itself never reads the step counter. The gradients a rule receives are true gradients of the loss;
 ``decay`` is the L2 strength for a weight matrix (0 for a bias): ``grad + decay * param``.
 """
-from .registry import OPTIMIZERS, register_optimizer
+from .registry import OPTIMIZERS, Configurable, register_optimizer
 
 __all__ = ["Optimizer", "SGD", "Adam", "OPTIMIZERS"]
 
 
-class Optimizer:
+class Optimizer(Configurable):
     """Base class: hyper-parameters, per-parameter state (``state[key]``: a tuple of ``slots`` buffers) and
     the count of steps taken. ``fit`` binds it to a model; ``step()`` updates from ``layer.grads``."""
 
@@ -70,18 +70,7 @@ class Optimizer:
             self.update_(layer.kernels, p, layer.grads[name], self.buffers(key, p, layer.device),
                          self.l2 if name == "weight" else 0.0, hyper)
 
-    # -- the registry's config protocol ------------------------------------------------------------------
-    config_keys = ("lr",)
-
-    def to_config(self):
-        return {key: getattr(self, key) for key in self.config_keys}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __repr__(self):
-        return f"{type(self).__name__}({', '.join(f'{k}={v}' for k, v in self.to_config().items())})"
+    config_keys = ("lr",)  # the registry's config protocol (Configurable)
 
 
 @register_optimizer(name="sgd")

@@ -11,8 +11,25 @@ Configs are plain JSON objects: ``{"type": "Linear", "in_features": 784, "out_fe
 "bias": true}`` is ``LAYERS.to_config(layer)`` and ``LAYERS.from_config(config)`` builds it again.
 """
 
-__all__ = ["Registry", "LAYERS", "ACTIVATIONS", "LOSSES", "OPTIMIZERS", "register_layer", "register_activation",
+__all__ = ["Configurable", "Registry", "LAYERS", "ACTIVATIONS", "LOSSES", "OPTIMIZERS", "register_layer", "register_activation",
            "register_loss", "register_optimizer"]
+
+
+class Configurable:
+    """The config protocol of losses and optimizers: the constructor's arguments ``config_keys`` are
+    attributes of the same names; ``to_config`` reads them, ``from_config`` calls the constructor."""
+
+    config_keys = ()
+
+    def to_config(self):
+        return {key: getattr(self, key) for key in self.config_keys}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.to_config().items())})"
 
 
 class Registry:

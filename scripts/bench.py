@@ -168,7 +168,7 @@ def kernels_loop(spec, X, y, W1, W2):
         for i in range(0, X.shape[0], BATCH):
             xb, yb, ob = Xd[i:i + BATCH, :], yd[i:i + BATCH], onehot[i:i + BATCH, :]
             z = k.relu(k.matmul(xb, A))
-            g, _, _ = k.softmax_xent(k.matmul(z, B), ob, yb, LR / BATCH)
+            g, _, _ = k.softmax_xent(k.matmul(z, B), yb, ob, LR / BATCH)
             dz = k.relu_backward(k.matmul(g, B.T), z)
             k.matmul_update_(B, z.T, g, -1.0)
             k.matmul_update_(A, xb.T, dz, -1.0)
@@ -236,7 +236,8 @@ def spiral_portablenn(spec, X, y, steps, kernels="fast", graph=False):
 
 
 # -- wide regime: 784-1024-1024-10, batch 1024, float32, where a step is nearly all GEMM ---------------
-WIDE_SIZES, WIDE_BATCH, WIDE_ROWS, WIDE_LR = (784, 1024, 1024, 10), 1024, 8192, 0.05
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # scripts/_wide.py, however this is loaded
+from _wide import WIDE_BATCH, WIDE_LR, WIDE_ROWS, WIDE_SIZES, wide_gemms, wide_numpy_loop  # noqa: E402,F401
 WIDE_KEYS = ("0.weight", "2.weight", "4.weight")  # pn.mlp(..., bias=False): Linear, ReLU, Linear, ReLU, Linear
 
 
@@ -250,44 +251,6 @@ def wide_weights(sizes=WIDE_SIZES, dtype=np.float32):
     """He-scaled initial weights (in, out) of the bias-free MLP, from a fixed seed."""
     rng = np.random.default_rng(1)
     return [(rng.standard_normal((a, b)) * np.sqrt(2.0 / a)).astype(dtype) for a, b in zip(sizes[:-1], sizes[1:])]
-
-
-def wide_numpy_loop(X, y, Ws, batch=WIDE_BATCH, lr=WIDE_LR):
-    """The same step written by hand in NumPy: forward, softmax cross-entropy (mean), backward, SGD."""
-    W1, W2, W3 = (W.copy() for W in Ws)
-    for i in range(0, X.shape[0], batch):
-        Xb, yb = X[i:i + batch], y[i:i + batch]
-        Z1 = np.maximum(Xb @ W1, 0)
-        Z2 = np.maximum(Z1 @ W2, 0)
-        logits = Z2 @ W3
-        E = np.exp(logits - logits.max(axis=1, keepdims=True))
-        S = E / E.sum(axis=1, keepdims=True)
-        S[np.arange(yb.size), yb] -= 1
-        G2 = (Z2 > 0) * (S @ W3.T)
-        G1 = (Z1 > 0) * (G2 @ W2.T)
-        W3 -= lr / yb.size * (Z2.T @ S)
-        W2 -= lr / yb.size * (Z1.T @ G2)
-        W1 -= lr / yb.size * (Xb.T @ G1)
-    return W1, W2, W3
-
-
-def wide_gemms(X, Ws, batch=WIDE_BATCH):
-    """The step's GEMMs alone, same shapes, nothing else: 3 forward, 2 input gradients, 3 weight gradients."""
-    W1, W2, W3 = Ws
-    G3 = np.full((batch, W3.shape[1]), 1e-3, X.dtype)
-    G2 = np.full((batch, W2.shape[1]), 1e-3, X.dtype)
-    G1 = np.full((batch, W1.shape[1]), 1e-3, X.dtype)
-    for i in range(0, X.shape[0], batch):
-        Xb = X[i:i + batch]
-        Z1 = Xb @ W1
-        Z2 = Z1 @ W2
-        Z2 @ W3
-        G3 @ W3.T
-        G2 @ W2.T
-        Z2.T @ G3
-        Z1.T @ G2
-        Xb.T @ G1
-    return Ws
 
 
 def wide_fit(spec, X, y, Ws, kernels="fast"):

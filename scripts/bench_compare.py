@@ -51,7 +51,8 @@ INNER = {"mnist": 3, "spiral": 3, "wide": 2}  # timed runs per batch (after one 
 
 MNIST_SIZES, MNIST_BATCH, MNIST_LR = (784, 100, 10), 100, 0.2
 SPIRAL_STEPS, SPIRAL_LR, SPIRAL_L2 = 1000, 1.0, 1e-3
-WIDE_SIZES, WIDE_BATCH, WIDE_ROWS, WIDE_LR = (784, 1024, 1024, 10), 1024, 8192, 0.05
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # scripts/_wide.py, however this is loaded
+from _wide import WIDE_BATCH, WIDE_LR, WIDE_ROWS, WIDE_SIZES, wide_gemms, wide_numpy_loop  # noqa: E402,F401
 FIT, GEMMS, LOOP = "fit", "gemms", "numpy loop"
 
 
@@ -137,36 +138,8 @@ def prepare_data(folder, workloads):
 
 # -- the worker: one workload on one package, in its own process -------------------------------------
 def wide_loop(X, y, Ws):
-    W1, W2, W3 = (W.copy() for W in Ws)
-    for i in range(0, X.shape[0], WIDE_BATCH):
-        Xb, yb = X[i:i + WIDE_BATCH], y[i:i + WIDE_BATCH]
-        Z1 = np.maximum(Xb @ W1, 0)
-        Z2 = np.maximum(Z1 @ W2, 0)
-        logits = Z2 @ W3
-        E = np.exp(logits - logits.max(axis=1, keepdims=True))
-        S = E / E.sum(axis=1, keepdims=True)
-        S[np.arange(yb.size), yb] -= 1
-        G2 = (Z2 > 0) * (S @ W3.T)
-        G1 = (Z1 > 0) * (G2 @ W2.T)
-        W3 -= WIDE_LR / yb.size * (Z2.T @ S)
-        W2 -= WIDE_LR / yb.size * (Z1.T @ G2)
-        W1 -= WIDE_LR / yb.size * (Xb.T @ G1)
+    W1, W2, W3 = wide_numpy_loop(X, y, Ws)
     return {"0.weight": W1, "2.weight": W2, "4.weight": W3}
-
-
-def wide_gemms(X, Ws):
-    W1, W2, W3 = Ws
-    G3, G2, G1 = (np.full((WIDE_BATCH, W.shape[1]), 1e-3, X.dtype) for W in (W3, W2, W1))
-    for i in range(0, X.shape[0], WIDE_BATCH):
-        Xb = X[i:i + WIDE_BATCH]
-        Z1 = Xb @ W1
-        Z2 = Z1 @ W2
-        Z2 @ W3
-        G3 @ W3.T
-        G2 @ W2.T
-        Z2.T @ G3
-        Z1.T @ G2
-        Xb.T @ G1
 
 
 def worker(args):

@@ -11,6 +11,28 @@ def require_dtype(dev, dtype):
         pytest.skip(f"{dev.name} does not support {dtype}")
 
 
+def central_difference(f, x):
+    """Numerical gradient of the scalar function ``f`` of the host array ``x`` (not modified)."""
+    from _tolerances import FD_STEP
+
+    grad = np.zeros_like(x)
+    for index in np.ndindex(x.shape):
+        plus, minus = x.copy(), x.copy()
+        plus[index] += FD_STEP
+        minus[index] -= FD_STEP
+        grad[index] = (f(plus) - f(minus)) / (2 * FD_STEP)
+    return grad
+
+
+def fd_close(analytic, numeric, err_msg=""):
+    """``analytic`` equals the finite-difference gradient ``numeric`` to FD_RTOL (absolute: FD_RTOL times its scale)."""
+    from _tolerances import FD_RTOL
+
+    numeric = np.asarray(numeric)
+    np.testing.assert_allclose(analytic, numeric, rtol=FD_RTOL,
+                               atol=FD_RTOL * max(1.0, float(np.max(np.abs(numeric)))), err_msg=err_msg)
+
+
 def copy_state(state):
     """Deep copy of a host state dict (``load_state_dict`` may keep references to what it is given)."""
     return {k: np.array(v, copy=True) for k, v in state.items()}

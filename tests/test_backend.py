@@ -386,9 +386,9 @@ def test_the_self_test_names_a_kernel_that_raises_and_one_that_trains_wrong():
     class TrainsWrong(NumpyKernels):  # right on every kernel case, wrong only in fit's order of calls
         calls = 0
 
-        def softmax_xent(self, logits, onehot, labels, scale):
+        def softmax_xent(self, logits, labels, onehot, scale):
             TrainsWrong.calls += 1
-            return super().softmax_xent(logits, onehot, labels, scale * (1.1 if TrainsWrong.calls > 4 else 1.0))
+            return super().softmax_xent(logits, labels, onehot, scale * (1.1 if TrainsWrong.calls > 4 else 1.0))
 
     assert kernel_check.check(dev, Raises(dev.xp), Kernels(dev.xp)) == (
         "minibatch raised IndexError: index 12 is out of bounds in float32")

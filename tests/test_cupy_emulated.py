@@ -440,7 +440,7 @@ def test_fused_softmax_xent_computes_what_the_loss_defines(emulated, dtype, clas
     labels[2] = 0  # right only if ties go to the first maximal logit
     labels[3] = np.argmax(logits[3])  # and one right
     onehot = np.eye(classes, dtype=dtype)[labels]
-    grad, loss, wrong = fused.softmax_xent(_device(logits), _device(onehot), _device(labels), 0.25)
+    grad, loss, wrong = fused.softmax_xent(_device(logits), _device(labels), _device(onehot), 0.25)
     expected = SoftmaxCrossEntropy().value_and_grad(xp, logits.copy(), (labels, onehot), 0.25)  # the definition
     assert generic.fused_loss(SoftmaxCrossEntropy()) is None
     assert grad.shape == (9, classes) and grad.dtype == dtype and loss.shape == () and loss.dtype == dtype

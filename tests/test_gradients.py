@@ -7,30 +7,13 @@ import portablenn as pn
 from portablenn.losses import SoftmaxCrossEntropy
 from portablenn.step import loss_function
 
-from _support import copy_state, host, host_softmax, host_xent, require_dtype
-from _tolerances import FD_RTOL, FD_STEP, assert_close, assert_state_close
+from _support import central_difference, copy_state, fd_close, host, host_softmax, host_xent, require_dtype
+from _tolerances import assert_close, assert_state_close
 
 
 def _fused_xent(dev, logits, onehot, y, scale):
     """Softmax cross-entropy as a built step runs it on ``dev``: the kernels' fused twin, or the loss's own."""
     return loss_function(SoftmaxCrossEntropy(), dev.kernels)(dev.xp, logits, (y, onehot), scale)
-
-
-def _fd_close(analytic, numeric, err_msg=""):
-    numeric = np.asarray(numeric)
-    np.testing.assert_allclose(analytic, numeric, rtol=FD_RTOL,
-                               atol=FD_RTOL * max(1.0, float(np.max(np.abs(numeric)))), err_msg=err_msg)
-
-
-def _central_difference(f, x):
-    """Numerical gradient of the scalar function ``f`` of the host array ``x`` (not modified)."""
-    grad = np.zeros_like(x)
-    for index in np.ndindex(x.shape):
-        plus, minus = x.copy(), x.copy()
-        plus[index] += FD_STEP
-        minus[index] -= FD_STEP
-        grad[index] = (f(plus) - f(minus)) / (2 * FD_STEP)
-    return grad
 
 
 def _away_from_zero(rng, shape, low=0.2, high=1.5):
@@ -74,7 +57,7 @@ def test_layer_input_gradient(device64, kind):
     seq.forward(dev.asarray(x.copy()))
     dx = host(dev, seq.backward(dev.asarray(G.copy())))
     assert dx.shape == x.shape
-    _fd_close(dx, _central_difference(loss, x), kind)
+    fd_close(dx, central_difference(loss, x), kind)
 
 
 @pytest.mark.parametrize("kind", ["linear", "linear-nobias"])
@@ -101,7 +84,7 @@ def test_linear_parameter_gradients(device64, kind):
             perturbed[key] = v
             seq.load_state_dict(perturbed)
             return float(np.sum(host(dev, seq.forward(dev.asarray(x.copy()))) * G))
-        _fd_close(grads[key], _central_difference(loss, value), key)
+        fd_close(grads[key], central_difference(loss, value), key)
 
 
 def test_backward_without_input_grad_fills_the_same_gradients(device64):
@@ -134,7 +117,7 @@ def test_softmax_cross_entropy_gradient(device64):
     assert loss(logits) == pytest.approx(host_xent(logits, labels), rel=1e-12)
     grad = host(dev, pn.softmax_cross_entropy_grad(dev.asarray(logits.copy()), y))
     np.testing.assert_allclose(grad, (host_softmax(logits) - np.eye(4)[labels]) / 5, rtol=1e-12, atol=1e-15)
-    _fd_close(grad, _central_difference(loss, logits))
+    fd_close(grad, central_difference(loss, logits))
 
 
 @pytest.mark.parametrize("classes", [4, 300])  # CuPy: a thread per row up to 256 classes, seven kernels beyond
@@ -219,8 +202,8 @@ def test_mlp_gradients_against_finite_differences(device64, sizes, activation, b
             st = dict(state)
             st[key] = v
             return full_loss(st)
-        _fd_close(analytic[key], _central_difference(f, value), key)
-    _fd_close(dX, _central_difference(lambda Xh: full_loss(state, Xh), X), "input")
+        fd_close(analytic[key], central_difference(f, value), key)
+    fd_close(dX, central_difference(lambda Xh: full_loss(state, Xh), X), "input")
 
 
 def test_one_activation_object_used_twice_trains_as_two(device):

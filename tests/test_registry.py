@@ -15,8 +15,8 @@ from portablenn.losses import Loss
 from portablenn.registry import ACTIVATIONS, LAYERS, LOSSES, Registry
 from portablenn.validation import InputError
 
-from _support import host, require_dtype
-from _tolerances import FD_RTOL, FD_STEP, assert_state_close
+from _support import central_difference, fd_close, host, require_dtype
+from _tolerances import assert_state_close
 
 
 class Softplus(Module):
@@ -195,16 +195,6 @@ def _regression(n=48, seed=3):
     return X, y
 
 
-def _central_difference(f, x):
-    grad = np.zeros_like(x)
-    for index in np.ndindex(x.shape):
-        plus, minus = x.copy(), x.copy()
-        plus[index] += FD_STEP
-        minus[index] -= FD_STEP
-        grad[index] = (f(plus) - f(minus)) / (2 * FD_STEP)
-    return grad
-
-
 def test_new_layer_and_loss_pass_gradient_checks_on_every_device(device, softplus, mse):
     """Backpropagation through Softplus and MSE (the step's own calls: forward, the loss's value_and_grad,
     backward) against central differences of the loss, for every parameter, in float64."""
@@ -223,9 +213,7 @@ def test_new_layer_and_loss_pass_gradient_checks_on_every_device(device, softplu
         return float(host(dev, loss.value(dev.xp, trial.forward(Xd), targets)[0]))
 
     for key, layer, name in model.named_parameters():
-        numeric = _central_difference(lambda v: loss_at(key, v), state[key])
-        np.testing.assert_allclose(host(dev, layer.grads[name]), numeric, rtol=FD_RTOL,
-                                   atol=FD_RTOL * max(1.0, float(np.abs(numeric).max())), err_msg=key)
+        fd_close(host(dev, layer.grads[name]), central_difference(lambda v: loss_at(key, v), state[key]), err_msg=key)
 
 
 @pytest.mark.parametrize("optimizer", [lambda: pn.SGD(0.05, momentum=0.9), lambda: pn.Adam(0.01)],

@@ -304,6 +304,18 @@ def test_to_casts_dtype(device):
 
 
 # -- predict / predict_proba / evaluate ------------------------------------------------------------
+def test_predict_proba_is_finite_and_exact_for_huge_logits(device, dtype):
+    """``softmax`` shifts each row by its maximum: logits of 1e4 (float64) or 80 (float32: exp overflows
+    past 88) still give exact probabilities, never NaN."""
+    big = 1e4 if dtype == "float64" else 80.0
+    model = pn.Sequential(pn.Linear(2, 3, bias=False, init="zeros", dtype=dtype)).to(device)
+    model.load_state_dict({"0.weight": np.array([[big, 0.0, big - 1.0], [0.0, big, 0.0]])})
+    proba = pn.predict_proba(model, np.array([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0]], dtype=dtype))
+    e = np.exp([[0.0, -big, -1.0], [-big, 0.0, -big], [0.0, -2 * big, -2.0]])
+    assert np.isfinite(proba).all()
+    assert_close(proba, e / e.sum(axis=1, keepdims=True), dtype, factor=10)
+
+
 @pytest.mark.parametrize("n", [13, 8192 + 9], ids=["small", "more-than-one-chunk"])
 def test_predict_and_predict_proba(device, dtype, n):
     """Regression: on array_api_strict, predict sliced past the end of X (not in the Array API standard)

@@ -182,15 +182,7 @@ class CupyKernels(Kernels):
 
     fuses_sgd = True
 
-    def fused_loss(self, loss):
-        from ..losses import SoftmaxCrossEntropy
-
-        if type(loss) is SoftmaxCrossEntropy:
-            softmax_xent = self.softmax_xent
-            return lambda xp, logits, targets, scale: softmax_xent(logits, targets[1], targets[0], scale)
-        return None
-
-    def softmax_xent(self, logits, onehot, labels, scale):
+    def softmax_xent(self, logits, labels, onehot, scale):
         """``SoftmaxCrossEntropy.value_and_grad`` fused: ``(grad, loss_sum, wrong)``."""
         n, classes = logits.shape
         if 0 < classes <= _ROW_KERNEL_CLASSES and n:
