@@ -151,7 +151,7 @@ def _from_state_dict(state, activation):
                          f"{len(indices)} Linear layers, got {activation!r}")
     if len(indices) == 1 and activation is not None and activation not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
-    act = {"type": LAYERS.name_of(ACTIVATIONS.get(activation))} if len(indices) > 1 else None
+    act = LAYERS.to_config(ACTIVATIONS.get(activation)()) if len(indices) > 1 else None  # as mlp builds it
     linears = [{"type": "Linear", "in_features": int(state[f"{i}.weight"].shape[1]),
                 "out_features": int(state[f"{i}.weight"].shape[0]), "bias": f"{i}.bias" in state} for i in indices]
     configs = [linears[0]]

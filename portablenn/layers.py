@@ -1,4 +1,5 @@
-"""Layers with hand-written backward passes: Linear, ReLU, Sigmoid, Tanh and the Sequential container."""
+"""Layers with hand-written backward passes: Linear, the activations (ReLU, Sigmoid, Tanh, LeakyReLU, GELU,
+Identity) and the Sequential container."""
 import copy
 
 import numpy as np
@@ -7,7 +8,7 @@ from . import backend
 from .init import linear_params
 from .registry import LAYERS, register_activation, register_layer
 
-__all__ = ["Module", "Linear", "ReLU", "Sigmoid", "Tanh", "Sequential"]
+__all__ = ["Module", "Linear", "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "GELU", "Identity", "Sequential"]
 
 
 class Module:
@@ -206,6 +207,83 @@ class Tanh(Module):
     def backward(self, grad_output, input_grad=True):
         # d tanh/dx = 1 - tanh^2, from the cached output
         return grad_output * (1.0 - self._out * self._out) if input_grad else None
+
+
+@register_activation("leaky_relu", init="he")
+class LeakyReLU(Module):
+    """``x`` where ``x > 0``, else ``negative_slope * x`` (PyTorch's ``nn.LeakyReLU``; default slope 0.01)."""
+
+    config_keys = ("negative_slope",)
+    torch_class = "LeakyReLU"
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+
+    def forward(self, x):  # (batch, n) -> (batch, n)
+        self._positive = x > 0
+        return self.xp.where(self._positive, x, self.negative_slope * x)
+
+    def backward(self, grad_output, input_grad=True):
+        # slope 1 where the input was positive, negative_slope elsewhere
+        return self.xp.where(self._positive, grad_output, self.negative_slope * grad_output) if input_grad else None
+
+    @classmethod
+    def check_config(cls, config):
+        super().check_config(config)
+        slope = config["negative_slope"]
+        if isinstance(slope, bool) or not isinstance(slope, (int, float)) or not 0 <= slope < 1:
+            raise ValueError(f"LeakyReLU negative_slope must be a number in [0, 1), got {slope!r}")
+
+
+@register_activation("gelu", init="he")
+class GELU(Module):
+    """Gaussian error linear unit, tanh form: ``0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))``.
+
+    PyTorch's ``nn.GELU(approximate="tanh")``; the exact form needs ``erf``, which the Array API lacks.
+    """
+
+    config_keys = ("approximate",)
+    torch_class = "GELU"
+    _C, _A = 0.7978845608028654, 0.044715  # sqrt(2 / pi), and the cubic term's coefficient
+
+    def __init__(self, approximate="tanh"):
+        super().__init__()
+        if approximate != "tanh":
+            raise ValueError(f"GELU supports approximate='tanh' only (the Array API has no erf), got {approximate!r}")
+        self.approximate = approximate
+
+    def forward(self, x):  # (batch, n) -> (batch, n)
+        self._x = x
+        self._t = self.xp.tanh(self._C * (x + self._A * (x * x * x)))
+        return 0.5 * x * (1.0 + self._t)
+
+    def backward(self, grad_output, input_grad=True):
+        # d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) C (1 + 3 A x^2), with t the tanh of forward
+        if not input_grad:
+            return None
+        x, t = self._x, self._t
+        slope = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * (self._C * (1.0 + 3.0 * self._A * (x * x)))
+        return grad_output * slope
+
+    @classmethod
+    def check_config(cls, config):
+        super().check_config(config)
+        if config["approximate"] != "tanh":
+            raise ValueError(f"GELU approximate must be 'tanh', got {config['approximate']!r}")
+
+
+@register_activation("identity", init="xavier")
+class Identity(Module):
+    """``x`` unchanged (an MLP with ``activation="identity"`` is a product of linear maps)."""
+
+    torch_class = "Identity"
+
+    def forward(self, x):  # (batch, n) -> (batch, n)
+        return x
+
+    def backward(self, grad_output, input_grad=True):
+        return grad_output if input_grad else None
 
 
 def _own_positions(layers):

@@ -25,7 +25,7 @@ from .validation import check_features, check_range
 
 __all__ = ["MLPClassifier"]
 
-_ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "logistic": "sigmoid"}
+_ACTIVATIONS = {"relu": "relu", "tanh": "tanh", "sigmoid": "sigmoid", "logistic": "sigmoid", "identity": "identity"}
 _CHUNK = 8192  # rows per forward pass when predicting, to bound activation memory
 
 
@@ -46,8 +46,8 @@ class MLPClassifier(ClassifierMixin, BaseEstimator):
     ----------
     hidden_layer_sizes : tuple of int, default=(100,)
         Width of each hidden layer; ``()`` is a linear softmax classifier.
-    activation : {"relu", "tanh", "sigmoid", "logistic"}, default="relu"
-        ``"logistic"`` is scikit-learn's name for the sigmoid.
+    activation : {"relu", "tanh", "sigmoid", "logistic", "identity"}, default="relu"
+        ``"logistic"`` is scikit-learn's name for the sigmoid; ``"identity"`` makes a linear model.
     solver : {"adam", "sgd"}, default="adam"
     alpha : float, default=0.0001
         L2 strength: ``0.5 * alpha * sum(W ** 2)`` is added to the *mean* minibatch loss

@@ -27,12 +27,25 @@ import numpy as np
 __all__ = ["architecture", "mlp_architecture", "loss_and_grads", "probabilities", "penalty", "metrics", "SGD",
            "Adam", "make", "train", "shuffled_orders"]
 
+_GELU_C, _GELU_A = np.sqrt(2.0 / np.pi), 0.044715
+
+
+def _gelu_slope(z, out):
+    t = np.tanh(_GELU_C * (z + _GELU_A * z ** 3))
+    return 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t ** 2) * _GELU_C * (1.0 + 3.0 * _GELU_A * z ** 2)
+
+
+# name -> (forward, derivative from (input, output)), from the formulas (PyTorch's documented definitions)
 _ACT = {
-    "relu": (lambda z: np.maximum(z, 0.0), lambda out: (out > 0).astype(out.dtype)),
-    "tanh": (np.tanh, lambda out: 1.0 - out * out),
-    "sigmoid": (lambda z: 1.0 / (1.0 + np.exp(-z)), lambda out: out * (1.0 - out)),
+    "relu": (lambda z: np.maximum(z, 0.0), lambda z, out: (z > 0).astype(out.dtype)),
+    "tanh": (np.tanh, lambda z, out: 1.0 - out * out),
+    "sigmoid": (lambda z: 1.0 / (1.0 + np.exp(-z)), lambda z, out: out * (1.0 - out)),
+    "leaky_relu": (lambda z: np.where(z > 0, z, 0.01 * z), lambda z, out: np.where(z > 0, 1.0, 0.01)),
+    "gelu": (lambda z: 0.5 * z * (1.0 + np.tanh(_GELU_C * (z + _GELU_A * z ** 3))), _gelu_slope),
+    "identity": (lambda z: z, lambda z, out: np.ones_like(z)),
 }
-_LAYER_NAMES = {"ReLU": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid"}
+_LAYER_NAMES = {"ReLU": "relu", "Tanh": "tanh", "Sigmoid": "sigmoid", "LeakyReLU": "leaky_relu", "GELU": "gelu",
+                "Identity": "identity"}
 
 
 def architecture(model):
@@ -64,8 +77,8 @@ def _forward(params, arch, X):
             if f"{item}.bias" in params:
                 a = a + params[f"{item}.bias"]
         else:
-            a = _ACT[item][0](a)
-            cache.append((item, a))
+            z, a = a, _ACT[item][0](a)
+            cache.append((item, (z, a)))
     return a, cache
 
 
@@ -93,8 +106,8 @@ def loss_and_grads(params, arch, X, y):
             if f"{item}.bias" in params:
                 grads[f"{item}.bias"] = delta.sum(axis=0)
             delta = delta @ W.T
-        else:  # saved = the activation's output
-            delta = delta * _ACT[item][1](saved)
+        else:  # saved = the activation's input and output
+            delta = delta * _ACT[item][1](*saved)
     wrong = int(np.sum(np.argmax(logits, axis=1) != y))
     return float(np.mean(rows)), wrong, grads
 

@@ -27,6 +27,9 @@ LAYERS = {
     "relu": pn.ReLU,
     "sigmoid": pn.Sigmoid,
     "tanh": pn.Tanh,
+    "leaky_relu": lambda: pn.LeakyReLU(0.1),
+    "gelu": pn.GELU,
+    "identity": pn.Identity,
 }
 
 

@@ -25,7 +25,7 @@ def _X(dtype, n=50, features=6):
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "nobias"])
-@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh"])
+@pytest.mark.parametrize("activation", ["relu", "sigmoid", "tanh", "leaky_relu", "gelu", "identity"])
 def test_round_trip_gives_the_same_outputs(activation, bias, dtype):
     model = _model(activation, bias, dtype)
     module = to_torch(model)
@@ -35,7 +35,8 @@ def test_round_trip_gives_the_same_outputs(activation, bias, dtype):
     assert out.dtype == getattr(torch, dtype)
     assert_close(out.numpy(), model.forward(X), dtype, factor=10)  # two BLAS libraries, same maths
     names = [type(m).__name__ for m in module]
-    assert names == ["Linear", {"relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh"}[activation]] * 2 + ["Linear"]
+    assert names == ["Linear", {"relu": "ReLU", "sigmoid": "Sigmoid", "tanh": "Tanh", "leaky_relu": "LeakyReLU",
+                                "gelu": "GELU", "identity": "Identity"}[activation]] * 2 + ["Linear"]
     assert all((m.bias is not None) == bias for m in module if isinstance(m, torch.nn.Linear))
     state = model.state_dict()
     for key, value in module.state_dict().items():  # same keys; weights transposed to (out, in)
@@ -77,7 +78,7 @@ def test_the_converted_model_trains():
 
 def test_errors_are_one_sentence():
     module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Dropout(), torch.nn.Linear(4, 2))
-    with pytest.raises(TypeError, match=r"layer 1 \(Dropout\) is not Linear, ReLU, Sigmoid or Tanh"):
+    with pytest.raises(TypeError, match=r"layer 1 \(Dropout\) is not Linear, GELU, Identity, LeakyReLU, ReLU, Sigmoid or Tanh"):
         from_torch(module)
     with pytest.raises(TypeError, match="torch.nn.Sequential or a state dict"):
         from_torch(torch.nn.Linear(3, 2))

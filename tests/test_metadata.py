@@ -98,7 +98,7 @@ for value in (MISSING, "784", [], [2], [2, -8, 3], [2, 0, 3], [2, 8.5, 3], [2, T
               [2, NAN, 3], [2, 10**9, 3], [2, 2**64, 3], [[2], 8, 3], {"a": 1}, None, [2, 8, 3, 4], [2, 8],
               [3, 8, 3], [2] * 20_000):
     case(f"architecture.sizes={str(value)[:16]}", field("architecture", "sizes", value))
-for value in ("gelu", 3, None, ["relu"], "", "RELU"):
+for value in ("mish", 3, None, ["relu"], "", "RELU"):
     case(f"architecture.activation={value!r}", field("architecture", "activation", value))
 for value in ("yes", 1, None, False):
     case(f"architecture.bias={value!r}", field("architecture", "bias", value))

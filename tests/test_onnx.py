@@ -21,6 +21,9 @@ CASES = [
     ([6, 10, 10, 5], "tanh", True, "float32"),
     ([6, 10, 5], "tanh", False, "float32"),
     ([5, 9, 4], "relu", True, "float64"),
+    ([4, 7, 3], "leaky_relu", True, "float32"),
+    ([4, 7, 3], "gelu", True, "float64"),
+    ([4, 7, 3], "identity", False, "float32"),
 ]
 
 

@@ -35,6 +35,13 @@ SCENARIOS = {
                                  dict(epochs=5, batch_size=16, shuffle=False), 64),
     "shuffle-momentum-ends-in-sigmoid": (dict(sizes=[6, 8, 3], then="sigmoid"), lambda: pn.SGD(0.5, momentum=0.9),
                                          dict(epochs=5, batch_size=16, shuffle=True, seed=6), 64),
+    "shuffle-sgd-leaky-relu-val": (dict(sizes=[6, 8, 3], activation="leaky_relu"), lambda: pn.SGD(0.2),
+                                   dict(epochs=5, batch_size=16, shuffle=True, seed=7, validation=True), 64),
+    "fullbatch-adam-gelu-l2": (dict(sizes=[6, 8, 5, 3], activation="gelu"), lambda: pn.Adam(0.01),
+                               dict(epochs=20, batch_size=None, l2=1e-3), 48),
+    "inorder-nesterov-identity": (dict(sizes=[6, 8, 3], activation="identity"),
+                                  lambda: pn.SGD(0.1, momentum=0.9, nesterov=True),
+                                  dict(epochs=5, batch_size=16, shuffle=False), 50),
 }
 
 _REFERENCE = {}

@@ -103,7 +103,7 @@ def test_pickle_keeps_the_weights_not_the_device():
 
 
 @pytest.mark.parametrize("params, message", [
-    ({"activation": "identity"}, "activation"),
+    ({"activation": "softplus"}, "activation"),
     ({"solver": "lbfgs"}, "solver"),
     ({"hidden_layer_sizes": (10, 0)}, "hidden_layer_sizes"),
     ({"max_iter": 0}, "max_iter"),
@@ -277,6 +277,7 @@ PARAMETERS = [
     ("max_iter", {}, 2, 4),
     ("activation", {}, "relu", "tanh"),
     ("activation", {}, "relu", "logistic"),
+    ("activation", {}, "relu", "identity"),
     ("hidden_layer_sizes", {}, (6,), (5, 4)),
     ("dtype", {}, "float64", "float32"),
 ]

@@ -591,7 +591,7 @@ def test_bad_inputs_to_evaluate_and_predict(fn):
 
 
 @pytest.mark.parametrize("kwargs, fragment", [
-    (dict(activation="softplus"), "unknown activation 'softplus'; expected one of relu, sigmoid, tanh"),
+    (dict(activation="softplus"), "unknown activation 'softplus'; expected one of gelu, identity, leaky_relu, relu, sigmoid, tanh"),
     (dict(dtype="float16"), "dtype must be 'float32' or 'float64'"),
     (dict(init="orthogonal"), "unknown init 'orthogonal'"),
     (dict(sizes=[4]), "sizes must be a list of at least two positive integers"),
