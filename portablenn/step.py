@@ -6,7 +6,7 @@ When it is built, the step chooses which of the device kernels' fusions run that
 
 * the loss's fused twin, ``kernels.fused_loss(loss)`` (NumPy's and CuPy's softmax cross-entropy);
 * plain SGD folded into the backward GEMMs, where ``kernels.fuses_sgd``: with no momentum, no
-  reducer and every parameter in a ``Linear`` layer, the learning rate is folded into the loss
+  reducer, no gradient clipping and every parameter in a ``Linear`` layer, the learning rate is folded into the loss
   gradient and each Linear layer's update is one GEMM ``W = (1 - lr l2) W - x.T @ g`` (no weight
   gradient is made); its bias takes ``b -= sum(g)``;
 * otherwise every layer's ``backward`` fills true gradients, a reducer (data parallelism) sums them,
@@ -31,9 +31,9 @@ def loss_function(loss, kernels):
     return kernels.fused_loss(loss) or loss.value_and_grad
 
 
-def make_step(model, loss, optimizer, device, *, l2=0.0, reducer=None, gradients=None):
+def make_step(model, loss, optimizer, device, *, l2=0.0, clip_norm=None, reducer=None, gradients=None):
     """The training step of ``model`` with ``loss`` and ``optimizer`` on ``device``; see ``Step``."""
-    return Step(model, loss, optimizer, device, l2=l2, reducer=reducer, gradients=gradients)
+    return Step(model, loss, optimizer, device, l2=l2, clip_norm=clip_norm, reducer=reducer, gradients=gradients)
 
 
 class Step:
@@ -47,22 +47,28 @@ class Step:
     device : Device
     l2 : float
         L2 strength: ``0.5 l2 sum(W^2)`` in the loss, ``l2 W`` in every weight matrix's gradient.
+    clip_norm : float, optional
+        Clip the gradients to this global 2-norm (all parameters together) before the update, as
+        ``torch.nn.utils.clip_grad_norm_``: every gradient times ``min(1, clip_norm / (norm + 1e-6))``,
+        computed on the device (no host sync); the L2 term is added after, by the optimizer's rule.
     reducer : optional
         Sums gradients over data-parallel workers (``portablenn.train.Reducer``), through ``gradients``.
     gradients : optional
         The flat gradient buffer the reducer sums (``portablenn.train`` lays it out).
     """
 
-    def __init__(self, model, loss, optimizer, device, *, l2=0.0, reducer=None, gradients=None):
+    def __init__(self, model, loss, optimizer, device, *, l2=0.0, clip_norm=None, reducer=None, gradients=None):
         self.model, self.loss, self.optimizer, self.device = model, loss, optimizer, device
         self.l2, self.reducer, self.gradients = float(l2), reducer, gradients
+        self.clip_norm = None if clip_norm is None else float(clip_norm)
         self.xp, kernels = device.xp, device.kernels
         self._value_and_grad = loss_function(loss, kernels)
         self._weights = weight_matrices(model) if self.l2 else None
         self._params = [(key, layer, name, self.l2 if name == "weight" else 0.0)
                         for key, layer, name in model.named_parameters()]
         self._functional = not device.backend.mutable  # arrays that cannot change in place: new ones instead
-        self._sgd_in_gemm = (kernels.fuses_sgd and not self._functional and type(optimizer) is SGD and not optimizer.momentum
+        self._sgd_in_gemm = (kernels.fuses_sgd and not self._functional and type(optimizer) is SGD
+                             and not optimizer.momentum and self.clip_norm is None
                              and reducer is None and isinstance(model, Sequential)
                              and all(type(layer) is Linear for layer in model.layers if layer.params))
         self._scale = optimizer.lr if self._sgd_in_gemm else 1.0  # folded into the loss gradient
@@ -83,6 +89,8 @@ class Step:
         model.backward(grad, input_grad=False)
         if self.reducer is not None:
             self.gradients.reduce(self.reducer)
+        if self.clip_norm is not None:
+            self._clip()
         hyper, device = optimizer.hyper(optimizer.steps), self.device
         for key, layer, name, decay in self._params:
             p = layer.params[name]
@@ -93,6 +101,16 @@ class Step:
             else:
                 optimizer.update_(layer.kernels, p, layer.grads[name], state, decay, hyper)
         return loss_sum, metric_sum
+
+    def _clip(self):
+        """Every gradient times ``min(1, clip_norm / (norm + 1e-6))``, ``norm`` the global 2-norm: on the device."""
+        xp, total = self.xp, None
+        for _, layer, name, _ in self._params:
+            term = layer.kernels.sq_sum(layer.grads[name])
+            total = term if total is None else total + term
+        factor = xp.minimum(self.clip_norm / (xp.sqrt(total) + 1e-6), 1.0)
+        for _, layer, name, _ in self._params:
+            layer.grads[name] = layer.grads[name] * factor  # a new array: a reducer's flat views stay untouched
 
     def _backward_and_sgd(self, grad):
         """Backward with plain SGD inside: ``grad`` already carries the learning rate."""

@@ -24,9 +24,9 @@ __all__ = ["DivergenceError", "History", "Reducer", "fit", "evaluate", "predict"
 _EVAL_CHUNK = 8192  # rows per forward pass when evaluating, to bound activation memory
 
 
-def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=True, l2=0.0, device=None, seed=0,
-        validation=None, callback=None, log_every=1, on_step=None, initial_epoch=0, comm=None, reducer=None,
-        graph=False):
+def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=True, l2=0.0, clip_norm=None,
+        device=None, seed=0, validation=None, callback=None, log_every=1, on_step=None, initial_epoch=0, comm=None,
+        reducer=None, graph=False):
     """Train ``model`` in place with minibatch gradient descent on ``loss`` (softmax cross-entropy).
 
     Every minibatch runs one step built once by ``portablenn.step.make_step`` (forward, loss,
@@ -54,6 +54,9 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
         as the uninterrupted one; False takes minibatches in order (CMU 10-714).
     l2 : float
         Adds ``0.5 * l2 * sum(W ** 2)`` over weight matrices to the loss, ``l2 * W`` to their gradients.
+    clip_norm : float, optional
+        Clip each step's gradients to this global 2-norm before the update (``torch.nn.utils.
+        clip_grad_norm_``), on the device: no host sync per step.
     device : str or Device, optional
         Where to train; default the model's device. The model is moved there.
     seed : int
@@ -98,6 +101,9 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
         naming the epoch and step.
     """
     epochs, l2 = check_epochs(epochs), check_l2(l2)
+    if clip_norm is not None and (isinstance(clip_norm, bool) or not isinstance(clip_norm, (int, float))
+                                  or not 0 < clip_norm < float("inf")):
+        raise InputError(f"clip_norm must be a positive finite number or None, got {clip_norm!r}")
     initial_epoch = check_epochs(initial_epoch)
     if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
         raise InputError(f"log_every must be a positive integer, got {log_every!r}")
@@ -124,13 +130,15 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
         reducer = comm_reducer(comm)
     if reducer is not None:
         reducer.start(model, optimizer, data.n, None if val is None else val.n, dict(
-            epochs=epochs, initial_epoch=initial_epoch, batch_size=batch, shuffle=bool(shuffle), seed=seed, l2=l2))
+            epochs=epochs, initial_epoch=initial_epoch, batch_size=batch, shuffle=bool(shuffle), seed=seed, l2=l2,
+            clip_norm=clip_norm))
         gradients = FlatGradients(model)  # gradients must be materialised, in one buffer, to be summed
     shard = (reducer or Reducer()).shard
     val_part = val  # this worker evaluates its contiguous part shard(0, val.n) of the validation set
     if val is not None and shard(0, val.n) != (0, val.n):
         val_part = val.part(*shard(0, val.n))
-    train_step = make_step(model, loss, optimizer, dev, l2=l2, reducer=reducer, gradients=gradients)
+    train_step = make_step(model, loss, optimizer, dev, l2=l2, clip_norm=clip_norm, reducer=reducer,
+                           gradients=gradients)
     value = loss_function(loss, dev.kernels)
     weights = weight_matrices(model) if l2 else None
     starts = range(0, data.n, batch)

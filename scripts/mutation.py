@@ -87,6 +87,8 @@ MUTANTS = [
     ("optim-adam-functional-m", "optim.py", "m = self.beta1 * m + (1.0 - self.beta1) * grad",
      "m = self.beta1 * m + (1.0 - self.beta2) * grad"),
     ("optim-adam-functional-eps", "optim.py", "(m / (xp.sqrt(v) + eps_hat))", "(m / (xp.sqrt(v) + 1e-3))"),
+    ("step-clip-min", "step.py", "factor = xp.minimum(self.clip_norm", "factor = xp.maximum(self.clip_norm"),
+    ("step-clip-sqrt", "step.py", "(xp.sqrt(total) + 1e-6)", "(total + 1e-6)"),
     ("step-sgd-in-gemm-decay", "step.py", "keep = self.model.layers, 1.0 - self.optimizer.lr * self.l2",
      "keep = self.model.layers, 1.0"),
     ("step-sgd-bias-skipped", "step.py", "k.sgd_(layer.params[\"bias\"], k.sum_rows(grad_output), 1.0, 0.0)", "pass"),

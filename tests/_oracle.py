@@ -194,13 +194,22 @@ class Result:
         self.steps, self.loss, self.error, self.val_loss, self.val_error = [], [], [], [], []
 
 
+def clip(grads, max_norm):
+    """``torch.nn.utils.clip_grad_norm_``: every gradient times ``min(1, max_norm / (norm + 1e-6))``, where
+    ``norm`` is the 2-norm of all gradients together (before weight decay, which the optimizer adds)."""
+    norm = np.sqrt(sum(float(np.sum(g * g)) for g in grads.values()))
+    factor = min(1.0, max_norm / (norm + 1e-6))
+    return {k: g * factor for k, g in grads.items()}
+
+
 def train(initial, arch, X, y, optimizer, *, epochs, batch=None, l2=0.0, orders=None, validation=None,
-          dtype="float64"):
+          dtype="float64", clip_norm=None):
     """Minibatch training of ``initial`` (a state dict) on softmax cross-entropy plus ``0.5 l2 sum(W^2)``.
 
     ``batch`` None is full batch; the last minibatch of an epoch holds the remaining rows and its
     gradient is the mean over those rows. ``orders[e]`` is the row order of epoch ``e`` (default: in
-    order). ``optimizer`` is an ``SGD`` or ``Adam`` here, its ``weight_decay`` the same ``l2``.
+    order). ``optimizer`` is an ``SGD`` or ``Adam`` here, its ``weight_decay`` the same ``l2``. With
+    ``clip_norm`` every step's gradients are clipped to that global 2-norm first (``clip``).
     """
     params = _cast(initial, dtype)
     X, y = np.asarray(X, dtype), np.asarray(y)
@@ -213,6 +222,8 @@ def train(initial, arch, X, y, optimizer, *, epochs, batch=None, l2=0.0, orders=
         for start in range(0, n, batch):
             rows = order[start:start + batch]
             loss, step_wrong, grads = loss_and_grads(params, arch, X[rows], y[rows])
+            if clip_norm is not None:
+                grads = clip(grads, clip_norm)
             loss_sum += (loss + penalty(params, l2)) * len(rows)
             wrong += step_wrong
             optimizer.step(params, grads)

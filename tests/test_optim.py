@@ -309,3 +309,30 @@ def test_gradients_are_true_gradients_after_a_step():
         _, _, expected = oracle.loss_and_grads(start, oracle.architecture(model), X.astype(np.float64), y)
         for key, layer, name in model.named_parameters():
             np.testing.assert_allclose(host(model.device, layer.grads[name]), expected[key], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("clip_norm", [0.05, 1e3], ids=["clipping", "not-reached"])
+@pytest.mark.parametrize("kind, kwargs", [OPTIMIZERS[0], OPTIMIZERS[2], OPTIMIZERS[3]])
+def test_gradient_clipping_matches_the_numpy_oracle_step_by_step(device, dtype, kind, kwargs, clip_norm):
+    """``fit(clip_norm=c)`` is ``torch.nn.utils.clip_grad_norm_(c)`` before each step (the global 2-norm of
+    all gradients, L2 added after by the optimizer), on every device, after each of 6 steps."""
+    X, y = classification_data(n=10, features=4, classes=3, seed=1)
+    model = _biased_model(dtype).to(device)
+    expected = oracle.train(model.state_dict(), oracle.architecture(model), X.astype(dtype), y,
+                            oracle.make(kind, kwargs, 0.05), epochs=2, batch=4, l2=0.05, clip_norm=clip_norm)
+    unclipped = oracle.train(model.state_dict(), oracle.architecture(model), X.astype(dtype), y,
+                             oracle.make(kind, kwargs, 0.05), epochs=2, batch=4, l2=0.05)
+    states = []
+    pn.fit(model, X, y, optimizer=_ours(kind, kwargs), epochs=2, batch_size=4, shuffle=False, l2=0.05,
+           clip_norm=clip_norm, on_step=lambda epoch, step, steps: states.append(model.state_dict()))
+    for i, (state, want) in enumerate(zip(states, expected.steps), start=1):
+        assert_state_close(state, want, dtype, err_msg=f"{device.name} {kind} clip {clip_norm} after step {i}")
+    moved = max(float(np.max(np.abs(expected.params[k] - unclipped.params[k]))) for k in expected.params)
+    assert (moved > 1e-3) == (clip_norm < 1), moved  # the clip bites in one case and not in the other
+
+
+def test_clip_norm_is_checked():
+    X, y = classification_data(n=10, features=4, classes=3)
+    for bad in (0, -1.0, float("inf"), float("nan"), "1", True):
+        with pytest.raises(pn.InputError, match="clip_norm must be a positive finite number"):
+            pn.fit(pn.mlp([4, 3]), X, y, optimizer=pn.SGD(0.1), clip_norm=bad)

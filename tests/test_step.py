@@ -34,9 +34,12 @@ def test_the_step_chooses_the_fusions_its_kernels_offer(spec, kernels, optimizer
     assert _step(dev, optimizer()).fused == expected
 
 
-def test_no_sgd_in_the_gemms_with_a_reducer_or_a_loss_subclass():
+def test_no_sgd_in_the_gemms_with_a_reducer_clipping_or_a_loss_subclass():
     dev = pn.device("cpu")
     assert _step(dev, pn.SGD(0.1), reducer=Reducer()).fused == ["loss"]  # gradients must exist to be summed
+    model = pn.mlp([4, 6, 3], seed=1, dtype="float64")
+    optimizer = pn.SGD(0.1).bind(model)
+    assert pn.make_step(model, pn.SoftmaxCrossEntropy(), optimizer, dev, clip_norm=1.0).fused == ["loss"]  # and clipped
     assert _step(dev, pn.SGD(0.1), loss=Weighted()).fused == ["sgd_in_gemm"]
 
 

@@ -462,6 +462,8 @@ def test_no_host_sync_inside_the_training_loop(monkeypatch):
     assert run(4, 5, 5, validation=(Xv, yv)) == (constant, 0)
     assert run(4, 5, 5, optimizer=pn.Adam(0.01), validation=(Xv, yv)) == (constant, 0)
     assert run(4, 5, 5, optimizer=pn.SGD(0.1, momentum=0.9)) == (constant, 0)
+    assert run(4, 5, 5, clip_norm=0.1) == (constant, 0)  # the global norm stays on the device
+    assert run(4, 5, 5, clip_norm=0.1, graph=True) == (constant, 0)
     assert run(4, 1, 1, graph=True) == ten  # the recorded step counts its minibatches on the device
     assert run(3, 5, 5, graph=True, validation=(Xv, yv)) == (constant, 0)  # 13 full steps and a partial one
     # log_every=1: exactly one read per epoch (plus the same constant overhead)
