@@ -4,7 +4,7 @@ from .checkpoint import CheckpointError, load, save
 from .layers import GELU, Identity, LeakyReLU, Linear, Module, ReLU, Sequential, Sigmoid, Tanh
 from .losses import Loss, SoftmaxCrossEntropy, l2_penalty, softmax_cross_entropy, softmax_cross_entropy_grad
 from .models import mlp
-from .optim import SGD, Adam, Optimizer
+from .optim import SGD, Adam, AdamW, Optimizer
 from .registry import register_activation, register_layer, register_loss, register_optimizer
 from .step import make_step
 from .train import DivergenceError, History, evaluate, fit, predict, predict_proba
@@ -13,7 +13,7 @@ from . import distributed  # noqa: F401  registers fit(comm=...)'s adapter; impo
 
 __version__ = "0.1.0"
 
-__all__ = ["Adam", "CheckpointError", "Device", "DeviceError", "DivergenceError", "GELU", "History", "Identity",
+__all__ = ["Adam", "AdamW", "CheckpointError", "Device", "DeviceError", "DivergenceError", "GELU", "History", "Identity",
            "InputError", "KernelFallbackWarning", "LeakyReLU", "Linear", "Loss", "Module", "Optimizer", "ReLU", "SGD", "Sequential", "Sigmoid",
            "SoftmaxCrossEntropy", "Tanh", "device", "evaluate", "fit", "l2_penalty", "load", "make_step", "mlp",
            "predict", "predict_proba", "register_activation", "register_layer", "register_loss", "register_optimizer",

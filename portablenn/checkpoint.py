@@ -443,7 +443,7 @@ def _check_optimizer_config(config, path):
     if "steps" not in config:
         raise CheckpointError(f"{path} has corrupted metadata: optimizer has no steps")
     _int(config["steps"], path, f"{where} steps")
-    if name in ("SGD", "Adam") and "lr" not in config:
+    if name in ("SGD", "Adam", "AdamW") and "lr" not in config:
         raise CheckpointError(f"{path} has corrupted metadata: the {name} optimizer has no lr")
     for key, value in config.items():
         if key in ("class", "steps"):
@@ -638,7 +638,7 @@ def restore_optimizer(optimizer, checkpoint, model):
     if config.get("class") != name:
         raise CheckpointError(f"the checkpoint holds {config.get('class')} state but the optimizer is {name}")
     params = {key: layer.params[p] for key, layer, p in model.named_parameters()}
-    count = {"SGD": 1, "Adam": 2}.get(name)
+    count = {"SGD": 1, "Adam": 2, "AdamW": 2}.get(name)
     saved = checkpoint.optimizer_state
     if not isinstance(saved, dict) or not all(
             isinstance(key, str) and isinstance(buffers, (tuple, list))

@@ -109,6 +109,10 @@ class Kernels:
         wrong_total += wrong
         start += batch
 
+    def scale_(self, x, factor):
+        """In place: ``x *= factor`` (AdamW's decoupled weight decay)."""
+        x *= factor
+
     def adam_(self, param, m, v, grad, beta1, beta2, step_size, eps_hat, l2):
         """In place, PyTorch's Adam: ``param -= step_size * m / (sqrt(v) + eps_hat)``."""
         xp = self.xp

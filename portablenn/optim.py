@@ -4,11 +4,12 @@ Each rule is written twice, side by side: ``update`` returns new arrays (for imm
 ``update_`` changes the parameter and its state in place through the device's kernels (whose fast
 twins fuse it). ``hyper(step)`` gives the host scalars of a step (Adam's bias correction), so the rule
 itself never reads the step counter. The gradients a rule receives are true gradients of the loss;
-``decay`` is the L2 strength for a weight matrix (0 for a bias): ``grad + decay * param``.
+``decay`` is the L2 strength for a weight matrix (0 for a bias): ``grad + decay * param``; ``decays``
+says whether the parameter takes decoupled weight decay (AdamW): weight matrices do, biases do not.
 """
 from .registry import OPTIMIZERS, Configurable, register_optimizer
 
-__all__ = ["Optimizer", "SGD", "Adam", "OPTIMIZERS"]
+__all__ = ["Optimizer", "SGD", "Adam", "AdamW", "OPTIMIZERS"]
 
 
 class Optimizer(Configurable):
@@ -33,11 +34,11 @@ class Optimizer(Configurable):
         """Host scalars for step number ``step`` (1-based), passed to ``update``/``update_``."""
         return (self.lr,)
 
-    def update(self, xp, param, grad, state, decay, hyper):
+    def update(self, xp, param, grad, state, decay, hyper, decays=True):
         """Functional form: ``(new_param, new_state)``."""
         raise NotImplementedError
 
-    def update_(self, kernels, param, grad, state, decay, hyper):
+    def update_(self, kernels, param, grad, state, decay, hyper, decays=True):
         """In-place form: changes ``param`` and the buffers of ``state``."""
         raise NotImplementedError
 
@@ -68,7 +69,7 @@ class Optimizer(Configurable):
         for key, layer, name in self._params:
             p = layer.params[name]
             self.update_(layer.kernels, p, layer.grads[name], self.buffers(key, p, layer.device),
-                         self.l2 if name == "weight" else 0.0, hyper)
+                         self.l2 if name == "weight" else 0.0, hyper, decays=name == "weight")
 
     config_keys = ("lr",)  # the registry's config protocol (Configurable)
 
@@ -93,7 +94,7 @@ class SGD(Optimizer):
     def slots(self):
         return 1 if self.momentum else 0
 
-    def update(self, xp, param, grad, state, decay, hyper):
+    def update(self, xp, param, grad, state, decay, hyper, decays=True):
         (lr,) = hyper
         if decay:
             grad = grad + decay * param
@@ -103,7 +104,7 @@ class SGD(Optimizer):
         velocity = self.momentum * velocity + lr * grad
         return param - ((lr * grad + self.momentum * velocity) if self.nesterov else velocity), (velocity,)
 
-    def update_(self, kernels, param, grad, state, decay, hyper):
+    def update_(self, kernels, param, grad, state, decay, hyper, decays=True):
         (lr,) = hyper
         if self.momentum:
             kernels.momentum_(param, state[0], grad, lr, self.momentum, decay, self.nesterov)
@@ -131,8 +132,8 @@ class Adam(Optimizer):
         root2 = (1.0 - self.beta2 ** step) ** 0.5
         return self.lr * root2 / correction1, self.eps * root2
 
-    def update(self, xp, param, grad, state, decay, hyper):
-        step_size, eps_hat = hyper
+    def update(self, xp, param, grad, state, decay, hyper, decays=True):
+        step_size, eps_hat = hyper[:2]
         if decay:
             grad = grad + decay * param
         m, v = state
@@ -140,7 +141,40 @@ class Adam(Optimizer):
         v = self.beta2 * v + (1.0 - self.beta2) * (grad * grad)
         return param - step_size * (m / (xp.sqrt(v) + eps_hat)), (m, v)
 
-    def update_(self, kernels, param, grad, state, decay, hyper):
-        step_size, eps_hat = hyper
+    def update_(self, kernels, param, grad, state, decay, hyper, decays=True):
+        step_size, eps_hat = hyper[:2]
         m, v = state
         kernels.adam_(param, m, v, grad, self.beta1, self.beta2, step_size, eps_hat, decay)
+
+
+@register_optimizer(name="adamw")
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter, 2019; ``torch.optim.AdamW``): each step first
+    shrinks a decaying parameter, ``param *= 1 - lr * weight_decay``, then takes Adam's step. Weight matrices
+    decay; biases do not (PyTorch decays every parameter unless told otherwise). ``fit(l2=...)`` still adds
+    a coupled L2 term to the gradient if asked; AdamW's own decay is ``weight_decay``."""
+
+    config_keys = ("lr", "beta1", "beta2", "eps", "weight_decay")
+
+    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01):
+        super().__init__(lr, beta1, beta2, eps)
+        self.weight_decay = float(weight_decay)
+        if not 0.0 <= self.weight_decay < float("inf"):
+            raise ValueError(f"AdamW needs a finite weight_decay >= 0, got {weight_decay}")
+
+    def hyper(self, step):
+        """Adam's ``(step_size, eps_hat)`` and the decoupled decay's factor ``1 - lr * weight_decay``."""
+        return (*super().hyper(step), 1.0 - self.lr * self.weight_decay)
+
+    # a coupled L2 term (fit's l2) joins the gradient from the parameter before it shrinks, as autograd's would
+    def update(self, xp, param, grad, state, decay, hyper, decays=True):
+        if decays and self.weight_decay:
+            grad, decay, param = (grad + decay * param if decay else grad), 0.0, param * hyper[2]
+        return super().update(xp, param, grad, state, decay, hyper)
+
+    def update_(self, kernels, param, grad, state, decay, hyper, decays=True):
+        if decays and self.weight_decay:
+            if decay:
+                grad, decay = grad + decay * param, 0.0
+            kernels.scale_(param, hyper[2])
+        super().update_(kernels, param, grad, state, decay, hyper)

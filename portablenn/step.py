@@ -65,7 +65,7 @@ class Step:
         self._value_and_grad = loss_function(loss, kernels)
         self._weights = weight_matrices(model) if self.l2 else None
         self._params = [(key, layer, name, self.l2 if name == "weight" else 0.0)
-                        for key, layer, name in model.named_parameters()]
+                        for key, layer, name in model.named_parameters()]  # L2 and weight decay: weights only
         self._functional = not device.backend.mutable  # arrays that cannot change in place: new ones instead
         self._sgd_in_gemm = (kernels.fuses_sgd and not self._functional and type(optimizer) is SGD
                              and not optimizer.momentum and self.clip_norm is None
@@ -95,11 +95,12 @@ class Step:
         for key, layer, name, decay in self._params:
             p = layer.params[name]
             state = optimizer.buffers(key, p, device)
+            decays = name == "weight"
             if self._functional:
                 layer.params[name], optimizer.state[key] = optimizer.update(self.xp, p, layer.grads[name], state,
-                                                                            decay, hyper)
+                                                                            decay, hyper, decays)
             else:
-                optimizer.update_(layer.kernels, p, layer.grads[name], state, decay, hyper)
+                optimizer.update_(layer.kernels, p, layer.grads[name], state, decay, hyper, decays)
         return loss_sum, metric_sum
 
     def _clip(self):

@@ -171,8 +171,30 @@ class Adam:
             params[key] = params[key] - self.lr * m_hat / (np.sqrt(v_hat) + self.eps)
 
 
+class AdamW(Adam):
+    """``torch.optim.AdamW`` on dicts of arrays: ``p *= 1 - lr * weight_decay`` (weights only), then Adam's step
+    with the gradient (which carries a coupled ``l2 * p`` from the parameter before it shrank, if any)."""
+
+    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.01, l2=0.0):
+        super().__init__(lr, beta1, beta2, eps, 0.0)
+        self.decoupled, self.l2 = weight_decay, l2
+
+    def step(self, params, grads):
+        grads = dict(grads)
+        for key in params:
+            if key.endswith(".weight"):
+                if self.l2:
+                    grads[key] = grads[key] + self.l2 * params[key]
+                params[key] = params[key] * (1.0 - self.lr * self.decoupled)
+        super().step(params, grads)
+
+
 def make(kind, kwargs, l2=0.0):
-    """The reference of ``pn.SGD(**kwargs)`` (kind "sgd") or ``pn.Adam(**kwargs)`` (kind "adam") with ``l2``."""
+    """The reference of ``pn.SGD(**kwargs)`` (kind "sgd"), ``pn.Adam(**kwargs)`` ("adam") or ``pn.AdamW`` ("adamw")
+    with ``l2``."""
+    if kind == "adamw":
+        return AdamW(kwargs.get("lr", 1e-3), kwargs.get("beta1", 0.9), kwargs.get("beta2", 0.999),
+                     kwargs.get("eps", 1e-8), kwargs.get("weight_decay", 0.01), l2)
     if kind == "sgd":
         return SGD(kwargs["lr"], kwargs.get("momentum", 0.0), kwargs.get("nesterov", False), l2)
     return Adam(kwargs.get("lr", 1e-3), kwargs.get("beta1", 0.9), kwargs.get("beta2", 0.999),

@@ -206,7 +206,8 @@ def _weights(path):
 
 
 @pytest.mark.parametrize("device", ["cpu", "array_api_strict:device1"])
-@pytest.mark.parametrize("optimizer", [["--momentum", "0.9"], ["--optimizer", "adam", "--lr", "0.01"]])
+@pytest.mark.parametrize("optimizer", [["--momentum", "0.9"], ["--optimizer", "adam", "--lr", "0.01"],
+                                       ["--optimizer", "adamw", "--lr", "0.01"]])
 def test_resume_equals_uninterrupted_bit_for_bit(tmp_path, device, optimizer):
     common = ["--dataset", "lines", "--batch-size", "6", "--shuffle", "--quiet", "--device", device, *optimizer]
     full, part = tmp_path / "full.safetensors", tmp_path / "part.safetensors"

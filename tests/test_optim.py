@@ -19,19 +19,21 @@ OPTIMIZERS = [
     pytest.param("sgd", dict(lr=0.1, momentum=0.8, nesterov=True), id="nesterov"),
     pytest.param("adam", dict(lr=0.01), id="adam"),
     pytest.param("adam", dict(lr=0.02, beta1=0.8, beta2=0.99, eps=1e-6), id="adam-custom"),
+    pytest.param("adamw", dict(lr=0.01, weight_decay=0.5), id="adamw"),
 ]
 
 
 def _ours(kind, kwargs):
-    return pn.SGD(**kwargs) if kind == "sgd" else pn.Adam(**kwargs)
+    return {"sgd": pn.SGD, "adam": pn.Adam, "adamw": pn.AdamW}[kind](**kwargs)
 
 
 def _torch_optimizer(torch, kind, kwargs, groups):
     if kind == "sgd":
         return torch.optim.SGD(groups, lr=kwargs["lr"], momentum=kwargs.get("momentum", 0.0),
                                nesterov=kwargs.get("nesterov", False))
-    return torch.optim.Adam(groups, lr=kwargs["lr"], betas=(kwargs.get("beta1", 0.9), kwargs.get("beta2", 0.999)),
-                            eps=kwargs.get("eps", 1e-8))
+    adam = torch.optim.AdamW if kind == "adamw" else torch.optim.Adam
+    return adam(groups, lr=kwargs["lr"], betas=(kwargs.get("beta1", 0.9), kwargs.get("beta2", 0.999)),
+                eps=kwargs.get("eps", 1e-8))
 
 
 _TORCH_CACHE = {}
@@ -61,7 +63,9 @@ def _train_torch(torch, state, X, y, kind, kwargs, *, bias, l2, epochs, batch):
                 net[i].bias.copy_(torch.from_numpy(state[f"{i}.bias"].copy()))
     weights = [net[0].weight, net[2].weight]
     biases = [net[0].bias, net[2].bias] if bias else []
-    groups = [{"params": weights, "weight_decay": l2}]  # torch's weight_decay would also hit biases
+    # torch's weight_decay would also hit biases; AdamW's is decoupled, so there the L2 term joins the loss
+    decay = kwargs.get("weight_decay", 0.01) if kind == "adamw" else l2
+    groups = [{"params": weights, "weight_decay": decay}]
     if biases:
         groups.append({"params": biases, "weight_decay": 0.0})
     opt = _torch_optimizer(torch, kind, kwargs, groups)
@@ -73,7 +77,10 @@ def _train_torch(torch, state, X, y, kind, kwargs, *, bias, l2, epochs, batch):
             xb, yb = Xt[start:start + batch], yt[start:start + batch]
             opt.zero_grad()
             loss = nn.functional.cross_entropy(net(xb), yb)
-            loss.backward()
+            if kind == "adamw" and l2:
+                (loss + 0.5 * l2 * sum((w ** 2).sum() for w in weights)).backward()
+            else:
+                loss.backward()
             penalty = 0.5 * l2 * sum(float((w.detach() ** 2).sum()) for w in weights)
             total += (float(loss.detach()) + penalty) * len(xb)
             opt.step()

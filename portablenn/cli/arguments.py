@@ -21,8 +21,8 @@ def model_args(p):
     p.add_argument("--lr", type=float, help="learning rate (default: the dataset's, per optimizer)")
     p.add_argument("--batch-size", type=int, help="minibatch size; 0 = full batch")
     p.add_argument("--l2", type=float, help="L2 strength: adds 0.5*l2*sum(W**2) to the loss")
-    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), help="sgd (default) or adam")
-    p.add_argument("--momentum", type=float, help="SGD momentum (default 0; not with --optimizer adam)")
+    p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), help="sgd (default), adam or adamw (Adam with decoupled weight decay 0.01 on weight matrices)")
+    p.add_argument("--momentum", type=float, help="SGD momentum (default 0; not with --optimizer adam or adamw)")
     p.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=None,
                    help="reshuffle every epoch (--no-shuffle: minibatches in order)")
     p.add_argument("--seed", type=int, help="seed of the initial weights and the shuffling (default 0)")

@@ -43,7 +43,7 @@ def options(args):
         raise CLIError(f"--momentum {args.momentum:g} is SGD's; --optimizer {args.optimizer} has no momentum "
                        "(leave --momentum out, or use --optimizer sgd)")
     opts = {**DEFAULTS[kind], **{k: v for k, v in vars(args).items() if v is not None}}
-    if args.lr is None and args.optimizer == "adam":
+    if args.lr is None and args.optimizer in ("adam", "adamw"):
         opts["lr"] = ADAM_LR[kind]
     opts.setdefault("dtype", "float32")
     return opts
@@ -63,7 +63,7 @@ def build(args, opts, splits):
     sizes = [X.shape[1]] + ([] if args.model == "linear" else list(opts["hidden"])) + [classes]
     if all(isinstance(s, int) and s >= 1 for s in sizes):  # mlp names any other size
         batch = min(opts["batch_size"] or len(y), len(y))
-        buffers = 2 if args.optimizer == "adam" else 1 if args.momentum else 0
+        buffers = 1 if args.momentum else OPTIMIZERS[args.optimizer].slots if args.optimizer != "sgd" else 0
         need, params = training_memory(sizes, np.dtype(opts["dtype"]).itemsize, rows, batch, buffers,
                                        bias=opts["bias"])
         flag = f"--hidden {' '.join(map(str, args.hidden))}: " if args.hidden else ""

@@ -7,15 +7,13 @@ from .errors import CLIError
 
 
 def _optimizer_from(config):
-    """An optimizer with the class and hyper-parameters a checkpoint recorded."""
+    """An optimizer with the class and hyper-parameters a checkpoint recorded (the registry's class of that
+    name, built from the saved entries of its config; absent ones take their defaults)."""
     name = config.get("class", "SGD")
-    if name == "SGD":
-        return OPTIMIZERS["sgd"](config["lr"], momentum=config.get("momentum", 0.0),
-                                 nesterov=config.get("nesterov", False))
-    if name == "Adam":
-        return OPTIMIZERS["adam"](config["lr"], beta1=config.get("beta1", 0.9), beta2=config.get("beta2", 0.999),
-                                  eps=config.get("eps", 1e-8))
-    raise CLIError(f"the checkpoint's optimizer {name!r} is not one portablenn knows")
+    cls = next((cls for _, cls in OPTIMIZERS.items() if cls.__name__ == name), None)
+    if cls is None:
+        raise CLIError(f"the checkpoint's optimizer {name!r} is not one portablenn knows")
+    return cls.from_config({key: config[key] for key in cls.config_keys if key in config})
 
 
 def resume(args, dev):
@@ -56,7 +54,7 @@ def _checkpoint_options(ckpt, saved):
                 auto = ACTIVATIONS[arch["activation"]].auto_init if arch.get("activation") in ACTIVATIONS else None
                 values["init"] = auto if saved["init"] == "auto" else saved["init"]
     config = ckpt.optimizer_config or {}
-    name = {"SGD": "sgd", "Adam": "adam"}.get(config.get("class"))
+    name = next((key for key, cls in OPTIMIZERS.items() if cls.__name__ == config.get("class")), None)
     if name is not None:
         values["optimizer"] = name
         values["momentum"] = float(config.get("momentum", 0.0)) if name == "sgd" else 0.0
@@ -107,6 +105,6 @@ def _refuse_contradictions(args, ckpt, saved):
             raise CLIError(f"{_show_flag(key, getattr(args, key))} contradicts {args.resume}, which was trained with "
                            f"{_show_flag(key, value)}; leave it out to resume (--resume restores the options), or "
                            "start a new run without --resume")
-    if "momentum" in given and args.momentum and recorded.get("optimizer") == "adam":
+    if "momentum" in given and args.momentum and recorded.get("optimizer") not in (None, "sgd"):
         raise CLIError(f"--momentum {args.momentum:g} contradicts {args.resume}, which was trained with "
-                       "--optimizer adam (no momentum)")
+                       f"--optimizer {recorded['optimizer']} (no momentum)")
