@@ -1,6 +1,7 @@
 """portablenn: a small, fast MLP trainer written once against the Python Array API (NumPy, CuPy, ...)."""
 from .backend import Device, DeviceError, KernelFallbackWarning, device
 from .checkpoint import CheckpointError, load, save
+from .early_stopping import EarlyStopping
 from .layers import GELU, Identity, LeakyReLU, Linear, Module, ReLU, Sequential, Sigmoid, Tanh
 from .losses import Loss, SoftmaxCrossEntropy, l2_penalty, softmax_cross_entropy, softmax_cross_entropy_grad
 from .models import mlp
@@ -13,7 +14,7 @@ from . import distributed  # noqa: F401  registers fit(comm=...)'s adapter; impo
 
 __version__ = "0.1.0"
 
-__all__ = ["Adam", "AdamW", "CheckpointError", "Device", "DeviceError", "DivergenceError", "GELU", "History", "Identity",
+__all__ = ["Adam", "AdamW", "CheckpointError", "EarlyStopping", "Device", "DeviceError", "DivergenceError", "GELU", "History", "Identity",
            "InputError", "KernelFallbackWarning", "LeakyReLU", "Linear", "Loss", "Module", "Optimizer", "ReLU", "SGD", "Sequential", "Sigmoid",
            "SoftmaxCrossEntropy", "Tanh", "device", "evaluate", "fit", "l2_penalty", "load", "make_step", "mlp",
            "predict", "predict_proba", "register_activation", "register_layer", "register_loss", "register_optimizer",

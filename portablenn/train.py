@@ -26,7 +26,7 @@ _EVAL_CHUNK = 8192  # rows per forward pass when evaluating, to bound activation
 
 def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=True, l2=0.0, clip_norm=None,
         device=None, seed=0, validation=None, callback=None, log_every=1, on_step=None, initial_epoch=0, comm=None,
-        reducer=None, graph=False):
+        reducer=None, graph=False, early_stopping=None):
     """Train ``model`` in place with minibatch gradient descent on ``loss`` (softmax cross-entropy).
 
     Every minibatch runs one step built once by ``portablenn.step.make_step`` (forward, loss,
@@ -82,6 +82,9 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
         ``fit`` turns it into a :class:`Reducer` with the adapter ``portablenn.distributed`` registers.
     reducer : Reducer, optional
         Data-parallel training with any implementation of :class:`Reducer` (not with ``comm``).
+    early_stopping : EarlyStopping, optional
+        Stop when a monitored History field stops improving, and end with the best epoch's weights
+        (``portablenn.EarlyStopping``); needs ``log_every=1`` (its one read per epoch is all it reads).
     graph : bool
         Record the training step once and replay it for every full minibatch: a CUDA graph on a
         CuPy device, one launch per step instead of ~20 (``portablenn.static_step``). Minibatches
@@ -111,6 +114,8 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
         raise InputError("pass fit either comm or reducer, not both")
     if reducer is not None and not isinstance(reducer, Reducer):
         raise InputError(f"reducer must be a portablenn.train.Reducer, not {type(reducer).__name__}")
+    if early_stopping is not None and log_every != 1:
+        raise InputError(f"early_stopping reads the metrics after every epoch: use log_every=1, not {log_every}")
     if graph and (comm is not None or reducer is not None):
         raise InputError("graph=True cannot be combined with data-parallel training (comm, reducer)")
     if graph and not optimizer.replayable:
@@ -145,6 +150,16 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
     steps = len(starts)
 
     history, pending, block, was_training = History(), [], None, model.training
+    stopped = []  # the epoch the early-stopping check ended training at, set inside the records' callback
+    if early_stopping is not None:
+        early_stopping.start(model, validation)
+
+        def on_record(record, user=callback):
+            if early_stopping.update(record, model):
+                stopped.append(record["epoch"])
+            if user is not None:
+                user(record)
+        callback = on_record
     with dev.activate():
         shuffled = bool(shuffle) and batch < data.n
         static = StaticStep(dev, data, batch, shuffled, train_step, optimizer, model.dtype) if graph else None
@@ -191,6 +206,10 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
                 if epoch % log_every == 0 or epoch == epochs:
                     _flush(dev, block, pending, history, callback, optimizer, data.n,
                            None if val is None else val.n)
+                if stopped:
+                    break
+            if early_stopping is not None:
+                early_stopping.finish(model)
         finally:  # the recorded step holds a graph and a cuBLAS handle: released here, not by the GC
             model.train(was_training)
             if static is not None:

@@ -9,7 +9,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "portablenn"
 
 MATH = {"layers", "losses", "optim", "init", "models", "registry", "kernels"}
-TRAINING = {"step", "train", "data", "history", "reducer", "static_step"}
+TRAINING = {"step", "train", "data", "history", "reducer", "static_step", "early_stopping"}
 BACKENDS = {"backends.__init__", "backends.numpy", "backends.cupy", "backends.cupy_kernels", "backends.strict",
             "backends.torch"}
 
