@@ -119,6 +119,9 @@ def main():
             sys.exit(2)
         except DivergenceError as exc:
             report(f"rank {rank}: DivergenceError: {exc}")
+            # every rank diverges at the same step (the losses are summed over the ranks): wait until all have
+            # reported, as the CLI does, or the first to exit makes mpiexec kill the others mid-report
+            comm.barrier(what="the divergence report")
             sys.exit(3)
 
 
