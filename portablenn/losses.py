@@ -20,6 +20,7 @@ class Loss(Configurable):
 
     metric = "error"  # what the metric sum counts; History reports it divided by the rows
     fused = None  # the name of the kernels' fused twin of value_and_grad, if any (read on the class itself)
+    stratify = False  # whether a validation split keeps each class's share (classification losses)
 
     def check_targets(self, y, n, outputs, name="y"):
         """Host targets checked against ``n`` rows and the model's ``outputs`` features; InputError otherwise."""
@@ -54,6 +55,7 @@ class SoftmaxCrossEntropy(Loss):
     Targets are integer labels ``(n,)``, encoded on the device as ``(labels, one-hot rows)``.
     """
 
+    stratify = True
     fused = "softmax_xent"  # NumPy's and CuPy's kernels: (logits, labels, onehot, scale) -> (grad, loss, wrong)
 
     def check_targets(self, y, n, outputs, name="y"):

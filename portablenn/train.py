@@ -14,6 +14,7 @@ from .data import DeviceData
 from .history import L2, LOSSES, VAL_LOSS, VAL_WRONG, WRONG, DivergenceError, History, read_metrics
 from .losses import SoftmaxCrossEntropy, get_loss, l2_penalty, softmax, weight_matrices
 from .reducer import _COMM_ADAPTERS, FlatGradients, Reducer, comm_reducer, register_comm_adapter  # noqa: F401
+from .split import validation_split
 from .static_step import StaticStep
 from .step import loss_function, make_step
 from .validation import InputError, check_batch_size, check_epochs, check_features, check_l2
@@ -26,7 +27,7 @@ _EVAL_CHUNK = 8192  # rows per forward pass when evaluating, to bound activation
 
 def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=True, l2=0.0, clip_norm=None,
         device=None, seed=0, validation=None, callback=None, log_every=1, on_step=None, initial_epoch=0, comm=None,
-        reducer=None, graph=False, early_stopping=None):
+        reducer=None, graph=False, early_stopping=None, validation_fraction=None):
     """Train ``model`` in place with minibatch gradient descent on ``loss`` (softmax cross-entropy).
 
     Every minibatch runs one step built once by ``portablenn.step.make_step`` (forward, loss,
@@ -82,6 +83,10 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
         ``fit`` turns it into a :class:`Reducer` with the adapter ``portablenn.distributed`` registers.
     reducer : Reducer, optional
         Data-parallel training with any implementation of :class:`Reducer` (not with ``comm``).
+    validation_fraction : float, optional
+        Split this share of ``X, y`` off as the validation set (instead of ``validation=``): seeded by
+        ``seed``, stratified by class for classification, every class kept in training
+        (``portablenn.split.split_indices``); the rest trains in its original order.
     early_stopping : EarlyStopping, optional
         Stop when a monitored History field stops improving, and end with the best epoch's weights
         (``portablenn.EarlyStopping``); needs ``log_every=1`` (its one read per epoch is all it reads).
@@ -122,6 +127,10 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
         raise InputError(f"graph=True needs an optimizer that does the same work every step (SGD), "
                          f"not {type(optimizer).__name__}")
     loss = get_loss(loss)
+    if validation_fraction is not None:
+        if validation is not None:
+            raise InputError("pass fit either validation or validation_fraction, not both")
+        X, y, validation = validation_split(X, y, validation_fraction, seed, loss.stratify)
     if graph and type(loss) is not SoftmaxCrossEntropy:
         raise InputError(f"graph=True records the step of softmax cross-entropy only, not {loss!r}")
     dev = model.device if device is None else backend.device(device)

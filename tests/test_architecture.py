@@ -9,7 +9,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "portablenn"
 
 MATH = {"layers", "losses", "optim", "init", "models", "registry", "kernels"}
-TRAINING = {"step", "train", "data", "history", "reducer", "static_step", "early_stopping"}
+TRAINING = {"step", "train", "data", "history", "reducer", "static_step", "early_stopping", "split"}
 BACKENDS = {"backends.__init__", "backends.numpy", "backends.cupy", "backends.cupy_kernels", "backends.strict",
             "backends.torch"}
 
@@ -17,8 +17,8 @@ BACKENDS = {"backends.__init__", "backends.numpy", "backends.cupy", "backends.cu
 # matches itself and the modules under it)
 ALLOWED = {
     **{m: {"backend", "init", "layers", "registry", "validation"} for m in MATH},
-    **{m: {"backend", "data", "history", "layers", "losses", "optim", "reducer", "static_step", "step",
-           "validation"} for m in TRAINING},
+    **{m: {"backend", "data", "early_stopping", "history", "layers", "losses", "optim", "reducer", "split",
+           "static_step", "step", "validation"} for m in TRAINING},
     **{m: {"_blas", "backend", "backends", "kernels", "losses"} for m in BACKENDS},
     "distributed": {"backend", "backends.cupy", "reducer", "validation"},
 }
