@@ -19,7 +19,7 @@ ALLOWED = {
     **{m: {"backend", "init", "layers", "registry", "validation"} for m in MATH},
     **{m: {"backend", "data", "early_stopping", "history", "layers", "losses", "optim", "reducer", "split",
            "static_step", "step", "validation"} for m in TRAINING},
-    **{m: {"_blas", "backend", "backends", "kernels", "losses"} for m in BACKENDS},
+    **{m: {"_blas", "backend", "backends", "kernels"} for m in BACKENDS},
     "distributed": {"backend", "backends.cupy", "reducer", "validation"},
 }
 
