@@ -1,7 +1,7 @@
 """Host-side initialisers: seeded NumPy draws, sent to the device afterwards so every backend starts alike."""
 import numpy as np
 
-__all__ = ["INITS", "generator", "initial_weight", "linear_params"]
+__all__ = ["INITS", "generator", "host_copy", "initial_weight", "linear_params"]
 
 
 def he(rng, fan_in, fan_out):
@@ -62,6 +62,12 @@ def linear_params(fan_in, fan_out, bias, init, rng, dtype):
     if bias:
         params["bias"] = np.zeros(fan_out, dtype=dtype)
     return params
+
+
+def host_copy(value, dtype):
+    """A C-ordered host copy of ``value`` in ``dtype``: parameters loaded from elsewhere (a transposed PyTorch
+    weight stays column-major otherwise, which changes GEMM rounding) start as those drawn here do."""
+    return np.array(value, dtype=dtype, order="C")
 
 
 def generator(seed):

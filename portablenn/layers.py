@@ -2,10 +2,8 @@
 Identity) and the Sequential container."""
 import copy
 
-import numpy as np
-
 from . import backend
-from .init import linear_params
+from .init import host_copy, linear_params
 from .registry import LAYERS, register_activation, register_layer
 
 __all__ = ["Module", "Linear", "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "GELU", "Identity", "Sequential"]
@@ -408,6 +406,6 @@ class Sequential(Module):
             new[key] = value
         for key, (layer, name) in expected.items():  # a C-ordered copy: training updates parameters in place,
             # and a transposed view (PyTorch's weights) would otherwise stay column-major, changing GEMM rounding
-            layer.params[name] = self.device.asarray(np.array(new[key], dtype=self.dtype, order="C"))
+            layer.params[name] = self.device.asarray(host_copy(new[key], self.dtype))
             layer.grads = {}
         return self

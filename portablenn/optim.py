@@ -133,7 +133,7 @@ class Adam(Optimizer):
         return self.lr * root2 / correction1, self.eps * root2
 
     def update(self, xp, param, grad, state, decay, hyper, decays=True):
-        step_size, eps_hat = hyper[:2]
+        step_size, eps_hat = hyper[0], hyper[1]  # AdamW appends its decay factor
         if decay:
             grad = grad + decay * param
         m, v = state
@@ -142,7 +142,7 @@ class Adam(Optimizer):
         return param - step_size * (m / (xp.sqrt(v) + eps_hat)), (m, v)
 
     def update_(self, kernels, param, grad, state, decay, hyper, decays=True):
-        step_size, eps_hat = hyper[:2]
+        step_size, eps_hat = hyper[0], hyper[1]
         m, v = state
         kernels.adam_(param, m, v, grad, self.beta1, self.beta2, step_size, eps_hat, decay)
 

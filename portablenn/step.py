@@ -64,8 +64,9 @@ class Step:
         self.xp, kernels = device.xp, device.kernels
         self._value_and_grad = loss_function(loss, kernels)
         self._weights = weight_matrices(model) if self.l2 else None
-        self._params = [(key, layer, name, self.l2 if name == "weight" else 0.0)
-                        for key, layer, name in model.named_parameters()]  # L2 and weight decay: weights only
+        # (key, layer, name, L2 strength, takes weight decay): L2 and weight decay touch weight matrices only
+        self._params = [(key, layer, name, self.l2 if name == "weight" else 0.0, name == "weight")
+                        for key, layer, name in model.named_parameters()]
         self._functional = not device.backend.mutable  # arrays that cannot change in place: new ones instead
         self._sgd_in_gemm = (kernels.fuses_sgd and not self._functional and type(optimizer) is SGD
                              and not optimizer.momentum and self.clip_norm is None
@@ -92,10 +93,9 @@ class Step:
         if self.clip_norm is not None:
             self._clip()
         hyper, device = optimizer.hyper(optimizer.steps), self.device
-        for key, layer, name, decay in self._params:
+        for key, layer, name, decay, decays in self._params:
             p = layer.params[name]
             state = optimizer.buffers(key, p, device)
-            decays = name == "weight"
             if self._functional:
                 layer.params[name], optimizer.state[key] = optimizer.update(self.xp, p, layer.grads[name], state,
                                                                             decay, hyper, decays)
@@ -106,11 +106,11 @@ class Step:
     def _clip(self):
         """Every gradient times ``min(1, clip_norm / (norm + 1e-6))``, ``norm`` the global 2-norm: on the device."""
         xp, total = self.xp, None
-        for _, layer, name, _ in self._params:
+        for _, layer, name, _, _ in self._params:
             term = layer.kernels.sq_sum(layer.grads[name])
             total = term if total is None else total + term
         factor = xp.minimum(self.clip_norm / (xp.sqrt(total) + 1e-6), 1.0)
-        for _, layer, name, _ in self._params:
+        for _, layer, name, _, _ in self._params:
             layer.grads[name] = layer.grads[name] * factor  # a new array: a reducer's flat views stay untouched
 
     def _backward_and_sgd(self, grad):

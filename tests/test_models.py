@@ -73,3 +73,20 @@ def test_evaluate_a_single_row(device):
     expected = float(np.log(np.exp(logits).sum()) - logits[0, 1])
     loss, error = pn.evaluate(model, X, np.array([1]))
     assert loss == pytest.approx(expected, rel=1e-5) and error == float(np.argmax(logits) != 1)
+
+
+def test_load_state_dict_makes_parameters_c_ordered():
+    """A transposed weight (PyTorch's (out, in) read as .T) loads as a C-ordered copy, so the model computes
+    bit for bit what the same values loaded C-ordered compute (a column-major weight changes GEMM rounding).
+    Regression: from_torch's float64 round trip differed by 1e-15, seen only where torch is installed."""
+    rng = np.random.default_rng(0)
+    state = {"0.weight": rng.standard_normal((5, 300)).T, "2.weight": rng.standard_normal((7, 5)).T}
+    assert not state["0.weight"].flags.c_contiguous
+    fortran = pn.Sequential(pn.Linear(300, 5, bias=False, dtype="float64"), pn.ReLU(),
+                            pn.Linear(5, 7, bias=False, dtype="float64")).load_state_dict(state)
+    c_order = pn.Sequential(pn.Linear(300, 5, bias=False, dtype="float64"), pn.ReLU(),
+                            pn.Linear(5, 7, bias=False, dtype="float64"))
+    c_order.load_state_dict({k: np.ascontiguousarray(v) for k, v in state.items()})
+    assert all(layer.params["weight"].flags.c_contiguous for layer in fortran.linears)
+    X = rng.standard_normal((64, 300))
+    np.testing.assert_array_equal(fortran.forward(X), c_order.forward(X))

@@ -61,9 +61,11 @@ def build(args, opts, splits):
         raise CLIError(f"label {classes - 1} would make {classes} classes from {rows} rows; {CLASS_RULE} "
                        f"(here {class_limit(rows)})")
     sizes = [X.shape[1]] + ([] if args.model == "linear" else list(opts["hidden"])) + [classes]
+    extra = {"momentum": args.momentum} if args.optimizer == "sgd" and args.momentum else {}
+    optimizer = OPTIMIZERS[args.optimizer](opts["lr"], **extra)
     if all(isinstance(s, int) and s >= 1 for s in sizes):  # mlp names any other size
         batch = min(opts["batch_size"] or len(y), len(y))
-        buffers = 1 if args.momentum else OPTIMIZERS[args.optimizer].slots if args.optimizer != "sgd" else 0
+        buffers = optimizer.slots
         need, params = training_memory(sizes, np.dtype(opts["dtype"]).itemsize, rows, batch, buffers,
                                        bias=opts["bias"])
         flag = f"--hidden {' '.join(map(str, args.hidden))}: " if args.hidden else ""
@@ -72,8 +74,7 @@ def build(args, opts, splits):
                      hint="choose smaller --hidden widths or a smaller --batch-size")
     model = mlp(sizes, activation=opts["activation"], bias=opts["bias"], init=opts["init"], seed=args.seed,
                 dtype=opts["dtype"])
-    extra = {"momentum": args.momentum} if args.optimizer == "sgd" and args.momentum else {}
-    return model, OPTIMIZERS[args.optimizer](opts["lr"], **extra)
+    return model, optimizer
 
 
 def load_saved(path, device):
