@@ -23,6 +23,7 @@ class Module:
     training = True  # train mode (Dropout, normalization statistics); ``eval()`` turns it off
     config_keys = ()  # the constructor's arguments that ``to_config`` returns
     torch_class = None  # name of the ``torch.nn`` module computing the same function (PyTorch interop)
+    decayed = ()  # the parameters L2 and weight decay apply to (weight matrices; not biases nor norm scales)
 
     def __init__(self):
         self.params = {}
@@ -107,6 +108,7 @@ class Linear(Module):
 
     config_keys = ("in_features", "out_features", "bias")
     torch_class = "Linear"
+    decayed = ("weight",)
 
     def __init__(self, in_features, out_features, bias=True, *, init="he", rng=None, dtype="float32"):
         super().__init__()

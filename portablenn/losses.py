@@ -143,5 +143,7 @@ def l2_penalty(model, l2, weights=None):
 
 
 def weight_matrices(model):
-    """``[(kernels, weight), ...]`` for every layer with a weight matrix, in layer order."""
-    return [(layer.kernels, layer.params[name]) for _, layer, name in model.named_parameters() if name == "weight"]
+    """``[(kernels, weight), ...]`` for every parameter its layer declares ``decayed`` (the weight matrices),
+    in layer order."""
+    return [(layer.kernels, layer.params[name]) for _, layer, name in model.named_parameters()
+            if name in layer.decayed]

@@ -69,7 +69,7 @@ class Optimizer(Configurable):
         for key, layer, name in self._params:
             p = layer.params[name]
             self.update_(layer.kernels, p, layer.grads[name], self.buffers(key, p, layer.device),
-                         self.l2 if name == "weight" else 0.0, hyper, decays=name == "weight")
+                         self.l2 if name in layer.decayed else 0.0, hyper, decays=name in layer.decayed)
 
     config_keys = ("lr",)  # the registry's config protocol (Configurable)
 

@@ -64,8 +64,8 @@ class Step:
         self.xp, kernels = device.xp, device.kernels
         self._value_and_grad = loss_function(loss, kernels)
         self._weights = weight_matrices(model) if self.l2 else None
-        # (key, layer, name, L2 strength, takes weight decay): L2 and weight decay touch weight matrices only
-        self._params = [(key, layer, name, self.l2 if name == "weight" else 0.0, name == "weight")
+        # (key, layer, name, L2 strength, takes weight decay): both touch what the layer declares `decayed`
+        self._params = [(key, layer, name, self.l2 if name in layer.decayed else 0.0, name in layer.decayed)
                         for key, layer, name in model.named_parameters()]
         self._functional = not device.backend.mutable  # arrays that cannot change in place: new ones instead
         self._sgd_in_gemm = (kernels.fuses_sgd and not self._functional and type(optimizer) is SGD
