@@ -11,16 +11,17 @@ import numpy as np
 
 from . import backend, outputs
 from .layers import Sequential
-from .models import mlp
-from .registry import ACTIVATIONS, LAYERS
+from .models import mlp, mlp_layer_configs
+from .registry import ACTIVATIONS, LAYERS, LOSSES, SCHEDULES
+from .schedules import Schedule
 from .validation import check_memory, format_bytes
 
 __all__ = ["FORMAT_VERSION", "Checkpoint", "CheckpointError", "save", "load", "load_into", "load_checkpoint",
-           "restore_optimizer"]
+           "restore_optimizer", "restore_schedule"]
 
 FORMAT_VERSION = 1  # bump when a reader of this version could misread what a newer writer produces
 
-_RESERVED = ("format_version", "architecture", "dtype", "portablenn_version", "optimizer", "sha256")
+_RESERVED = ("format_version", "architecture", "dtype", "portablenn_version", "optimizer", "schedule", "sha256")
 _OPTIM, _EXTRA = "optim.", "extra."
 
 
@@ -35,7 +36,8 @@ class Checkpoint:
     Attributes
     ----------
     state_dict : dict of str -> numpy.ndarray
-        Model parameters keyed ``"0.weight"``, ``"0.bias"``, ``"2.weight"``, ...
+        Model parameters and buffers keyed ``"0.weight"``, ``"0.bias"``, ``"1.running_mean"``, ``"2.weight"``, ...
+        (buffers: running statistics, Dropout's draw counter; integer buffers are int64).
     metadata : dict of str -> str
         Every metadata entry as stored (strings; values that were not strings are JSON-encoded).
     optimizer_state : dict of str -> tuple of numpy.ndarray
@@ -45,6 +47,9 @@ class Checkpoint:
         ``{"class": "SGD", "lr": ..., "momentum": ..., "steps": ..., ...}``, None without optimizer.
     extra : dict of str -> numpy.ndarray
         The arrays passed as ``extra`` to `save`.
+    schedule : dict or None
+        The optimizer's learning-rate schedule, ``{"config": {"type": "cosine", ...}, "state": {...}}``
+        (``SCHEDULES.to_config`` and ``state_dict()``), None when none was set; `restore_schedule` rebuilds it.
     """
 
     state_dict: dict
@@ -52,6 +57,7 @@ class Checkpoint:
     optimizer_state: dict
     optimizer_config: dict
     extra: dict
+    schedule: dict = None
 
     @property
     def architecture(self):
@@ -92,9 +98,19 @@ def _optimizer_config(optimizer):
     return config
 
 
+def _schedule_entry(schedule):
+    """``{"config": ..., "state": ...}`` of a registered schedule, JSON-able; CheckpointError otherwise."""
+    try:
+        entry = {"config": SCHEDULES.to_config(schedule), "state": schedule.state_dict()}
+        json.dumps(entry)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"cannot store the optimizer's schedule in a checkpoint: {_one_line(exc)}") from None
+    return entry
+
+
 def _host_tensor(value, name):
     try:
-        array = np.ascontiguousarray(backend._host(value))
+        array = np.require(backend._host(value), requirements="C")  # 0-d stays 0-d (ascontiguousarray: 1-d)
     except Exception as exc:
         raise CheckpointError(f"cannot store {name} in a checkpoint: {exc}") from None
     if array.dtype.kind not in "biuf":
@@ -105,7 +121,8 @@ def _host_tensor(value, name):
 def save(model, path, *, optimizer=None, extra=None, metadata=None):
     """Write ``model`` (and optionally its optimizer) to a safetensors file, atomically.
 
-    The file holds the parameters as host arrays keyed ``"0.weight"``, ``"0.bias"``, ...; optimizer
+    The file holds the parameters and buffers (``model.state_dict()``: running statistics, Dropout's
+    draw counter, the integer ones as int64) as host arrays keyed ``"0.weight"``, ``"0.bias"``, ...; optimizer
     buffers as ``"optim.<key>.<i>"``; ``extra`` arrays as ``"extra.<name>"``. Its metadata holds
     ``format_version``, ``architecture`` (JSON), ``dtype``, ``portablenn_version``, ``optimizer``
     (JSON, when given), every entry of ``metadata`` and ``sha256``, a checksum over all the other
@@ -126,7 +143,10 @@ def save(model, path, *, optimizer=None, extra=None, metadata=None):
         On any device; its parameters are copied to the host.
     path : str or os.PathLike
     optimizer : Optimizer, optional
-        Saves its class, hyper-parameters, step count and state buffers (shapes as the parameters).
+        Saves its class, hyper-parameters, step count and state buffers (shapes as the parameters), and
+        its learning-rate schedule if one is set (``optimizer.schedule``, as ``fit(schedule=...)`` leaves
+        it): the metadata entry ``schedule``, ``{"config": SCHEDULES.to_config(s), "state": s.state_dict()}``
+        (`restore_schedule` rebuilds it).
     extra : dict of str -> array, optional
         Further numeric arrays, e.g. an RNG state.
     metadata : dict of str -> object, optional
@@ -168,6 +188,9 @@ def _serialise(model, *, optimizer=None, extra=None, metadata=None):
             for i, buffer in enumerate(buffers):
                 tensors[f"{_OPTIM}{key}.{i}"] = _host_tensor(buffer, f"optimizer state {key}[{i}]")
         meta["optimizer"] = json.dumps(_optimizer_config(optimizer))
+        schedule = getattr(optimizer, "schedule", None)
+        if schedule is not None:
+            meta["schedule"] = json.dumps(_schedule_entry(schedule))
     for name, value in (extra or {}).items():
         if not isinstance(name, str) or not name:
             raise CheckpointError(f"extra array names must be non-empty strings, got {name!r}")
@@ -226,10 +249,11 @@ def load_checkpoint(path):
     """Read a checkpoint file into host arrays and decoded metadata.
 
     Every metadata entry portablenn reads back is checked for type and range before anything uses
-    it: ``format_version``, ``dtype``, ``architecture`` (which must describe exactly the parameter
-    tensors in the file, so a damaged size never decides what is allocated), ``optimizer`` (class,
-    step count, finite hyper-parameters in range) and, where present, the entries ``portablenn train``
-    writes: ``dataset`` (text), ``epoch`` and ``seed`` (non-negative integers) and ``train`` (the
+    it: ``format_version``, ``dtype``, ``architecture`` (which must describe exactly the parameter and
+    buffer tensors in the file, with their dtypes, so a damaged size never decides what is allocated),
+    ``optimizer`` (class, step count, finite hyper-parameters in range), ``schedule`` (a registered
+    schedule that its own checks accept, with a state it accepts) and, where present, the entries
+    ``portablenn train`` writes: ``dataset`` (text), ``epoch`` and ``seed`` (non-negative integers) and ``train`` (the
     training options).
 
     Parameters
@@ -286,6 +310,12 @@ def load_checkpoint(path):
     architecture = _check_architecture(_json(meta, "architecture", path), path)
     optimizer_config = (_check_optimizer_config(_json(meta, "optimizer", path), path) if "optimizer" in meta
                         else None)
+    schedule = None
+    if "schedule" in meta:
+        if optimizer_config is None:
+            raise CheckpointError(f"{path} has corrupted metadata: a schedule without an optimizer")
+        schedule = _json(meta, "schedule", path)
+        _build_schedule(schedule, path)  # checked by building it: every value through the schedule's own checks
     _check_run_metadata(meta, path)
     state, optim, extra = {}, {}, {}
     for key, value in sorted(tensors.items(), key=lambda item: _natural(item[0])):
@@ -308,7 +338,7 @@ def load_checkpoint(path):
                 raise CheckpointError(f"{path}: optimizer buffer {_OPTIM}{param}.{i} has dtype {buffer.dtype}, "
                                       "not a float")
         optimizer_state[param] = tuple(buffers[i] for i in range(len(buffers)))
-    return Checkpoint(state, meta, optimizer_state, optimizer_config, extra)
+    return Checkpoint(state, meta, optimizer_state, optimizer_config, extra, schedule)
 
 
 # -- metadata checks: everything read back from a file is input ------------------------------------------------
@@ -362,9 +392,9 @@ def _check_architecture(architecture, path):
         return CheckpointError(f"{path} has an architecture this portablenn cannot build: {why}")
 
     if isinstance(architecture, dict):
-        unknown = sorted(set(architecture) - {"sizes", "activation", "bias"})
+        unknown = sorted(set(architecture) - {"sizes", "activation", "bias", "dropout", "norm", "seed"})
         if unknown:
-            raise cannot(f"unknown entry {_short(unknown[0])} (expected sizes, activation, bias)")
+            raise cannot(f"unknown entry {_short(unknown[0])} (expected sizes, activation, bias, dropout, norm, seed)")
         sizes = architecture.get("sizes")
         if (not isinstance(sizes, list) or not 2 <= len(sizes) <= 10_000
                 or not all(isinstance(s, int) and not isinstance(s, bool) and 1 <= s <= _MAX_SIZE for s in sizes)):
@@ -375,6 +405,14 @@ def _check_architecture(architecture, path):
             raise cannot(f"activation {_short(activation)} is not one of {', '.join(sorted(ACTIVATIONS))}")
         if not isinstance(architecture.get("bias", True), bool):
             raise cannot(f"bias must be true or false, got {_short(architecture['bias'])}")
+        dropout = architecture.get("dropout", 0.0)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise cannot(f"dropout must be a number in [0, 1), got {_short(dropout)}")
+        if architecture.get("norm") not in (None, "layer", "batch"):
+            raise cannot(f"norm must be null, \"layer\" or \"batch\", got {_short(architecture['norm'])}")
+        seed = architecture.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= _MAX_COUNT:
+            raise cannot(f"seed must be an integer from 0 to {_MAX_COUNT}, got {_short(seed)}")
         return architecture
     if not isinstance(architecture, list) or not 1 <= len(architecture) <= 10_000:
         raise cannot(f"expected the mlp arguments (an object) or a list of layers, got {_short(architecture)}")
@@ -387,9 +425,10 @@ def _check_architecture(architecture, path):
         try:
             cls.check_config(config)
             shapes = cls.parameter_shapes(config)
+            buffers = cls.buffer_shapes(config)
         except (TypeError, ValueError) as exc:
             raise cannot(f"layer {i} ({kind}): {exc}") from None
-        for name, shape in shapes.items():  # the tensors in the file must then match these
+        for name, shape in {**shapes, **buffers}.items():  # the tensors in the file must then match these
             if not all(1 <= size <= _MAX_SIZE for size in shape):
                 raise cannot(f"layer {i} ({kind}) {name} would have shape {_short(shape)}: every size must be "
                              f"from 1 to {_MAX_SIZE}")
@@ -399,27 +438,35 @@ def _check_architecture(architecture, path):
     return architecture
 
 
-def _parameter_shapes(architecture):
-    """``{"0.weight": (in, out), "0.bias": (out,), ...}``: what the architecture's model holds."""
-    if isinstance(architecture, dict):
-        sizes, bias = architecture["sizes"], architecture.get("bias", True)
-        layers = [(2 * i, {"in_features": a, "out_features": b, "bias": bias}, "Linear")
-                  for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]))]
-    else:
-        layers = [(i, {k: v for k, v in spec.items() if k != "type"}, spec["type"])
-                  for i, spec in enumerate(architecture)]
-    return {f"{index}.{name}": tuple(shape) for index, config, kind in layers
-            for name, shape in LAYERS.get(kind).parameter_shapes(config).items()}
+def _state_shapes(architecture):
+    """``(shapes, buffers, integers)``: ``{"0.weight": (in, out), "0.bias": (out,), "1.running_mean": (n,), ...}``,
+    the parameters and buffers the architecture's model holds, read from the configs alone (nothing built);
+    the keys that are buffers; those of integer buffers."""
+    specs = mlp_layer_configs(**architecture) if isinstance(architecture, dict) else architecture
+    shapes, buffers, integers = {}, set(), set()
+    for index, spec in enumerate(specs):
+        cls, config = LAYERS.get(spec["type"]), {k: v for k, v in spec.items() if k != "type"}
+        for name, shape in cls.parameter_shapes(config).items():
+            shapes[f"{index}.{name}"] = tuple(shape)
+        for name, shape in cls.buffer_shapes(config).items():
+            shapes[f"{index}.{name}"] = tuple(shape)
+            buffers.add(f"{index}.{name}")
+        integers.update(f"{index}.{name}" for name in cls.integer_buffers)
+    return shapes, buffers, integers
 
 
 def _check_tensors(architecture, state, path):
-    """The parameters the architecture describes must be exactly the tensors in the file, of a float dtype:
-    a size in the metadata never allocates more than the file holds."""
-    _match_shapes(_parameter_shapes(architecture), state,
-                  f"checkpoint {path} does not match the model its architecture describes", "the architecture needs")
+    """The parameters and buffers the architecture describes must be exactly the tensors in the file, of a
+    float dtype (integer buffers: an integer one): a size in the metadata never allocates more than the file holds."""
+    shapes, buffers, integers = _state_shapes(architecture)
+    _match_shapes(shapes, state, f"checkpoint {path} does not match the model its architecture describes",
+                  "the architecture needs", buffers)
     for key, value in state.items():
-        if value.dtype.kind != "f":
-            raise CheckpointError(f"checkpoint {path}: parameter {key!r} has dtype {value.dtype}, not a float")
+        if key in integers and value.dtype.kind not in "iu":
+            raise CheckpointError(f"checkpoint {path}: buffer {key!r} has dtype {value.dtype}, not an integer")
+        if key not in integers and value.dtype.kind != "f":
+            raise CheckpointError(f"checkpoint {path}: {'buffer' if key in buffers else 'parameter'} {key!r} has dtype "
+                                  f"{value.dtype}, not a float")
 
 
 # Hyper-parameters: (check, description); any other entry must be a finite number or a bool.
@@ -429,6 +476,7 @@ _OPTIMIZER_FIELDS = {
     "momentum": _UNIT, "beta1": _UNIT, "beta2": _UNIT,
     "eps": dict(low=0.0, high=math.inf, low_open=True),
     "l2": dict(low=0.0, high=math.inf),
+    "weight_decay": dict(low=0.0, high=math.inf),
 }
 
 
@@ -460,6 +508,60 @@ def _check_optimizer_config(config, path):
     return config
 
 
+def _build_schedule(entry, path):
+    """The Schedule a checkpoint's ``schedule`` entry describes, its state loaded; one CheckpointError naming
+    the problem otherwise (the entry is untrusted: every value goes through the schedule's own checks)."""
+    where = "schedule"
+    if not isinstance(entry, dict) or set(entry) != {"config", "state"}:
+        raise _bad(path, where, 'an object {"config": ..., "state": ...}', entry)
+    config, state = entry["config"], entry["state"]
+    kind = config.get("type") if isinstance(config, dict) else None
+    if not isinstance(kind, str) or kind not in SCHEDULES:
+        raise _bad(path, f"{where} type", f"one of {', '.join(SCHEDULES)}",
+                   kind if isinstance(config, dict) else config)
+    for key, value in [*config.items(), *(state.items() if isinstance(state, dict) else ())]:
+        if isinstance(value, int) and not isinstance(value, bool) and abs(value) > _MAX_COUNT:
+            raise _bad(path, f"{where} {key}", f"at most {_MAX_COUNT} in size", value)
+    try:
+        schedule = SCHEDULES.from_config(config)
+        schedule.load_state_dict(state)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path} has corrupted metadata: {where} {kind}: {_one_line(exc)}") from None
+    if not isinstance(schedule, Schedule):
+        raise CheckpointError(f"{path} has corrupted metadata: {where} {kind} is not a Schedule")
+    return schedule
+
+
+def restore_schedule(checkpoint):
+    """The learning-rate schedule a checkpoint saved with its optimizer, rebuilt with its learned state.
+
+    Pass it to the resumed ``fit(..., schedule=...)`` together with the optimizer from `restore_optimizer`
+    (whose step count drives the schedule) and ``initial_epoch``: the run then continues exactly as the
+    uninterrupted one. (``fit`` sets ``optimizer.schedule`` itself, so `restore_optimizer` leaves it alone.)
+
+    Parameters
+    ----------
+    checkpoint : Checkpoint or str or os.PathLike
+        From `load_checkpoint`, or a path to read.
+
+    Returns
+    -------
+    Schedule or None
+        A new ``portablenn.schedules.Schedule`` of the saved type, configuration and ``state_dict``; None
+        when the optimizer had no schedule.
+
+    Raises
+    ------
+    CheckpointError
+        The entry names no registered schedule, or its configuration or state fails the schedule's checks.
+    """
+    if not isinstance(checkpoint, Checkpoint):
+        checkpoint = load_checkpoint(checkpoint)
+    if checkpoint.schedule is None:
+        return None
+    return _build_schedule(checkpoint.schedule, "the checkpoint")
+
+
 # The entries ``portablenn train`` writes (and reads back to resume or evaluate), checked where present.
 _TRAIN_OPTIONS = {
     "dataset": lambda v, p, w: _text(v, p, w),
@@ -470,6 +572,48 @@ _TRAIN_OPTIONS = {
     "shuffle": lambda v, p, w: _bool(v, p, w),
     "epochs": lambda v, p, w: _int(v, p, w, high=_MAX_EPOCHS),
     "log_every": lambda v, p, w: _int(v, p, w, low=1, high=_MAX_EPOCHS),
+}
+
+
+def _name(value, path, where, registry):
+    if not isinstance(value, str) or value not in registry:
+        raise _bad(path, where, f"one of {', '.join(registry)}", value)
+    return value
+
+
+def _early_stopping_options(value, path, where):
+    """``{"monitor": text, "patience": int >= 1, "min_delta": number >= 0}``."""
+    if not isinstance(value, dict) or set(value) != {"monitor", "patience", "min_delta"}:
+        raise _bad(path, where, 'an object {"monitor", "patience", "min_delta"}', value)
+    _text(value["monitor"], path, f"{where} monitor", "a History field")
+    _int(value["patience"], path, f"{where} patience", low=1, high=_MAX_EPOCHS)
+    _number(value["min_delta"], path, f"{where} min_delta")
+    return value
+
+
+def _early_stopping_state(value, path, where):
+    """``{"best": number (infinite before any epoch) or null, "best_epoch": epoch or null, "wait": count,
+    "stopped_epoch": epoch or null}``."""
+    if not isinstance(value, dict) or set(value) != {"best", "best_epoch", "wait", "stopped_epoch"}:
+        raise _bad(path, where, 'an object {"best", "best_epoch", "wait", "stopped_epoch"}', value)
+    best = value["best"]
+    if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float)) or math.isnan(best)):
+        raise _bad(path, f"{where} best", "a number or null", best)
+    for key in ("best_epoch", "stopped_epoch"):
+        if value[key] is not None:
+            _int(value[key], path, f"{where} {key}", low=1, high=_MAX_EPOCHS)
+    _int(value["wait"], path, f"{where} wait", high=_MAX_EPOCHS)
+    return value
+
+
+# Entries later versions of ``portablenn train`` write: checked where present and not null (older files lack them).
+_OPTIONAL_TRAIN_OPTIONS = {
+    "loss": lambda v, p, w: _name(v, p, w, LOSSES),
+    "targets": lambda v, p, w: _int(v, p, w, low=1, high=_MAX_SIZE),
+    "clip_grad": lambda v, p, w: _number(v, p, w, low_open=True),
+    "val_fraction": lambda v, p, w: _number(v, p, w, high=1.0, low_open=True, high_open=True),
+    "early_stopping": _early_stopping_options,
+    "early_stopping_state": _early_stopping_state,
 }
 
 
@@ -502,6 +646,9 @@ def _check_run_metadata(meta, path):
             if key not in options:
                 raise CheckpointError(f"{path} has corrupted metadata: train has no {key}")
             check(options[key], path, f"train {key}")
+        for key, check in _OPTIONAL_TRAIN_OPTIONS.items():
+            if options.get(key) is not None:
+                check(options[key], path, f"train {key}")
         for key, what in (("val", "a dataset path"), ("init", "an initialiser's name")):  # optional, or null
             if options.get(key) is not None:
                 _text(options[key], path, f"train {key}", what)
@@ -509,10 +656,10 @@ def _check_run_metadata(meta, path):
 
 def _natural(key):
     """The model's order, "2.weight" before "2.bias" before "10.weight" (safetensors sorts names as text)."""
-    rank = {"weight": 0, "bias": 1}
+    rank = {"weight": 0, "bias": 1, "running_mean": 2, "running_var": 3, "num_batches_tracked": 4}  # PyTorch's
     # a name read from a file may hold any digits ("²", 5000 of them): only short ASCII ones are numbers
     return [(0, int(part), "") if part.isascii() and part.isdigit() and len(part) < 19
-            else (1, rank.get(part, 2), part) for part in key.split(".")]
+            else (1, rank.get(part, len(rank)), part) for part in key.split(".")]
 
 
 def _build(architecture, dtype, path):
@@ -579,11 +726,13 @@ def load_into(model, path):
     return ckpt
 
 
-def _match_shapes(expected, state, problem, needs):
-    """Refuse unless ``state`` holds exactly the keys of ``expected`` with its shapes (a bias also as ``(1, n)``)."""
+def _match_shapes(expected, state, problem, needs, buffers=()):
+    """Refuse unless ``state`` holds exactly the keys of ``expected`` with its shapes (a bias also as ``(1, n)``);
+    ``buffers``: the keys that are buffers, for the message."""
     for key, shape in expected.items():
         if key not in state:
-            raise CheckpointError(f"{problem}: it has no parameter {key!r} of shape {shape} "
+            raise CheckpointError(f"{problem}: it has no {'buffer' if key in buffers else 'parameter'} {key!r} "
+                                  f"of shape {shape} "
                                   f"(it has {', '.join(sorted(state)) or 'none'})")
         got = tuple(state[key].shape)
         if got != shape and not (key.endswith(".bias") and got == (1,) + shape):
@@ -593,9 +742,11 @@ def _match_shapes(expected, state, problem, needs):
         raise CheckpointError(f"{problem}: it has parameter {unexpected[0]!r} that the model lacks")
 
 
+
 def _load_state(model, state, path):
-    expected = {key: tuple(layer.params[name].shape) for key, layer, name in model.named_parameters()}
-    _match_shapes(expected, state, f"checkpoint {path} does not match the model", "the model expects")
+    expected = {key: tuple(store[name].shape) for key, layer, name, store in model._named_state()}
+    _match_shapes(expected, state, f"checkpoint {path} does not match the model", "the model expects",
+                  {key for key, _, _ in model.named_buffers()})
     try:
         model.load_state_dict(state)
     except ValueError as exc:
@@ -607,7 +758,8 @@ def restore_optimizer(optimizer, checkpoint, model):
 
     Call it after loading the weights into ``model`` (and moving the model to its device); `fit`
     with the same model keeps the restored state. Hyper-parameters (lr, momentum, ...) stay those
-    ``optimizer`` was built with, so a resumed run may change them; the L2 strength is restored.
+    ``optimizer`` was built with, so a resumed run may change them; the L2 strength is restored. A
+    learning-rate schedule saved with the optimizer comes back from `restore_schedule`, for ``fit``.
 
     Parameters
     ----------

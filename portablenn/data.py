@@ -5,7 +5,8 @@ __all__ = ["DeviceData"]
 
 
 class DeviceData:
-    """``X (n, in_features)`` and ``targets`` (the loss's device arrays, each with ``n`` rows) on a device.
+    """``X (n, in_features)`` and ``targets`` (the loss's device arrays, each with ``n`` rows) on a device,
+    with ``statistics``: the host figures of the targets the loss's metrics need (``Loss.statistics``).
 
     Parameters
     ----------
@@ -23,7 +24,8 @@ class DeviceData:
     def __init__(self, device, X, y, model, loss, name="X"):
         n = check_features(X, model.in_features, name, dtype=model.dtype)
         y = loss.check_targets(y, n, model.out_features, "y" if name == "X" else f"{name} labels")
-        self.n, self.xp, self.start = n, device.xp, 0
+        self.n, self.xp, self.start, self.outputs = n, device.xp, 0, model.out_features
+        self.statistics = loss.statistics(y)
         self.X = device.asarray(X, dtype=model.dtype)
         self.targets = loss.encode(device, y, model.out_features, model.dtype)
 

@@ -3,15 +3,17 @@ import time
 
 import numpy as np
 
-__all__ = ["DivergenceError", "History", "read_metrics", "L2", "WRONG", "VAL_LOSS", "VAL_WRONG", "LOSSES"]
+__all__ = ["DivergenceError", "History", "read_metrics", "fields", "L2", "METRIC", "VAL_LOSS", "VAL_METRIC", "LOSSES"]
 
 
 class History:
-    """Per-epoch records ``{"epoch", "loss", "error", "val_loss", "val_error", "seconds"}``.
+    """Per-epoch records ``{"epoch", "loss", <metrics>, "val_loss", "val_<metrics>", "seconds"}``.
 
-    ``history["loss"]`` is the list of one field over the epochs, as Keras' ``History.history``.
-    ``loss``/``error`` are means over the epoch's minibatches as they were trained (the running
-    average Keras reports); ``val_*`` are measured on the validation set after the epoch;
+    The metrics are the loss's ``metric_names``: ``error`` (the misclassified fraction) for
+    classification, ``rmse`` and ``r2`` for regression. ``history["loss"]`` is the list of one field
+    over the epochs, as Keras' ``History.history``. ``loss`` and the training metrics are over the
+    epoch's minibatches as they were trained (the running average Keras reports); ``val_*`` are
+    measured on the validation set after the epoch;
     ``seconds`` is wall-clock time up to the next epoch's start, the last epoch of each metrics read
     up to the read itself (which waits for the device), so GPU time is never under-counted.
     """
@@ -33,9 +35,17 @@ class History:
 
 
 # An epoch's metrics row, all sums (the host divides): the L2 term at the epoch's end (the same on every
-# rank), then what data-parallel ranks add up: wrong predictions, validation loss and wrong predictions,
-# and the loss sum of every step (which also says where a diverging loss first went bad).
-L2, WRONG, VAL_LOSS, VAL_WRONG, LOSSES = 0, 1, 2, 3, 4
+# rank), then what data-parallel ranks add up: the loss's metric sum (wrong predictions, squared errors),
+# the validation loss and metric sums, and the loss sum of every step (which also says where a diverging
+# loss first went bad).
+L2, METRIC, VAL_LOSS, VAL_METRIC, LOSSES = 0, 1, 2, 3, 4
+
+
+def fields(loss, validation):
+    """The History fields a fit with ``loss`` records (besides ``epoch`` and ``seconds``), e.g.
+    ``["loss", "error", "val_loss", "val_error"]``; the ``val_`` ones only with ``validation``."""
+    names = ["loss", *loss.metric_names]
+    return names + [f"val_{name}" for name in names] if validation else names
 
 
 class DivergenceError(ArithmeticError):
@@ -46,21 +56,27 @@ class DivergenceError(ArithmeticError):
         self.epoch, self.step = epoch, step
 
 
-def read_metrics(dev, block, pending, history, callback, optimizer, n, val_n):
+def read_metrics(dev, block, pending, history, callback, optimizer, loss, data, val):
     """Read the pending epochs' metric rows in one device->host transfer, check them, and record them.
 
-    Vectorised over the rows: with full-batch training every step is an epoch, and a Python pass per
-    row would cost as much as a training step.
+    ``data`` and ``val`` (or None) are the training and validation ``DeviceData``: their rows and the
+    target statistics the loss's metrics need (``loss.metrics``). Vectorised over the rows: with
+    full-batch training every step is an epoch, and a Python pass per row would cost as much as a
+    training step.
     """
     values = dev.to_numpy(block[:len(pending), :]).astype(np.float64)  # waits for the device
     # an epoch lasts until the next began, the last until now (after the sync): the block's total is exact
     starts = [began for _, began in pending]
     seconds = np.diff(starts + [time.perf_counter()]).tolist()
-    losses = values[:, LOSSES:]
-    columns = {"loss": (losses.sum(axis=1) / n).tolist(), "error": (values[:, WRONG] / n).tolist(), "seconds": seconds}
-    if val_n is not None:
-        columns.update(val_loss=(values[:, VAL_LOSS] / val_n + values[:, L2]).tolist(),
-                       val_error=(values[:, VAL_WRONG] / val_n).tolist())
+    losses, n = values[:, LOSSES:], data.n
+    columns = {"loss": losses.sum(axis=1) / n, **loss.metrics(values[:, METRIC], n, data.outputs, data.statistics),
+               "seconds": seconds}
+    if val is not None:
+        columns["val_loss"] = values[:, VAL_LOSS] / val.n + values[:, L2]
+        columns.update((f"val_{key}", value) for key, value in
+                       loss.metrics(values[:, VAL_METRIC], val.n, val.outputs, val.statistics).items())
+    columns = {key: np.asarray(value, dtype=np.float64).tolist() if key != "seconds" else value
+               for key, value in columns.items()}
     finite = np.isfinite(losses).all(axis=1)
     good = len(pending) if finite.all() else int(np.argmin(finite))
     for i in range(good):

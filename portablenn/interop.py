@@ -5,6 +5,7 @@ import numpy as np
 
 from .backend import _host
 from .layers import Linear, Sequential
+from .models import NORMS, mlp_layer_configs
 from .registry import ACTIVATIONS, LAYERS
 
 __all__ = ["to_torch", "from_torch"]
@@ -26,7 +27,9 @@ def to_torch(model):
     torch.nn.Sequential
         On the CPU, in the model's dtype, with the same layer indices (so the same state-dict
         keys); every ``nn.Linear`` weight is the transpose ``(out_features, in_features)`` of
-        portablenn's ``(in_features, out_features)``.
+        portablenn's ``(in_features, out_features)``. Buffers that the torch module has too are copied
+        (BatchNorm1d's running statistics and ``num_batches_tracked``; not Dropout's draw counter: torch
+        draws its masks from its own generator). Each module is in its layer's mode (train or eval).
 
     Raises
     ------
@@ -44,13 +47,19 @@ def to_torch(model):
     for i, layer in enumerate(model.layers):
         if layer.torch_class is None or not hasattr(torch.nn, layer.torch_class):
             raise TypeError(f"layer {i} ({type(layer).__name__}) has no PyTorch counterpart in to_torch")
-        module = getattr(torch.nn, layer.torch_class)(**layer.to_config()).to(dtype)
+        module = getattr(torch.nn, layer.torch_class)(**layer.torch_config()).to(dtype)
+        torch_buffers = dict(module.named_buffers())
         with torch.no_grad():
             for name, value in layer.params.items():
                 host = np.ascontiguousarray(layer.torch_layout(name, _host(value)))
                 getattr(module, name).copy_(torch.from_numpy(host))
-        modules.append(module)
-    return torch.nn.Sequential(*modules)
+            for name, value in layer.buffers.items():
+                if name in torch_buffers:
+                    torch_buffers[name].copy_(torch.from_numpy(np.require(_host(value), requirements="C")))
+        modules.append(module.train(layer.training))
+    sequential = torch.nn.Sequential(*modules)
+    sequential.training = model.training  # the container's flag; each module has its layer's mode
+    return sequential
 
 
 def from_torch(module_or_state_dict, activation=None):
@@ -73,8 +82,9 @@ def from_torch(module_or_state_dict, activation=None):
     -------
     Sequential
         On the CPU, float64 if the weights are float64 and float32 otherwise; weights transposed
-        to ``(in_features, out_features)``. Models of one activation and uniform bias get the
-        ``config`` that ``portablenn.mlp`` sets.
+        to ``(in_features, out_features)``; buffers (BatchNorm1d's running statistics) copied, those
+        torch lacks (Dropout's draw counter) at their start, and a module's train/eval mode kept.
+        Models of one activation and uniform bias get the ``config`` that ``portablenn.mlp`` sets.
 
     Raises
     ------
@@ -92,16 +102,40 @@ def from_torch(module_or_state_dict, activation=None):
     weights = [value for key, value in state.items() if key.endswith(".weight")]
     dtype = "float64" if weights[0].dtype == np.float64 else "float32"
     model = Sequential.from_config({"layers": configs}, dtype=dtype)
-    model.load_state_dict({key: model.layers[int(key.split(".")[0])].torch_layout(key.split(".", 1)[1], value)
-                           for key, value in state.items()})
-    kinds = [type(layer) for layer in model.layers]
-    acts, biases = set(kinds[1::2]), {"bias" in layer.params for layer in model.linears}
-    if (set(kinds[::2]) == {Linear} and len(acts) <= 1 and len(kinds) % 2 and len(biases) == 1
-            and all(ACTIVATIONS.name_of(a) and a().to_config() == layer.to_config()  # what mlp builds
-                    for a, layer in zip(kinds[1::2], model.layers[1::2]))):
-        model.config = {"sizes": [model.in_features] + [l.out_features for l in model.linears],
-                        "activation": ACTIVATIONS.name_of(acts.pop()) if acts else "relu", "bias": biases.pop()}
+    full = model.state_dict()  # buffers that torch lacks keep their initial values
+    full.update({key: model.layers[int(key.split(".")[0])].torch_layout(key.split(".", 1)[1], value)
+                 for key, value in state.items()})
+    model.load_state_dict(full)
+    if not isinstance(module_or_state_dict, dict):
+        model.train(module_or_state_dict.training)
+    config = _mlp_config(model)
+    if config is not None:
+        model.config = config
     return model
+
+
+def _mlp_config(model):
+    """The ``mlp`` arguments (seed 0) that build exactly ``model``'s layers, or None where none do."""
+    layers = model.layers
+    if not layers or type(layers[0]) is not Linear:
+        return None
+    act = next((ACTIVATIONS.name_of(layer) for layer in layers if ACTIVATIONS.name_of(layer)), "relu")
+    drop = next((layer.p for layer in layers if LAYERS.name_of(layer) == "Dropout"), 0.0)
+    norm = next((key for layer in layers for key, make in NORMS.items()
+                 if make(1)["type"] == LAYERS.name_of(layer)), None)
+    config = {"sizes": [model.in_features] + [l.out_features for l in model.linears], "activation": act,
+              "bias": "bias" in layers[0].params}
+    try:
+        built = mlp_layer_configs(config["sizes"], act, config["bias"], drop, norm, seed=0)
+    except ValueError:
+        return None
+    if built != model.to_config()["layers"]:
+        return None
+    if drop:
+        config.update(dropout=drop, seed=0)
+    if norm is not None:
+        config["norm"] = norm
+    return config
 
 
 def _from_module(module):
@@ -117,10 +151,17 @@ def _from_module(module):
         if found is None:
             raise TypeError(f"layer {i} ({type(child).__name__}) is not {_known(by_torch)}")
         name, cls = found
-        configs.append({"type": name, **cls.config_from_torch(child)})
+        try:
+            configs.append({"type": name, **cls.config_from_torch(child)})
+        except ValueError as exc:
+            raise TypeError(f"layer {i} ({type(child).__name__}) cannot be converted: {exc}") from None
+    draws = [c for c in configs if hasattr(LAYERS.get(c["type"]), "seed_for")]  # torch has no mask seeds: as mlp's
+    for k, config in enumerate(draws):
+        config["seed"] = LAYERS.get(config["type"]).seed_for(0, k)
     if not any(LAYERS.get(c["type"]) is Linear for c in configs):
         raise TypeError("the torch Sequential has no Linear layer")
-    return configs, _host_state(module.state_dict())
+    integers = {f"{i}.{name}" for i, c in enumerate(configs) for name in LAYERS.get(c["type"]).integer_buffers}
+    return configs, _host_state(module.state_dict(), integers)
 
 
 def _known(by_torch):
@@ -160,11 +201,15 @@ def _from_state_dict(state, activation):
     return configs, state
 
 
-def _host_state(state):
-    """Host NumPy copies of a state dict's float values; other dtypes are refused."""
+def _host_state(state, integers=()):
+    """Host NumPy copies of a state dict's float values (and integer ones for the keys ``integers``); other
+    dtypes are refused."""
     out = {}
     for key, value in state.items():
         array = np.asarray(_host(value))
+        if key in integers and array.dtype.kind in "iu":
+            out[key] = array
+            continue
         if array.dtype not in (np.float32, np.float64):
             raise ValueError(f"state dict entry {key!r} has dtype {array.dtype}; convert the model to "
                              "float32 or float64 first")

@@ -54,13 +54,14 @@ class Kernels:
     def fused_loss(self, loss):
         """A fused twin of ``loss.value_and_grad`` (same signature) that a built step may use, or None.
 
-        The twin is the kernel method that the loss's own class names in ``fused`` (not inherited: a
-        subclass that changes the math has none until it names one); the generic kernels define no
+        The twin is the kernel method named by ``loss.fused_twin()``: the ``fused`` of the loss's own class
+        (not inherited: a subclass that changes the math has none until it names one), and none where the
+        loss's options change the math (class weights, label smoothing); the generic kernels define no
         twins, so a step built on them is the plain composition of the layers', the loss's and the
         optimizer's own code, the reference every fusion is tested against. A twin takes
         ``(outputs, *targets, scale)``: softmax cross-entropy's ``softmax_xent(logits, labels, onehot, scale)``.
         """
-        twin = getattr(self, type(loss).__dict__.get("fused") or "", None)
+        twin = getattr(self, loss.fused_twin() or "", None)
         if twin is None:
             return None
         return lambda xp, outputs, targets, scale: twin(outputs, *targets, scale)

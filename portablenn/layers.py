@@ -10,7 +10,10 @@ __all__ = ["Module", "Linear", "ReLU", "Sigmoid", "Tanh", "LeakyReLU", "GELU", "
 
 
 class Module:
-    """Base of every layer: ``params``/``grads`` dicts of device arrays and the device they live on.
+    """Base of every layer: ``params``/``grads``/``buffers`` dicts of device arrays and the device they live on.
+
+    ``buffers`` hold state that is saved but not trained (BatchNorm1d's running statistics, Dropout's
+    draw counter); a layer changes them on the device with ``_set_buffer``.
 
     A layer implements ``forward(x)`` (caching what backward needs) and ``backward(grad_output,
     input_grad=True)``, which fills ``grads`` with the true gradients of its parameters and returns
@@ -24,10 +27,13 @@ class Module:
     config_keys = ()  # the constructor's arguments that ``to_config`` returns
     torch_class = None  # name of the ``torch.nn`` module computing the same function (PyTorch interop)
     decayed = ()  # the parameters L2 and weight decay apply to (weight matrices; not biases nor norm scales)
+    integer_buffers = ()  # the buffers that hold int64 (the others are in the model's float dtype)
+    couples_rows = False  # a row's output depends on the other rows of its batch (BatchNorm1d in training)
 
     def __init__(self):
         self.params = {}
         self.grads = {}
+        self.buffers = {}
         self._bind(backend.device("cpu"))
 
     # -- modes ---------------------------------------------------------------------------------------
@@ -68,9 +74,26 @@ class Module:
         return {}
 
     @classmethod
+    def buffer_shapes(cls, config):
+        """``{name: shape}`` of the buffers a layer of ``config`` holds (dtypes: ``integer_buffers``)."""
+        return {}
+
+    @classmethod
     def config_from_torch(cls, module):
         """This layer's config read from the equivalent ``torch.nn`` module's attributes."""
         return {key: getattr(module, key) for key in cls.config_keys}
+
+    def torch_config(self):
+        """The keyword arguments of ``torch.nn.<torch_class>`` that build the equivalent module."""
+        return self.to_config()
+
+    def _set_buffer(self, name, value):
+        """Buffer ``name`` takes ``value``: written into the buffer's memory where arrays are mutable (so a
+        recorded CUDA graph's replay updates it too), rebound to the new array where they are not."""
+        if self.device.backend.mutable:
+            self.buffers[name][...] = value
+        else:
+            self.buffers[name] = value
 
     @staticmethod
     def torch_layout(name, array):
@@ -290,19 +313,21 @@ def _own_positions(layers):
     """Give every position its own layer: each keeps its forward's arrays for its backward.
 
     A layer object listed twice (``act = ReLU()`` used after every Linear, as in PyTorch) would
-    backpropagate the second use's cache through the first. A parameterless repeat is replaced by a
-    copy; a repeat with parameters (weight sharing, which would need summed gradients) is refused.
+    backpropagate the second use's cache through the first. A stateless repeat is replaced by a
+    copy; a repeat with parameters (weight sharing, which would need summed gradients) or buffers (a
+    Dropout's draw counter: both positions would draw the same masks) is refused.
     """
     first = {}
     for i, layer in enumerate(layers):
         j = first.setdefault(id(layer), i)
         if j == i:
             continue
-        if layer.params:
-            raise ValueError(f"layer {i} is layer {j} again ({layer!r}): a layer with parameters can appear only "
-                             f"once (weight sharing is not supported); create a separate layer")
+        if layer.params or layer.buffers:
+            what = "parameters" if layer.params else "buffers"
+            raise ValueError(f"layer {i} is layer {j} again ({layer!r}): a layer with {what} can appear only "
+                             f"once (its state is not shared); create a separate layer")
         layers[i] = copy.copy(layer)
-        layers[i].params, layers[i].grads = {}, {}
+        layers[i].params, layers[i].grads, layers[i].buffers = {}, {}, {}
 
 
 class Sequential(Module):
@@ -365,8 +390,19 @@ class Sequential(Module):
         """``[(key, layer, name), ...]`` in layer order, e.g. ``("0.weight", layer0, "weight")``."""
         return [(f"{i}.{name}", layer, name) for i, layer in enumerate(self.layers) for name in layer.params]
 
+    def named_buffers(self):
+        """``[(key, layer, name), ...]`` of the buffers in layer order, e.g. ``("1.running_mean", layer1, ...)``."""
+        return [(f"{i}.{name}", layer, name) for i, layer in enumerate(self.layers) for name in layer.buffers]
+
+    def _named_state(self):
+        """``(key, layer, name, store)`` of every parameter and buffer, each layer's parameters then its
+        buffers (PyTorch's state-dict order); ``store`` is the layer's ``params`` or ``buffers`` dict."""
+        return [(f"{i}.{name}", layer, name, store) for i, layer in enumerate(self.layers)
+                for store in (layer.params, layer.buffers) for name in store]
+
     def to(self, device=None, dtype=None):
-        """Move (copy) every parameter to ``device`` (a spec or Device) and/or cast it to ``dtype``."""
+        """Move (copy) every parameter and buffer to ``device`` (a spec or Device) and/or cast the float ones
+        to ``dtype`` (integer buffers stay int64)."""
         dev = backend.device(device) if device is not None else self.device
         dtype = dtype or self.dtype
         dev.dtype(dtype)  # DeviceError if the device lacks it
@@ -375,39 +411,50 @@ class Sequential(Module):
         for layer in self.layers + [self]:
             for name, p in layer.params.items():
                 layer.params[name] = dev.asarray(self.device.to_numpy(p), dtype=dtype)
+            for name, b in layer.buffers.items():
+                layer.buffers[name] = dev.asarray(self.device.to_numpy(b),
+                                                  dtype="int64" if name in layer.integer_buffers else dtype)
             layer.grads = {}
             layer._bind(dev)
         self.dtype = dtype
         return self
 
     def state_dict(self):
-        """Host NumPy copies of every parameter, keyed ``"0.weight"``, ``"0.bias"``, ``"2.weight"``, ..."""
-        return {key: self.device.to_numpy(layer.params[name]).copy()
-                for key, layer, name in self.named_parameters()}
+        """Host NumPy copies of every parameter and buffer, keyed ``"0.weight"``, ``"0.bias"``,
+        ``"1.running_mean"``, ... (each layer's parameters, then its buffers, as PyTorch orders them)."""
+        return {key: self.device.to_numpy(store[name]).copy() for key, _, name, store in self._named_state()}
 
     def load_state_dict(self, state):
-        """Copy host arrays into the parameters; biases may be ``(out,)`` or ``(1, out)``.
+        """Copy host arrays into the parameters and buffers; biases may be ``(out,)`` or ``(1, out)``.
+
+        Float entries take the model's dtype; integer buffers (``integer_buffers``) must hold integers and
+        become int64.
 
         Raises
         ------
         ValueError
-            Naming missing or unexpected keys, or the first shape that does not match.
+            Naming missing or unexpected keys, the first shape that does not match, or an integer buffer
+            given non-integers.
         """
-        expected = {key: (layer, name) for key, layer, name in self.named_parameters()}
+        expected = {key: (layer, name, store) for key, layer, name, store in self._named_state()}
         missing, unexpected = sorted(set(expected) - set(state)), sorted(set(state) - set(expected))
         if missing or unexpected:
             raise ValueError(f"state dict does not match the model: missing {missing}, unexpected {unexpected}")
         new = {}
-        for key, (layer, name) in expected.items():
+        for key, (layer, name, store) in expected.items():
             value = backend._host(state[key])
-            shape = tuple(layer.params[name].shape)
-            if name == "bias" and value.shape == (1,) + shape:
+            shape = tuple(store[name].shape)
+            if name == "bias" and store is layer.params and value.shape == (1,) + shape:
                 value = value.reshape(shape)
             if value.shape != shape:
                 raise ValueError(f"state dict entry {key!r} has shape {value.shape}, the model expects {shape}")
+            integer = store is layer.buffers and name in layer.integer_buffers
+            if integer and value.dtype.kind not in "iu":
+                raise ValueError(f"state dict entry {key!r} has dtype {value.dtype}; the model keeps it as integers")
             new[key] = value
-        for key, (layer, name) in expected.items():  # a C-ordered copy: training updates parameters in place,
-            # and a transposed view (PyTorch's weights) would otherwise stay column-major, changing GEMM rounding
-            layer.params[name] = self.device.asarray(host_copy(new[key], self.dtype))
+        for key, (layer, name, store) in expected.items():  # a C-ordered copy: training updates parameters in
+            # place, and a transposed view (PyTorch's weights) would otherwise stay column-major, changing GEMM rounding
+            integer = store is layer.buffers and name in layer.integer_buffers
+            store[name] = self.device.asarray(host_copy(new[key], "int64" if integer else self.dtype))
             layer.grads = {}
         return self

@@ -17,7 +17,10 @@ def export_onnx(model, path, *, opset=None):
 
     The graph is traced from ``model.forward`` itself, in eval mode: every layer runs its usual
     Array API code with ``xp = ndonnx`` (and the generic ``Kernels``), so the file computes exactly
-    what the layers define, a layer registered by a user included. The weights are embedded as constants; ``model`` is not modified.
+    what the layers define, a layer registered by a user included. The weights and buffers are embedded as
+    constants; ``model`` is not modified. Eval mode makes Dropout the identity (no node at all) and
+    BatchNorm1d an affine map of its running statistics; both norms are traced as primitive operations
+    (ReduceSum, Sub, Mul, Div, Sqrt, Add), not as ONNX's BatchNormalization or LayerNormalization nodes.
 
     Parameters
     ----------
@@ -73,10 +76,14 @@ def _ndonnx_device(ndx):
 
 
 def _on_device(module, dev, dtype):
-    """A shallow copy of ``module`` (and of its sub-layers) bound to ``dev``, parameters as constants."""
+    """A shallow copy of ``module`` (and of its sub-layers) bound to ``dev``, parameters and buffers as constants
+    (integer buffers stay int64)."""
     clone = copy.copy(module)
     clone.params = {name: dev.xp.asarray(np.asarray(module.device.to_numpy(p)), dtype=dtype)
                     for name, p in module.params.items()}
+    clone.buffers = {name: dev.xp.asarray(np.asarray(module.device.to_numpy(b)),
+                                          dtype=dev.xp.int64 if name in module.integer_buffers else dtype)
+                     for name, b in getattr(module, "buffers", {}).items()}
     clone.grads = {}
     clone._bind(dev)
     if hasattr(module, "layers"):

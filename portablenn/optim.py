@@ -3,7 +3,9 @@
 Each rule is written twice, side by side: ``update`` returns new arrays (for immutable backends) and
 ``update_`` changes the parameter and its state in place through the device's kernels (whose fast
 twins fuse it). ``hyper(step)`` gives the host scalars of a step (Adam's bias correction), so the rule
-itself never reads the step counter. The gradients a rule receives are true gradients of the loss;
+itself never reads the step counter; with a learning-rate schedule set (``optimizer.schedule``, a
+``portablenn.schedules.Schedule``) the lr of step ``t`` is ``lr_at(t) = lr * schedule.factor(t)``, a host
+float too. The gradients a rule receives are true gradients of the loss;
 ``decay`` is the L2 strength for a weight matrix (0 for a bias): ``grad + decay * param``; ``decays``
 says whether the parameter takes decoupled weight decay (AdamW): weight matrices do, biases do not.
 """
@@ -17,7 +19,8 @@ class Optimizer(Configurable):
     the count of steps taken. ``fit`` binds it to a model; ``step()`` updates from ``layer.grads``."""
 
     slots = 0  # state buffers per parameter, shaped like it
-    replayable = True  # the same operations every step: a recorded step (CUDA graph) may replay it
+    constant_hyper = True  # hyper(step) is the same at every step when no schedule is set
+    _schedule = None
 
     def __init__(self, lr):
         lr = float(lr)
@@ -28,11 +31,36 @@ class Optimizer(Configurable):
         self.steps = 0
         self.model = None
         self.l2 = 0.0
+        self._schedule = None
+
+    @property
+    def schedule(self):
+        """The learning-rate schedule (``portablenn.schedules.Schedule``) or None (a constant lr); setting
+        one tells it the base lr (``schedule.base_lr``)."""
+        return self._schedule
+
+    @schedule.setter
+    def schedule(self, schedule):
+        if schedule is not None:
+            if not callable(getattr(schedule, "factor", None)):
+                raise ValueError(f"a schedule must be a portablenn.schedules.Schedule, not {type(schedule).__name__}")
+            schedule.base_lr = self.lr
+        self._schedule = schedule
+
+    @property
+    def replayable(self):
+        """Whether every step does the same work with the same scalars, so that a recorded step (a CUDA
+        graph, which bakes them in) may replay it: not with a schedule, nor with Adam's bias correction."""
+        return self.constant_hyper and self._schedule is None
+
+    def lr_at(self, step):
+        """The learning rate of step ``step`` (1-based): ``lr``, times ``schedule.factor(step)`` if one is set."""
+        return self.lr if self._schedule is None else self.lr * self._schedule.factor(step)
 
     # -- the rule --------------------------------------------------------------------------------------
     def hyper(self, step):
         """Host scalars for step number ``step`` (1-based), passed to ``update``/``update_``."""
-        return (self.lr,)
+        return (self.lr_at(step),)
 
     def update(self, xp, param, grad, state, decay, hyper, decays=True):
         """Functional form: ``(new_param, new_state)``."""
@@ -77,7 +105,12 @@ class Optimizer(Configurable):
 @register_optimizer(name="sgd")
 class SGD(Optimizer):
     """Stochastic gradient descent, optionally with (Nesterov) momentum, as ``torch.optim.SGD`` for a
-    constant learning rate; the velocity buffer holds ``lr * v`` (what checkpoints have always stored)."""
+    constant learning rate; the velocity buffer holds ``lr * v`` (what checkpoints have always stored).
+
+    With a schedule, ``lr_t`` changes from step to step and this is Keras's (and scikit-learn's) SGD, not
+    torch's: ``velocity = momentum * velocity + lr_t * g``, then ``param -= velocity`` or, Nesterov,
+    ``param -= lr_t * g + momentum * velocity``. (Torch keeps ``b = momentum * b + g`` and takes
+    ``param -= lr_t * b``: past gradients move at the current lr there, at their own lr here.)"""
 
     config_keys = ("lr", "momentum", "nesterov")
 
@@ -117,7 +150,7 @@ class Adam(Optimizer):
     """Adam (Kingma & Ba, 2015) with PyTorch's defaults and L2 added to the gradient (``torch.optim.Adam``)."""
 
     slots = 2  # first and second moments
-    replayable = False  # the bias-corrected step size is computed on the host every step
+    constant_hyper = False  # the bias-corrected step size is computed on the host every step
     config_keys = ("lr", "beta1", "beta2", "eps")
 
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
@@ -127,10 +160,11 @@ class Adam(Optimizer):
             raise ValueError("Adam needs 0 <= beta1, beta2 < 1 and eps > 0")
 
     def hyper(self, step):
-        """``(step_size, eps_hat)``: the bias corrections folded into the step size and epsilon."""
+        """``(step_size, eps_hat)``: the bias corrections folded into the step size (of the step's lr,
+        ``lr_at(step)``) and epsilon."""
         correction1 = 1.0 - self.beta1 ** step
         root2 = (1.0 - self.beta2 ** step) ** 0.5
-        return self.lr * root2 / correction1, self.eps * root2
+        return self.lr_at(step) * root2 / correction1, self.eps * root2
 
     def update(self, xp, param, grad, state, decay, hyper, decays=True):
         step_size, eps_hat = hyper[0], hyper[1]  # AdamW appends its decay factor
@@ -150,8 +184,9 @@ class Adam(Optimizer):
 @register_optimizer(name="adamw")
 class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov & Hutter, 2019; ``torch.optim.AdamW``): each step first
-    shrinks a decaying parameter, ``param *= 1 - lr * weight_decay``, then takes Adam's step. Weight matrices
-    decay; biases do not (PyTorch decays every parameter unless told otherwise). ``fit(l2=...)`` still adds
+    shrinks a decaying parameter, ``param *= 1 - lr_t * weight_decay`` (``lr_t`` the step's scheduled lr, as
+    torch), then takes Adam's step. Weight matrices decay; biases do not (PyTorch decays every parameter
+    unless told otherwise). ``fit(l2=...)`` still adds
     a coupled L2 term to the gradient if asked; AdamW's own decay is ``weight_decay``."""
 
     config_keys = ("lr", "beta1", "beta2", "eps", "weight_decay")
@@ -163,8 +198,8 @@ class AdamW(Adam):
             raise ValueError(f"AdamW needs a finite weight_decay >= 0, got {weight_decay}")
 
     def hyper(self, step):
-        """Adam's ``(step_size, eps_hat)`` and the decoupled decay's factor ``1 - lr * weight_decay``."""
-        return (*super().hyper(step), 1.0 - self.lr * self.weight_decay)
+        """Adam's ``(step_size, eps_hat)`` and the decoupled decay's factor ``1 - lr_t * weight_decay``."""
+        return (*super().hyper(step), 1.0 - self.lr_at(step) * self.weight_decay)
 
     # a coupled L2 term (fit's l2) joins the gradient from the parameter before it shrinks, as autograd's would
     def update(self, xp, param, grad, state, decay, hyper, decays=True):

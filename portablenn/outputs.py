@@ -67,7 +67,7 @@ def _is_checkpoint(path):
 
 
 def _is_log(path):
-    """Every line an epoch record (a JSON object with epoch, loss and error); a last line cut short by a
+    """Every line an epoch record (a JSON object with epoch and loss); a last line cut short by a
     kill (no newline at its end) is forgiven."""
     records = 0
     with open(path, encoding="utf-8") as fh:
@@ -78,7 +78,7 @@ def _is_log(path):
                 record = json.loads(line)
             except ValueError:
                 return records > 0 and not line.endswith("\n")
-            if not (isinstance(record, dict) and {"epoch", "loss", "error"} <= set(record)
+            if not (isinstance(record, dict) and {"epoch", "loss"} <= set(record)
                     and isinstance(record["epoch"], int)):
                 return False
             records += 1

@@ -37,14 +37,18 @@ def _colormap(name):
     return matplotlib.colormaps[name]
 
 
+_METRICS = {"error": ("error rate", "error rate (misclassified fraction)"),
+            "rmse": ("RMSE", "root mean squared error")}
+
+
 def plot_history(history_records, path, *, title=None):
-    """Loss and error rate per epoch, training and (when recorded) validation, in two panels.
+    """Loss and the task's metric per epoch, training and (when recorded) validation, in two panels.
 
     Parameters
     ----------
     history_records : History or sequence of dict
-        What `portablenn.fit` returns, or its records: dicts with ``epoch``, ``loss``, ``error``
-        and optionally ``val_loss``, ``val_error``.
+        What `portablenn.fit` returns, or its records: dicts with ``epoch``, ``loss`` and a metric,
+        ``error`` (classification) or ``rmse`` (regression), and optionally their ``val_`` twins.
     path : str or os.PathLike
         The PNG to write (parent directories are created).
     title : str, optional
@@ -57,20 +61,22 @@ def plot_history(history_records, path, *, title=None):
     Raises
     ------
     ValueError
-        No records, or records without ``epoch``/``loss``/``error``.
+        No records, or records without ``epoch``/``loss`` and ``error`` or ``rmse``.
     """
     records = list(getattr(history_records, "records", history_records))
     if not records:
         raise ValueError("plot_history needs at least one epoch record; the history is empty")
-    missing = {"epoch", "loss", "error"} - set(records[0])
+    metric = next((key for key in _METRICS if key in records[0]), None)
+    missing = sorted({"epoch", "loss"} - set(records[0])) + ([] if metric else ["error (or rmse)"])
     if missing:
-        raise ValueError(f"history records lack {', '.join(sorted(missing))}; pass what fit returned")
+        raise ValueError(f"history records lack {', '.join(missing)}; pass what fit returned")
+    metric_label, metric_title = _METRICS[metric]
     epochs = [r["epoch"] for r in records]
     fig = _figure(figsize=(10, 4), layout="constrained")
     from matplotlib.ticker import MaxNLocator  # after _figure, which explains a missing matplotlib
     loss_ax, err_ax = fig.subplots(1, 2)
     marker = "o" if len(records) <= 30 else None
-    for ax, key, label in ((loss_ax, "loss", "loss"), (err_ax, "error", "error rate")):
+    for ax, key, label in ((loss_ax, "loss", "loss"), (err_ax, metric, metric_label)):
         ax.plot(epochs, [r[key] for r in records], marker=marker, label=f"train {label}")
         if all(f"val_{key}" in r for r in records):
             ax.plot(epochs, [r[f"val_{key}"] for r in records], marker=marker, label=f"validation {label}")
@@ -79,8 +85,8 @@ def plot_history(history_records, path, *, title=None):
         ax.set_ylabel(label)
         ax.grid(True, alpha=0.3)
         ax.legend()
-    loss_ax.set_title("loss (softmax cross-entropy)")
-    err_ax.set_title("error rate (misclassified fraction)")
+    loss_ax.set_title("loss")
+    err_ax.set_title(metric_title)
     if min(r["loss"] for r in records) > 0 and max(r["loss"] for r in records) / min(r["loss"] for r in records) > 100:
         loss_ax.set_yscale("log")
         loss_ax.set_ylabel("loss (log scale)")

@@ -1,4 +1,4 @@
-"""Registries: the names under which layers, activations, losses and optimizers are saved and looked up.
+"""Registries: the names under which layers, activations, losses, optimizers and schedules are saved and looked up.
 
 A class registered here can be written into a checkpoint's architecture, rebuilt from it, named on the
 command line, exported to PyTorch and ONNX: adding a layer is one class and one decorator.
@@ -12,7 +12,7 @@ Configs are plain JSON objects: ``{"type": "Linear", "in_features": 784, "out_fe
 """
 
 __all__ = ["Configurable", "Registry", "LAYERS", "ACTIVATIONS", "LOSSES", "OPTIMIZERS", "register_layer", "register_activation",
-           "register_loss", "register_optimizer"]
+           "register_loss", "register_optimizer", "SCHEDULES", "register_schedule"]
 
 
 class Configurable:
@@ -102,6 +102,7 @@ LAYERS = Registry("layer")
 ACTIVATIONS = Registry("activation")  # lower-case names for mlp(activation=...) and --activation
 LOSSES = Registry("loss")
 OPTIMIZERS = Registry("optimizer")
+SCHEDULES = Registry("schedule")  # learning-rate schedules (portablenn.schedules): "step", "cosine", "plateau", ...
 
 
 def register_layer(cls=None, *, name=None):
@@ -125,3 +126,8 @@ def register_loss(cls=None, *, name=None):
 
 def register_optimizer(cls=None, *, name=None):
     return OPTIMIZERS.register(cls, name=name)
+
+
+def register_schedule(cls=None, *, name=None):
+    """Register a learning-rate schedule (a ``portablenn.schedules.Schedule``) for checkpoints and configs."""
+    return SCHEDULES.register(cls, name=name)

@@ -44,8 +44,13 @@ def _rows(array, index):
 
 
 def validation_split(X, y, fraction, seed, stratify):
-    """``(X_train, y_train, (X_val, y_val))`` in the arrays' own library (see ``split_indices``)."""
+    """``(X_train, y_train, (X_val, y_val))`` in the arrays' own library (see ``split_indices``).
+
+    ``stratify``: a bool (stratify by ``y`` itself), or a callable host ``y`` -> the 1-D labels to
+    stratify by or None (a loss's ``strata``: binary cross-entropy's 0/1 column, nothing for multi-label).
+    """
     y_host = np.asarray(_host(y)) if is_array_api_obj(y) else np.asarray(y)
     n = int(y_host.shape[0])
-    train, val = split_indices(n, fraction, seed, y_host if stratify else None)
+    labels = stratify(y_host) if callable(stratify) else (y_host if stratify else None)
+    train, val = split_indices(n, fraction, seed, labels)
     return _rows(X, train), _rows(y, train), (_rows(X, val), _rows(y, val))

@@ -31,12 +31,17 @@ class StaticStep:
     train_step : callable(xb, targets, rows) -> (loss_sum, wrong)
         One minibatch's forward, backward and update (``portablenn.step.Step``), returning 0-d device arrays.
     optimizer : Optimizer
-        Its host-side step count is kept right: a replay does not run Python.
+        Its host-side step count is kept right: a replay does not run Python. It must be ``replayable``
+        (the same scalars every step: a recorded graph bakes in the learning rate), so not with a schedule.
     dtype : str
         The model's dtype (of the loss and error sums).
     """
 
     def __init__(self, dev, data, batch, shuffled, train_step, optimizer, dtype):
+        if not optimizer.replayable:
+            what = "a learning-rate schedule" if optimizer.schedule is not None else type(optimizer).__name__
+            raise ValueError(f"a recorded step replays the same scalars every step, which {what} changes: "
+                             "train without graph=True")
         self.dev, self.data, self.batch, self.shuffled = dev, data, batch, shuffled
         self.steps = data.n // batch
         self._train_step, self._optimizer = train_step, optimizer

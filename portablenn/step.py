@@ -6,9 +6,10 @@ When it is built, the step chooses which of the device kernels' fusions run that
 
 * the loss's fused twin, ``kernels.fused_loss(loss)`` (NumPy's and CuPy's softmax cross-entropy);
 * plain SGD folded into the backward GEMMs, where ``kernels.fuses_sgd``: with no momentum, no
-  reducer, no gradient clipping and every parameter in a ``Linear`` layer, the learning rate is folded into the loss
-  gradient and each Linear layer's update is one GEMM ``W = (1 - lr l2) W - x.T @ g`` (no weight
-  gradient is made); its bias takes ``b -= sum(g)``;
+  reducer, no gradient clipping and every parameter in a ``Linear`` layer, the step's learning rate
+  (``optimizer.lr_at(step)``: scheduled or not, a host float) is folded into the loss gradient and each
+  Linear layer's update is one GEMM ``W = (1 - lr l2) W - x.T @ g`` (no weight gradient is made); its
+  bias takes ``b -= sum(g)``;
 * otherwise every layer's ``backward`` fills true gradients, a reducer (data parallelism) sums them,
   and the optimizer's in-place rule updates each parameter through the kernels (fused twins on CuPy);
   on a backend whose arrays cannot change in place (``Backend.mutable`` False) its functional rule
@@ -72,7 +73,6 @@ class Step:
                              and not optimizer.momentum and self.clip_norm is None
                              and reducer is None and isinstance(model, Sequential)
                              and all(type(layer) is Linear for layer in model.layers if layer.params))
-        self._scale = optimizer.lr if self._sgd_in_gemm else 1.0  # folded into the loss gradient
         self.fused = [name for name, chosen in (("loss", self._value_and_grad != loss.value_and_grad),
                                                 ("sgd_in_gemm", self._sgd_in_gemm)) if chosen]
 
@@ -80,12 +80,13 @@ class Step:
         """Train on one minibatch (this worker's part of ``rows`` global rows): device ``(loss_sum, metric_sum)``."""
         model, optimizer = self.model, self.optimizer
         outputs = model.forward(xb)
-        grad, loss_sum, metric_sum = self._value_and_grad(self.xp, outputs, targets, self._scale / rows)
+        lr = optimizer.lr_at(optimizer.steps + 1) if self._sgd_in_gemm else 1.0  # folded into the loss gradient
+        grad, loss_sum, metric_sum = self._value_and_grad(self.xp, outputs, targets, lr / rows)
         if self.l2:
             loss_sum = loss_sum + xb.shape[0] * l2_penalty(model, self.l2, self._weights)
         optimizer.steps += 1
         if self._sgd_in_gemm:
-            self._backward_and_sgd(grad)
+            self._backward_and_sgd(grad, lr)
             return loss_sum, metric_sum
         model.backward(grad, input_grad=False)
         if self.reducer is not None:
@@ -113,9 +114,9 @@ class Step:
         for _, layer, name, _, _ in self._params:
             layer.grads[name] = layer.grads[name] * factor  # a new array: a reducer's flat views stay untouched
 
-    def _backward_and_sgd(self, grad):
-        """Backward with plain SGD inside: ``grad`` already carries the learning rate."""
-        layers, keep = self.model.layers, 1.0 - self.optimizer.lr * self.l2
+    def _backward_and_sgd(self, grad, lr):
+        """Backward with plain SGD inside: ``grad`` already carries the step's learning rate ``lr``."""
+        layers, keep = self.model.layers, 1.0 - lr * self.l2
         for i in range(len(layers) - 1, -1, -1):
             layer = layers[i]
             if type(layer) is Linear:

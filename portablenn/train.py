@@ -11,8 +11,9 @@ import numpy as np
 
 from . import backend
 from .data import DeviceData
-from .history import L2, LOSSES, VAL_LOSS, VAL_WRONG, WRONG, DivergenceError, History, read_metrics
-from .losses import SoftmaxCrossEntropy, get_loss, l2_penalty, softmax, weight_matrices
+from .history import L2, LOSSES, METRIC, VAL_LOSS, VAL_METRIC, DivergenceError, History, fields, read_metrics
+from .losses import SoftmaxCrossEntropy, get_loss, l2_penalty, weight_matrices
+from .schedules import Schedule
 from .reducer import _COMM_ADAPTERS, FlatGradients, Reducer, comm_reducer, register_comm_adapter  # noqa: F401
 from .split import validation_split
 from .static_step import StaticStep
@@ -27,8 +28,8 @@ _EVAL_CHUNK = 8192  # rows per forward pass when evaluating, to bound activation
 
 def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=True, l2=0.0, clip_norm=None,
         device=None, seed=0, validation=None, callback=None, log_every=1, on_step=None, initial_epoch=0, comm=None,
-        reducer=None, graph=False, early_stopping=None, validation_fraction=None):
-    """Train ``model`` in place with minibatch gradient descent on ``loss`` (softmax cross-entropy).
+        reducer=None, graph=False, early_stopping=None, validation_fraction=None, schedule=None):
+    """Train ``model`` in place with minibatch gradient descent on ``loss`` (softmax cross-entropy by default).
 
     Every minibatch runs one step built once by ``portablenn.step.make_step`` (forward, loss,
     backward, gradient reduction, update); the model is in train mode for the steps and in eval mode
@@ -39,12 +40,14 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
     model : Sequential
     X : array of shape (n_samples, in_features)
         NumPy or any Array API array; copied to the device once.
-    y : integer array of shape (n_samples,)
+    y : array of shape (n_samples,) or (n_samples, outputs)
+        The targets ``loss`` takes: integer class labels for softmax cross-entropy, real numbers for
+        regression, 0/1 for binary cross-entropy.
     optimizer : Optimizer
-        ``SGD(lr, ...)`` or ``Adam(lr, ...)``; bound to the model here.
+        ``SGD(lr, ...)``, ``Adam(lr, ...)``, ``AdamW(...)``; bound to the model here.
     loss : Loss or str, optional
         A ``portablenn.losses.Loss`` or a name in ``portablenn.registry.LOSSES``; default
-        ``SoftmaxCrossEntropy()``.
+        ``SoftmaxCrossEntropy()``. It also names the History's metrics (``error``; ``rmse`` and ``r2``).
     epochs : int
         The epoch to train up to (as Keras): with ``initial_epoch=k`` it trains epochs k+1..epochs.
     batch_size : int or None
@@ -90,13 +93,18 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
     early_stopping : EarlyStopping, optional
         Stop when a monitored History field stops improving, and end with the best epoch's weights
         (``portablenn.EarlyStopping``); needs ``log_every=1`` (its one read per epoch is all it reads).
+    schedule : portablenn.schedules.Schedule, optional
+        The learning rate of every step is the optimizer's ``lr`` times the schedule's factor for the
+        step's global number (computed on the host: no device work); a schedule that reads an epoch's
+        History (``ReduceOnPlateau``) needs ``log_every=1``. Attached to the optimizer
+        (``optimizer.schedule``) for this fit, so that checkpoints save it; ``None`` removes one.
     graph : bool
         Record the training step once and replay it for every full minibatch: a CUDA graph on a
         CuPy device, one launch per step instead of ~20 (``portablenn.static_step``). Minibatches
         are gathered on the device by a step counter; the results are those of the ordinary path.
         Elsewhere the same static step runs eagerly (slower than the ordinary path on the CPU:
-        it copies each minibatch). Not with ``comm``/``reducer`` nor with Adam (whose step size changes
-        every step).
+        it copies each minibatch). Not with ``comm``/``reducer``, nor with Adam or a ``schedule`` (whose
+        step size changes every step).
 
     Returns
     -------
@@ -123,21 +131,42 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
         raise InputError(f"early_stopping reads the metrics after every epoch: use log_every=1, not {log_every}")
     if graph and (comm is not None or reducer is not None):
         raise InputError("graph=True cannot be combined with data-parallel training (comm, reducer)")
-    if graph and not optimizer.replayable:
-        raise InputError(f"graph=True needs an optimizer that does the same work every step (SGD), "
-                         f"not {type(optimizer).__name__}")
+    if schedule is not None and not isinstance(schedule, Schedule):
+        raise InputError(f"schedule must be a portablenn.schedules.Schedule, not {type(schedule).__name__}")
+    if schedule is not None and schedule.reads_metrics and log_every != 1:
+        raise InputError(f"{type(schedule).__name__} reads the metrics after every epoch: use log_every=1, "
+                         f"not {log_every}")
+    optimizer.schedule = schedule  # before the checks below: a scheduled lr cannot be replayed by a graph
     loss = get_loss(loss)
     if validation_fraction is not None:
         if validation is not None:
             raise InputError("pass fit either validation or validation_fraction, not both")
-        X, y, validation = validation_split(X, y, validation_fraction, seed, loss.stratify)
+        X, y, validation = validation_split(X, y, validation_fraction, seed, loss.strata)
+    if graph and not optimizer.replayable:
+        raise InputError(f"graph=True needs an optimizer that does the same work every step (SGD without a "
+                         f"schedule), not {type(optimizer).__name__}"
+                         + (f" with {type(schedule).__name__}" if schedule is not None else ""))
     if graph and type(loss) is not SoftmaxCrossEntropy:
         raise InputError(f"graph=True records the step of softmax cross-entropy only, not {loss!r}")
+    recorded = fields(loss, validation is not None)
+    for what, monitor in (("EarlyStopping", getattr(early_stopping, "monitor", None)),
+                          (type(schedule).__name__, getattr(schedule, "monitor", None))):
+        if monitor is not None and monitor not in recorded:
+            needs = " (it needs validation data)" if monitor.startswith("val_") and validation is None else ""
+            raise InputError(f"{what} monitors {monitor!r}, which this fit does not record{needs}; "
+                             f"it records {', '.join(recorded)}")
     dev = model.device if device is None else backend.device(device)
     model.to(dev)
     data = DeviceData(dev, X, y, model, loss)
     val = DeviceData(dev, validation[0], validation[1], model, loss, "validation X") if validation else None
     batch = check_batch_size(batch_size, data.n)
+    coupled = [layer for layer in model.layers if layer.couples_rows]
+    if coupled and (comm is not None or reducer is not None):
+        raise InputError(f"{type(coupled[0]).__name__} uses the statistics of the whole minibatch: it cannot be "
+                         "trained data-parallel (each rank would see only its slice)")
+    if coupled and (batch == 1 or data.n % batch == 1):
+        raise InputError(f"{type(coupled[0]).__name__} needs at least 2 rows in every minibatch; batch size "
+                         f"{batch} over {data.n} rows leaves a minibatch of 1 row: change the batch size")
     optimizer.bind(model, l2)
     gradients = None  # the Reducer's set-up; without one, a single worker (identities)
     if comm is not None:
@@ -148,6 +177,7 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
             clip_norm=clip_norm))
         gradients = FlatGradients(model)  # gradients must be materialised, in one buffer, to be summed
     shard = (reducer or Reducer()).shard
+    offset = [layer for layer in model.layers if hasattr(layer, "row_offset")] if reducer is not None else []
     val_part = val  # this worker evaluates its contiguous part shard(0, val.n) of the validation set
     if val is not None and shard(0, val.n) != (0, val.n):
         val_part = val.part(*shard(0, val.n))
@@ -157,14 +187,21 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
     weights = weight_matrices(model) if l2 else None
     starts = range(0, data.n, batch)
     steps = len(starts)
+    if schedule is not None:
+        schedule.start(steps_per_epoch=steps, epochs=epochs, rows=data.n)
 
     history, pending, block, was_training = History(), [], None, model.training
     stopped = []  # the epoch the early-stopping check ended training at, set inside the records' callback
     if early_stopping is not None:
         early_stopping.start(model, validation)
-
+    plateau = schedule if schedule is not None and schedule.reads_metrics else None
+    if early_stopping is not None or plateau is not None:
         def on_record(record, user=callback):
-            if early_stopping.update(record, model):
+            if plateau is not None:
+                plateau.end_epoch(record)
+                if plateau.stop_training:  # scikit-learn's adaptive rate, out of room to shrink
+                    stopped.append(record["epoch"])
+            if early_stopping is not None and early_stopping.update(record, model):
                 stopped.append(record["epoch"])
             if user is not None:
                 user(record)
@@ -183,7 +220,7 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
                 order = None
                 if shuffled:
                     order = dev.asarray(np.random.default_rng([seed, epoch]).permutation(data.n), dtype=dev.index_dtype)
-                wrong = 0.0
+                metric = 0.0
                 if static is not None:
                     static.start_epoch(order)
                 for step, start in enumerate(starts):
@@ -192,35 +229,39 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
                     else:
                         stop = min(start + batch, data.n)
                         # this worker's slice of the global minibatch, its gradient scaled by the global rows
-                        xb, targets = data.rows(*shard(start, stop), order)
-                        step_losses[step], step_wrong = train_step(xb, targets, stop - start)
-                        wrong = wrong + step_wrong
+                        lo, hi = shard(start, stop)
+                        for layer in offset:  # Dropout draws the bits of the global minibatch's rows lo..hi
+                            layer.row_offset = lo - start
+                        xb, targets = data.rows(lo, hi, order)
+                        step_losses[step], step_metric = train_step(xb, targets, stop - start)
+                        metric = metric + step_metric
                     if on_step is not None:
                         on_step(epoch, step + 1, steps)
                 if static is not None:
-                    wrong = static.finish_epoch(step_losses, wrong)
-                row[WRONG] = wrong
+                    metric = static.finish_epoch(step_losses, metric)
+                row[METRIC] = metric
                 if val is not None:
                     model.eval()
-                    row[VAL_LOSS], row[VAL_WRONG] = _totals(model, val_part, value)
+                    row[VAL_LOSS], row[VAL_METRIC] = _totals(model, val_part, value)
                     model.train()
                     if l2:
                         row[L2] = l2_penalty(model, l2, weights)
                 if reducer is not None:  # one small reduction of the epoch's additive sums
-                    sums = row[WRONG:]
+                    sums = row[METRIC:]
                     reduced = reducer.reduce_metrics(sums)
                     if reduced is not sums:
-                        row[WRONG:] = reduced
+                        row[METRIC:] = reduced
                 pending.append((epoch, began))
                 if epoch % log_every == 0 or epoch == epochs:
-                    _flush(dev, block, pending, history, callback, optimizer, data.n,
-                           None if val is None else val.n)
+                    _flush(dev, block, pending, history, callback, optimizer, loss, data, val)
                 if stopped:
                     break
             if early_stopping is not None:
                 early_stopping.finish(model)
         finally:  # the recorded step holds a graph and a cuBLAS handle: released here, not by the GC
             model.train(was_training)
+            for layer in offset:
+                layer.row_offset = 0
             if static is not None:
                 static.close()
     return history
@@ -252,19 +293,25 @@ def _evaluating(model):
         model.train(was_training)
 
 
-def evaluate(model, X, y, *, l2=0.0, device=None, loss=None):
-    """Mean loss (softmax cross-entropy, plus the L2 term) and error rate, in eval mode.
+def evaluate(model, X, y, *, l2=0.0, device=None, loss=None, return_dict=False):
+    """Mean loss (softmax cross-entropy by default, plus the L2 term) and the loss's metrics, in eval mode.
 
     Parameters
     ----------
     X : array of shape (n_samples, in_features)
-    y : integer array of shape (n_samples,)
+    y : array of shape (n_samples,) or (n_samples, outputs)
+        The targets ``loss`` takes (integer labels for softmax cross-entropy).
     loss : Loss or str, optional
         As ``fit``'s.
+    return_dict : bool
+        Return every figure by its History name (as Keras' ``evaluate(return_dict=True)``).
 
     Returns
     -------
-    (loss, error) : tuple of float
+    (loss, metric) : tuple of float
+        The mean loss and the loss's first metric: the error rate for classification, the RMSE for
+        regression. With ``return_dict``, ``{"loss": ..., "error": ...}`` or
+        ``{"loss": ..., "rmse": ..., "r2": ...}``.
     """
     loss, l2 = get_loss(loss), check_l2(l2)
     dev = model.device if device is None else backend.device(device)
@@ -275,8 +322,10 @@ def evaluate(model, X, y, *, l2=0.0, device=None, loss=None):
         mean = loss_sum / data.n
         if l2:
             mean = mean + l2_penalty(model, l2)
-        values = dev.to_numpy(dev.xp.stack([mean, metric / data.n]))
-    return float(values[0]), float(values[1])
+        values = dev.to_numpy(dev.xp.stack([mean, metric])).astype(np.float64)
+    metrics = loss.metrics(values[1:], data.n, data.outputs, data.statistics)
+    result = {"loss": float(values[0]), **{key: float(np.asarray(value)[0]) for key, value in metrics.items()}}
+    return result if return_dict else (result["loss"], result[loss.metric_names[0]])
 
 
 def _forward_all(model, X, device, head):
@@ -289,11 +338,16 @@ def _forward_all(model, X, device, head):
         return dev.to_numpy(dev.xp.concat(parts, axis=0))
 
 
-def predict(model, X, *, device=None):
-    """Class indices ``(n_samples,)`` (host NumPy int64) of the largest logit for each row of ``X``, in eval mode."""
-    return _forward_all(model, X, device, lambda xp, logits: xp.argmax(logits, axis=1)).astype(np.int64)
+def predict(model, X, *, device=None, loss=None):
+    """What ``loss`` predicts from each row of ``X``, as a host NumPy array, in eval mode: class indices
+    ``(n_samples,)`` (int64) of the largest logit for softmax cross-entropy (the default), 0/1 labels for
+    binary cross-entropy, the outputs ``(n_samples, outputs)`` for regression."""
+    loss = get_loss(loss)
+    predictions = _forward_all(model, X, device, loss.predict)
+    return predictions.astype(np.int64) if predictions.dtype.kind in "biu" else predictions
 
 
-def predict_proba(model, X, *, device=None):
-    """Softmax probabilities ``(n_samples, classes)`` as a host NumPy array, in eval mode."""
-    return _forward_all(model, X, device, lambda xp, logits: softmax(logits))
+def predict_proba(model, X, *, device=None, loss=None):
+    """Probabilities as a host NumPy array, in eval mode: softmax ``(n_samples, classes)`` for softmax
+    cross-entropy (the default), sigmoids for binary cross-entropy; TypeError for regression losses."""
+    return _forward_all(model, X, device, get_loss(loss).probabilities)

@@ -7,8 +7,9 @@ from array_api_compat import array_namespace, is_array_api_obj
 
 from .backend import _host
 
-__all__ = ["InputError", "check_features", "check_range", "check_labels", "check_batch_size", "class_limit",
-           "CLASS_RULE", "available_memory", "check_memory", "format_bytes", "training_memory"]
+__all__ = ["InputError", "check_features", "check_range", "check_labels", "check_real_targets", "check_binary_targets",
+           "check_class_weight", "check_label_smoothing", "check_batch_size", "class_limit", "CLASS_RULE",
+           "available_memory", "check_memory", "format_bytes", "training_memory"]
 
 
 class InputError(ValueError):
@@ -177,6 +178,89 @@ def check_labels(y, n_samples, num_classes, name="y"):
         raise InputError(f"{name} has label {high} but the model has only {num_classes} classes "
                          f"(labels must be 0..{num_classes - 1})")
     return y.astype(np.int64)
+
+
+def _target_array(y, n_samples, name):
+    """``y`` as a host array of real numbers, 1-D or 2-D, with ``n_samples`` finite rows; InputError otherwise."""
+    if not is_array_api_obj(y):
+        try:
+            y = np.asarray(y)
+        except Exception as exc:
+            raise InputError(f"{name} is not an array: {exc}") from None
+    y = _host(y)
+    if y.dtype.kind not in "biuf":
+        raise InputError(f"{name} must hold real numbers, got dtype {y.dtype}")
+    if y.ndim not in (1, 2):
+        raise InputError(f"{name} must be (n_samples,) or (n_samples, outputs), got shape {y.shape}")
+    if y.shape[0] != n_samples:
+        raise InputError(f"X has {n_samples} samples but {name} has {y.shape[0]} rows")
+    if y.dtype.kind == "f" and not np.all(np.isfinite(y)):
+        raise InputError(f"{name} contains {int(np.sum(~np.isfinite(y)))} NaN or infinite value(s)")
+    return y
+
+
+def _integer_valued(y):
+    return y.dtype.kind in "biu" or bool(np.all(y == np.round(y)))
+
+
+def _target_columns(y, n_samples, outputs, name, expects, labels_hint):
+    """``y`` (checked by ``_target_array``) as ``(n_samples, outputs)`` float64; a 1-D ``y`` only for one output."""
+    columns = 1 if y.ndim == 1 else y.shape[1]
+    if columns != outputs or (y.ndim == 1 and outputs != 1):
+        if _integer_valued(y) and columns == 1:
+            raise InputError(f"{name} looks like class labels (one column of integers) but the model has {outputs} "
+                             f"outputs: {expects} takes targets of shape (n_samples, {outputs}); {labels_hint}")
+        got = "1-D (n_samples,)" if y.ndim == 1 else f"{columns} column(s)"
+        raise InputError(f"{name} is {got} but the model has {outputs} outputs: {expects} takes targets of shape "
+                         f"(n_samples, {outputs})" + (" or (n_samples,)" if outputs == 1 else ""))
+    return y.reshape(n_samples, outputs).astype(np.float64)
+
+
+def check_real_targets(y, n_samples, outputs, name="y"):
+    """Check regression targets: finite real numbers ``(n_samples, outputs)``, or ``(n_samples,)`` for a
+    model of one output; returns them as host float64 ``(n_samples, outputs)``."""
+    y = _target_array(y, n_samples, name)
+    return _target_columns(y, n_samples, outputs, name, "a regression loss",
+                           "for classification use loss='softmax_cross_entropy'")
+
+
+def check_binary_targets(y, n_samples, outputs, name="y"):
+    """Check binary / multi-label targets: 0/1 (or probabilities in [0, 1]) ``(n_samples, outputs)``, one
+    column per label, or ``(n_samples,)`` for one output; returns them as host float64 ``(n_samples, outputs)``."""
+    y = _target_array(y, n_samples, name)
+    y = _target_columns(y, n_samples, outputs, name, "binary cross-entropy (one 0/1 column per label)",
+                        f"for one of {outputs} classes use loss='softmax_cross_entropy'")
+    low, high = float(y.min()), float(y.max())
+    if low < 0 or high > 1:
+        hint = (f" (class labels 0..{int(high)}? use loss='softmax_cross_entropy' with {int(high) + 1} outputs)"
+                if low == 0 and high > 1 and _integer_valued(y) and outputs == 1 else "")
+        raise InputError(f"{name} must hold 0/1 targets (or probabilities in [0, 1]) for binary cross-entropy; "
+                         f"found values from {low:g} to {high:g}{hint}")
+    return y
+
+
+def check_class_weight(class_weight):
+    """None, or a sequence of positive finite numbers (one per class) -> a tuple of Python floats."""
+    if class_weight is None:
+        return None
+    rule = "class_weight must be None or a sequence of positive finite numbers, one per class"
+    if isinstance(class_weight, (str, bytes, dict)):
+        raise InputError(f"{rule}, got {type(class_weight).__name__}")
+    try:
+        weights = tuple(float(w) for w in class_weight)
+    except (TypeError, ValueError):
+        raise InputError(f"{rule}, got {class_weight!r}") from None
+    if not weights or not all(math.isfinite(w) and w > 0 for w in weights):
+        raise InputError(f"{rule}, got {list(weights)}")
+    return weights
+
+
+def check_label_smoothing(label_smoothing):
+    """A number in [0, 1) -> a Python float."""
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, (int, float, np.integer, np.floating)) \
+            or not 0 <= label_smoothing < 1:
+        raise InputError(f"label_smoothing must be a number in [0, 1), got {label_smoothing!r}")
+    return float(label_smoothing)
 
 
 def check_batch_size(batch_size, n_samples):

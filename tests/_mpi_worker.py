@@ -22,7 +22,7 @@ import portablenn as pn  # noqa: E402
 DEFAULTS = {"device": "numpy", "dtype": "float64", "optimizer": "sgd", "shuffle": True, "epochs": 4,
             "initial_epoch": 0, "batch": 32, "l2": 1e-3, "n": 130, "n_val": 40, "seed": 5,
             "resume_from": None, "resume_rank0_only": False, "save_to": None, "batch_on_rank": None, "lr": None,
-            "via_reducer": False}
+            "via_reducer": False, "dropout": 0.0}
 
 
 def config(**kwargs):
@@ -47,7 +47,11 @@ def build(cfg, rank=0):
 
     Ranks other than 0 start from different weights on purpose: fit must broadcast rank 0's.
     """
-    model = pn.mlp([6, 16, 4], dtype=cfg["dtype"], seed=cfg["seed"] + 1000 * rank)
+    model = pn.mlp([6, 16, 4], dtype=cfg["dtype"], seed=cfg["seed"] + 1000 * rank, dropout=cfg["dropout"])
+    if cfg["dropout"]:  # the same Dropout seeds on every rank (as the CLI's --seed gives), other weights
+        weights = model.state_dict()
+        model = pn.mlp([6, 16, 4], dtype=cfg["dtype"], seed=cfg["seed"], dropout=cfg["dropout"])
+        model.load_state_dict(weights)
     lr = cfg["lr"]
     optimizer = {"sgd": lambda: pn.SGD(lr or 0.1), "momentum": lambda: pn.SGD(lr or 0.05, momentum=0.9),
                  "nesterov": lambda: pn.SGD(lr or 0.05, momentum=0.9, nesterov=True),

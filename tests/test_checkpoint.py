@@ -164,6 +164,116 @@ def test_resume_is_bit_identical_to_an_uninterrupted_run(name, tmp_path):
         assert not np.array_equal(fresh.state_dict()["0.weight"], straight.state_dict()["0.weight"])
 
 
+# -- learning-rate schedules: saved with the optimizer, restored by restore_schedule ------------------------------
+SCHEDULED = {  # name -> (optimizer, schedule, fit's extra arguments)
+    "cosine": lambda: (pn.SGD(0.2, momentum=0.9), pn.CosineWarmup(warmup=1.5, epochs=5), {}),
+    "step": lambda: (pn.Adam(0.02), pn.StepDecay(step_size=2, gamma=0.5), {}),
+    # patience 0 and a threshold no epoch meets: the lr is cut after every epoch, so the state matters
+    "plateau": lambda: (pn.AdamW(0.02), pn.ReduceOnPlateau("val_loss", factor=0.5, patience=0, threshold=0.5),
+                        {"validation_fraction": 0.2}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULED))
+def test_a_resumed_schedule_continues_bit_for_bit(name, device, tmp_path):
+    """fit 2 epochs, save, load, fit to 5 with initial_epoch=2 and the restored schedule == fit 5 straight."""
+    if not device.supports("float64"):
+        pytest.skip(f"{device.name} has no float64")
+    X, y = classification_data(n=50, features=4)
+    make = lambda: pn.mlp([4, 8, 3], dtype="float64", seed=1, dropout=0.25).to(device)  # noqa: E731
+    kw = dict(batch_size=8, shuffle=True, seed=5, l2=1e-3)
+    straight, (opt, schedule, extra) = make(), SCHEDULED[name]()
+    pn.fit(straight, X, y, optimizer=opt, epochs=5, schedule=schedule, **kw, **extra)
+
+    first, (opt1, schedule1, extra) = make(), SCHEDULED[name]()
+    pn.fit(first, X, y, optimizer=opt1, epochs=2, schedule=schedule1, **kw, **extra)
+    checkpoint.save(first, tmp_path / "c.safetensors", optimizer=opt1, metadata={"epoch": 2})
+    ckpt = checkpoint.load_checkpoint(tmp_path / "c.safetensors")
+    assert ckpt.schedule == {"config": pn.registry.SCHEDULES.to_config(schedule1), "state": schedule1.state_dict()}
+    resumed = checkpoint.load(tmp_path / "c.safetensors", device=device)
+    opt2 = checkpoint.restore_optimizer(SCHEDULED[name]()[0], ckpt, resumed)
+    schedule2 = checkpoint.restore_schedule(ckpt)
+    assert type(schedule2) is type(schedule1) and schedule2 is not schedule1
+    assert schedule2.to_config() == schedule1.to_config() and schedule2.state_dict() == schedule1.state_dict()
+    pn.fit(resumed, X, y, optimizer=opt2, epochs=5, initial_epoch=2, schedule=schedule2, **kw, **extra)
+    assert opt2.steps == opt.steps and schedule2.state_dict() == schedule.state_dict()
+    for key, value in straight.state_dict().items():
+        np.testing.assert_array_equal(resumed.state_dict()[key], value, err_msg=key)
+    if name == "plateau":  # the learned state mattered: a fresh plateau schedule trains otherwise
+        assert schedule1.scale < 1.0
+        fresh = checkpoint.load(tmp_path / "c.safetensors", device=device)
+        opt3 = checkpoint.restore_optimizer(SCHEDULED[name]()[0], ckpt, fresh)
+        pn.fit(fresh, X, y, optimizer=opt3, epochs=5, initial_epoch=2, schedule=SCHEDULED[name]()[1], **kw, **extra)
+        assert not np.array_equal(fresh.state_dict()["0.weight"], straight.state_dict()["0.weight"])
+
+
+def test_no_schedule_saves_no_entry_and_restores_none(tmp_path):
+    model, opt = pn.mlp([4, 3], dtype="float64"), pn.SGD(0.1)
+    X, y = classification_data(n=20, features=4)
+    pn.fit(model, X, y, optimizer=opt, epochs=1, batch_size=10)
+    checkpoint.save(model, tmp_path / "c.safetensors", optimizer=opt)
+    ckpt = checkpoint.load_checkpoint(tmp_path / "c.safetensors")
+    assert ckpt.schedule is None and "schedule" not in ckpt.metadata
+    assert checkpoint.restore_schedule(tmp_path / "c.safetensors") is None
+    with pytest.raises(CheckpointError, match="'schedule' is reserved"):
+        checkpoint.save(model, tmp_path / "d.safetensors", metadata={"schedule": "x"})
+
+
+def _scheduled(path):
+    X, y = classification_data(n=20, features=4)
+    model, opt = pn.mlp([4, 5, 3], dtype="float64", seed=3), pn.SGD(0.1)
+    pn.fit(model, X, y, optimizer=opt, epochs=2, batch_size=10, validation=(X, y),
+           schedule=pn.ReduceOnPlateau("val_loss", patience=0, threshold=0.9))
+    checkpoint.save(model, path, optimizer=opt)
+    return json.loads(checkpoint.load_checkpoint(path).metadata["schedule"])
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("[]", r"schedule must be an object \{\"config\": ..., \"state\": ...\}"),
+    ({"config": {"type": "cosine"}}, "schedule must be an object"),
+    ({"config": {"type": "warp"}, "state": {}}, "schedule type must be one of adaptive, cosine"),
+    ({"config": {"type": ["step"]}, "state": {}}, "schedule type must be one of"),
+    ({"config": "step", "state": {}}, "schedule type must be one of"),
+    ({"config": {"type": "step", "step_size": 0}, "state": {}},
+     "schedule step: StepDecay step_size must be an integer >= 1"),
+    ({"config": {"type": "step", "step_size": 2, "gamma": 0.1, "rm": 1}, "state": {}},
+     "schedule step: .*unexpected keyword"),
+    ({"config": {"type": "cosine", "warmup": 9, "min_factor": 0, "epochs": 3}, "state": {}}, "warmup .* longer"),
+    ({"config": {"type": "cosine", "warmup": 0, "min_factor": 0, "epochs": 10 ** 30}, "state": {}},
+     "schedule epochs must be at most"),
+    ({"config": {"type": "step", "step_size": 2, "gamma": 0.1}, "state": {"scale": 1.0}},
+     "StepDecay state must have the keys"),
+    ("plateau-scale", "ReduceOnPlateau state scale must be a finite number in \\(0, 1\\]"),
+    ("plateau-best", "ReduceOnPlateau state best must be a number or None"),
+    ("plateau-count", "ReduceOnPlateau state num_bad_epochs must be an integer >= 0"),
+])
+def test_a_damaged_or_crafted_schedule_is_one_checkpoint_error(entry, message, tmp_path):
+    """The schedule entry is input: a re-signed file with a bad one is refused by load_checkpoint, naming it,
+    and a Checkpoint changed by hand by restore_schedule; never a TypeError or KeyError from deep inside."""
+    path = tmp_path / "c.safetensors"
+    saved = _scheduled(path)
+    if isinstance(entry, str) and entry.startswith("plateau-"):
+        field, value = {"scale": ("scale", 0.0), "best": ("best", "low"), "count": ("num_bad_epochs", -1)}[entry[8:]]
+        entry = {**saved, "state": {**saved["state"], field: value}}
+    text = entry if isinstance(entry, str) else json.dumps(entry)
+    _rewrite(path, schedule=text)
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.load_checkpoint(path)
+    _rewrite(path, schedule=json.dumps(saved))
+    ckpt = checkpoint.load_checkpoint(path)
+    ckpt.schedule = json.loads(text)
+    with pytest.raises(CheckpointError, match=message):
+        checkpoint.restore_schedule(ckpt)
+
+
+def test_a_schedule_without_an_optimizer_is_refused(tmp_path):
+    path = tmp_path / "c.safetensors"
+    _scheduled(path)
+    _rewrite(path, optimizer=None)
+    with pytest.raises(CheckpointError, match="a schedule without an optimizer"):
+        checkpoint.load_checkpoint(path)
+
+
 def test_optimizer_state_follows_the_model_to_its_device(device, tmp_path):
     X, y = classification_data(n=30, features=4)
     model, opt = pn.mlp([4, 6, 3], seed=2).to(device), pn.Adam(0.01)
@@ -715,3 +825,62 @@ def test_load_into_a_matching_model_on_a_device(device, tmp_path):
     assert ckpt.metadata["epoch"] == "7" and target.device == device
     for key, value in model.state_dict().items():
         np.testing.assert_array_equal(target.state_dict()[key], value)
+
+
+# -- the training options portablenn train writes (#18's): checked where present, absent in older files --------------
+def _with_train_options(path, **options):
+    model, opt = pn.mlp([4, 3], dtype="float64"), pn.SGD(0.1)
+    base = {"dataset": "spiral", "seed": 0, "lr": 0.1, "l2": 0.0, "batch_size": 0, "shuffle": True, "epochs": 3,
+            "log_every": 1}
+    checkpoint.save(model, path, optimizer=opt, metadata={"train": {**base, **options}})
+
+
+GOOD_TRAIN_OPTIONS = dict(loss="mse", targets=2, clip_grad=0.5, val_fraction=0.25,
+                          early_stopping={"monitor": "val_r2", "patience": 3, "min_delta": 0.0},
+                          early_stopping_state={"best": float("-inf"), "best_epoch": None, "wait": 0,
+                                                "stopped_epoch": None})
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("loss", "hinge", "train loss must be one of binary_cross_entropy, huber, mse, softmax_cross_entropy"),
+    ("loss", 3, "train loss must be one of"),
+    ("targets", 0, "train targets must be an integer from 1"),
+    ("targets", 1.5, "train targets must be an integer"),
+    ("clip_grad", 0, "train clip_grad must be a finite number > 0"),
+    ("clip_grad", "1", "train clip_grad must be a finite number"),
+    ("val_fraction", 1.0, r"train val_fraction must be a finite number in \(0, 1\)"),
+    ("early_stopping", {"monitor": "loss", "patience": 0, "min_delta": 0}, "train early_stopping patience must be"),
+    ("early_stopping", {"monitor": "loss", "patience": 1}, "train early_stopping must be an object"),
+    ("early_stopping", {"monitor": "", "patience": 1, "min_delta": 0}, "train early_stopping monitor must be a line"),
+    ("early_stopping", {"monitor": "loss", "patience": 1, "min_delta": -1}, "train early_stopping min_delta must be"),
+    ("early_stopping_state", {"best": None, "best_epoch": None, "wait": 0}, "train early_stopping_state must be an"),
+    ("early_stopping_state", {"best": "x", "best_epoch": None, "wait": 0, "stopped_epoch": None},
+     "train early_stopping_state best must be a number or null"),
+    ("early_stopping_state", {"best": 1.0, "best_epoch": 0, "wait": 0, "stopped_epoch": None},
+     "train early_stopping_state best_epoch must be an integer from 1"),
+    ("early_stopping_state", {"best": 1.0, "best_epoch": 2, "wait": -1, "stopped_epoch": None},
+     "train early_stopping_state wait must be an integer from 0"),
+    ("early_stopping_state", {"best": 1.0, "best_epoch": 2, "wait": 0, "stopped_epoch": True},
+     "train early_stopping_state stopped_epoch must be an integer"),
+])
+def test_new_training_options_are_checked(key, value, message, tmp_path):
+    _with_train_options(tmp_path / "good.safetensors", **GOOD_TRAIN_OPTIONS)
+    checkpoint.load_checkpoint(tmp_path / "good.safetensors")
+    _with_train_options(tmp_path / "old.safetensors")  # none of them: a file from before they existed
+    checkpoint.load_checkpoint(tmp_path / "old.safetensors")
+    _with_train_options(tmp_path / "bad.safetensors", **{**GOOD_TRAIN_OPTIONS, key: value})
+    with pytest.raises(CheckpointError, match=f"has corrupted metadata: {message}"):
+        checkpoint.load_checkpoint(tmp_path / "bad.safetensors")
+
+
+def test_weight_decay_is_checked(tmp_path):
+    path = tmp_path / "c.safetensors"
+    X, y = classification_data(n=20, features=4)
+    model, opt = pn.mlp([4, 3], dtype="float64"), pn.AdamW(0.01, weight_decay=0.2)
+    pn.fit(model, X, y, optimizer=opt, epochs=1, batch_size=10)
+    checkpoint.save(model, path, optimizer=opt)
+    assert checkpoint.load_checkpoint(path).optimizer_config["weight_decay"] == 0.2
+    _tamper(path, lambda t, m: m.update(optimizer=m["optimizer"].replace('"weight_decay": 0.2', '"weight_decay": -1')),
+            sign=True)
+    with pytest.raises(CheckpointError, match="optimizer weight_decay must be a finite number >= 0"):
+        checkpoint.load_checkpoint(path)

@@ -370,7 +370,7 @@ def test_kernels_flag_picks_the_kernels(monkeypatch, kernels):
 
     seen = []
     monkeypatch.setattr(cli.train, "fit", lambda model, *a, device, **k: seen.append(type(device.kernels)))
-    monkeypatch.setattr(cli.train, "evaluate", lambda *a, **k: (0.0, 0.0))
+    monkeypatch.setattr(cli.train, "evaluate", lambda *a, **k: {"loss": 0.0, "error": 0.0})
     assert cli.main(["train", "--epochs", "1", "--quiet", "--kernels", kernels]) == 0
     assert seen == [NumpyKernels if kernels == "fast" else pn.kernels.Kernels]
 
@@ -735,3 +735,519 @@ def test_a_typo_gets_the_subcommands_usage_and_a_suggestion(args, command, sugge
     result = run(*args)
     assert_clean_error(result, f"usage: portablenn {command}", f"did you mean {suggestion}?")
     assert result.stderr.splitlines()[-1].startswith(f"portablenn {command}: error: unrecognized arguments: ")
+
+
+# -- issue #18: losses, targets, layers, schedules, early stopping and the validation split on the command line ------
+def call(capsys, *args):
+    """``cli.main(args)`` in this process -> (exit code, stdout, stderr); an unexpected exception propagates."""
+    from portablenn import cli
+
+    try:
+        code = cli.main(list(args))
+    except SystemExit as exc:  # argparse's usage errors
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def assert_one_line(code, err, *words):
+    """Exit 2 and exactly one line on stderr, the error, naming ``words``."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("portablenn: error: "), (code, err)
+    for word in words:
+        assert word in lines[0], (word, lines[0])
+
+
+def _regression_files(folder, n=200, seed=0):
+    """reg.csv (3 features, 2 real targets, a header), ml.csv (3 features, 3 0/1 labels) and reg.npz."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((n, 3))
+    Y = np.c_[X @ [1.0, -2.0, 0.5] + 0.1 * rng.standard_normal(n), np.sin(X[:, 0]) + X[:, 1] ** 2]
+    np.savetxt(folder / "reg.csv", np.c_[X, Y], delimiter=",", header="a,b,c,t1,t2", comments="")
+    labels = np.c_[X[:, 0] > 0, X[:, 1] + X[:, 2] > 0, X[:, 0] * X[:, 1] > 0].astype(int)
+    np.savetxt(folder / "ml.csv", np.c_[X, labels], delimiter=",", fmt="%.8g")
+    np.savez(folder / "reg.npz", X=X, y=Y)
+    np.savetxt(folder / "x.csv", X[:5], delimiter=",")
+    return X, Y, labels
+
+
+@pytest.fixture
+def files(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PORTABLENN_DISABLE_CUDA", "1")
+    return _regression_files(tmp_path)
+
+
+BAD_COMBINATIONS = [  # (flags after "train --epochs 3 --quiet", words of the one line)
+    (["--dropout", "1"], ["--dropout is a probability in [0, 1), got 1"]),
+    (["--dropout", "-0.1"], ["--dropout is a probability in [0, 1), got -0.1"]),
+    (["--dropout", "nan"], ["--dropout is a probability in [0, 1), got nan"]),
+    (["--model", "linear", "--dropout", "0.2"], ["--dropout acts on hidden layers; --model linear has none"]),
+    (["--model", "linear", "--norm", "batch"], ["--norm acts on hidden layers"]),
+    (["--weight-decay", "0.1"], ["--weight-decay is AdamW's", "--optimizer sgd has none"]),
+    (["--optimizer", "adam", "--weight-decay", "0.1"], ["--optimizer adam has none", "use --optimizer adamw"]),
+    (["--optimizer", "adamw", "--weight-decay", "-1"], ["--weight-decay must be a finite number >= 0"]),
+    (["--warmup", "2"], ["--warmup is for --schedule cosine"]),
+    (["--schedule", "step", "--warmup", "2", "--step-size", "1"],
+     ["--warmup is for --schedule cosine, not --schedule step"]),
+    (["--schedule", "cosine", "--warmup", "5"], ["--warmup must be from 0 to --epochs (3) epochs, got 5"]),
+    (["--schedule", "step"], ["--schedule step needs --step-size EPOCHS"]),
+    (["--schedule", "step", "--step-size", "0"], ["--step-size must be a positive number of epochs, got 0"]),
+    (["--step-size", "2"], ["--step-size is for --schedule step"]),
+    (["--schedule", "cosine", "--gamma", "0.5"], ["--gamma is for --schedule step, not --schedule cosine"]),
+    (["--schedule", "step", "--step-size", "1", "--gamma", "1.5"],
+     ["StepDecay gamma must be a finite number in (0, 1]"]),
+    (["--factor", "0.5"], ["--factor is for --schedule plateau"]),
+    (["--plateau-patience", "2"], ["--plateau-patience is for --schedule plateau"]),
+    (["--schedule", "plateau", "--monitor", "loss", "--factor", "2"], ["ReduceOnPlateau factor must be"]),
+    (["--patience", "3"], ["--patience is for --early-stopping"]),
+    (["--schedule", "plateau", "--patience", "2"], ["(the plateau schedule's is --plateau-patience)"]),
+    (["--min-delta", "0.1"], ["--min-delta is for --early-stopping"]),
+    (["--early-stopping", "--monitor", "loss", "--patience", "0"], ["--patience must be a positive number of epochs"]),
+    (["--early-stopping", "--monitor", "loss", "--min-delta", "-1"], ["--min-delta must be a finite number >= 0"]),
+    (["--monitor", "loss"], ["--monitor is what --early-stopping or --schedule plateau watch; neither is asked for"]),
+    (["--early-stopping"], ["--early-stopping watches val_loss, which needs validation data: add --val-fraction F"]),
+    (["--schedule", "plateau"], ["--schedule plateau watches val_loss, which needs validation data"]),
+    (["--early-stopping", "--monitor", "rmse", "--val-fraction", "0.2"],
+     ["--monitor rmse: --early-stopping can watch loss, error, val_loss, val_error"]),
+    (["--dataset", "mnist", "--data-dir", "nowhere", "--no-download", "--early-stopping"],
+     ["would watch val_loss on mnist's test split, which must not choose the model: add --val-fraction F"]),
+    (["--clip-grad", "0"], ["--clip-grad must be a positive finite gradient norm, got 0"]),
+    (["--clip-grad", "inf"], ["--clip-grad must be a positive finite gradient norm, got inf"]),
+    (["--val-fraction", "1"], ["--val-fraction must be a number strictly between 0 and 1, got 1"]),
+    (["--val-fraction", "0"], ["--val-fraction must be a number strictly between 0 and 1"]),
+    (["--dataset", "csv:reg.csv", "--val", "reg.csv", "--val-fraction", "0.2"], ["pass one of them"]),
+    (["--cuda-graph", "--schedule", "step", "--step-size", "1"], ["--cuda-graph", "cannot follow --schedule step"]),
+    (["--cuda-graph", "--dataset", "lines", "--loss", "binary_cross_entropy"],
+     ["--cuda-graph records the step of softmax_cross_entropy only, not --loss binary_cross_entropy"]),
+    (["--loss", "mse"], ["--loss mse is a regression loss, but spiral holds class labels"]),
+    (["--loss", "huber", "--dataset", "lines"], ["--loss huber is a regression loss, but lines holds class labels"]),
+    (["--loss", "binary_cross_entropy"],
+     ["--loss binary_cross_entropy takes 0/1 targets, but the labels go from 0 to 2"]),
+    (["--targets", "2", "--dataset", "csv:reg.csv"], ["--targets is for regression and binary_cross_entropy"]),
+    (["--loss", "mse", "--targets", "2"], ["--targets is for csv:/npz: datasets; spiral has one label per row"]),
+    (["--loss", "mse", "--dataset", "csv:reg.csv", "--targets", "0"], ["--targets must be a positive number"]),
+    (["--loss", "mse", "--dataset", "csv:reg.csv", "--targets", "5"],
+     ["has 5 columns; expected features followed by 5 target columns"]),
+    (["--loss", "mse", "--dataset", "npz:reg.npz", "--targets", "3"], ["y has 2 target columns, expected 3"]),
+    (["--loss", "binary_cross_entropy", "--dataset", "csv:reg.csv", "--targets", "2"],
+     ["column 4", "is not a 0/1 target"]),
+    (["--loss", "softmax_cross_entropy", "--dataset", "csv:reg.csv"], ["is not an integer class index"]),
+    (["--norm", "batch", "--batch-size", "1", "--dataset", "lines"],
+     ["--norm batch normalises over each minibatch", "--batch-size 1 over 24 training rows"]),
+    (["--norm", "batch", "--batch-size", "17", "--dataset", "lines", "--val-fraction", "0.25"],
+     ["--batch-size 17 over 18 training rows leaves a minibatch of 1 row"]),
+]
+
+
+@pytest.mark.parametrize("flags, words", BAD_COMBINATIONS, ids=[" ".join(f) for f, _ in BAD_COMBINATIONS])
+def test_every_bad_combination_is_one_line_and_exit_2(files, capsys, flags, words):
+    code, out, err = call(capsys, "train", "--epochs", "3", "--quiet", *flags)
+    assert_one_line(code, err, *words)
+    assert "| Epoch" not in out
+
+
+def test_bad_combinations_are_one_line_in_a_real_process(tmp_path):
+    _regression_files(tmp_path)
+    assert_clean_error(run("train", "--dropout", "1.5", cwd=tmp_path), "--dropout is a probability in [0, 1)")
+    assert_clean_error(run("train", "--dataset", "lines", "--norm", "batch", "--batch-size", "1", cwd=tmp_path),
+                       "--norm batch normalises over each minibatch")
+    assert_clean_error(run("train", "--loss", "mse", "--dataset", "csv:reg.csv", "--targets", "5", cwd=tmp_path),
+                       "expected features followed by 5 target columns")
+    assert_clean_error(run("train", "--norm", "group"), "invalid choice: 'group'")
+    assert_clean_error(run("train", "--loss", "hinge"), "invalid choice: 'hinge'")
+    assert_clean_error(run("train", "--schedule", "onecycle"), "invalid choice: 'onecycle'")
+
+
+def test_batch_norm_one_row_minibatch_from_fit_is_one_line(files, capsys, monkeypatch):
+    """Where the CLI's own check does not apply (a resumed run, --distributed), fit's InputError is one line too."""
+    from portablenn import cli
+
+    real_build = cli.train.build
+
+    def build(args, opts, splits):  # a model with BatchNorm1d that the CLI did not check against the batch size
+        model, optimizer = real_build(args, opts, splits)
+        return pn.mlp(model.config["sizes"], activation="sigmoid", norm="batch"), optimizer
+    monkeypatch.setattr(cli.train, "build", build)
+    code, _, err = call(capsys, "train", "--epochs", "1", "--quiet", "--dataset", "lines", "--batch-size", "5")
+    assert code == 0, err  # 24 = 4 x 5 + 4: every minibatch has 2 rows or more
+    code, _, err = call(capsys, "train", "--epochs", "1", "--quiet", "--dataset", "lines", "--batch-size", "23")
+    assert_one_line(code, err, "BatchNorm1d needs at least 2 rows in every minibatch")
+
+
+@pytest.mark.parametrize("activation", ["gelu", "leaky_relu"])
+@pytest.mark.parametrize("norm", ["layer", "batch", "none"])
+def test_activation_norm_and_dropout_train_save_and_evaluate(files, capsys, activation, norm):
+    code, out, err = call(capsys, "train", "--dataset", "lines", "--epochs", "200", "--quiet", "--activation",
+                          activation, "--norm", norm, "--dropout", "0.1", "--optimizer", "adam", "--batch-size", "8",
+                          "--save", "m.safetensors")
+    assert code == 0, err
+    assert f"model [9, 6, 2] {activation} bias=True dropout=0.1" in out and (f"norm={norm}" in out) is (norm != "none")
+    from portablenn import checkpoint
+
+    ckpt = checkpoint.load_checkpoint("m.safetensors")
+    assert ckpt.architecture == {"sizes": [9, 6, 2], "activation": activation, "bias": True, "dropout": 0.1, "seed": 0,
+                                 **({} if norm == "none" else {"norm": norm})}
+    assert float(out.split("train: loss")[1].split("accuracy")[1].split("%")[0]) >= 95.0, out
+    accuracy = float(out.split("val_dim: loss")[1].split("accuracy")[1].split("%")[0])
+    code, out, err = call(capsys, "eval", "--checkpoint", "m.safetensors", "--split", "val_dim")
+    assert code == 0 and f"accuracy {accuracy:.2f}%" in out, (out, err)
+
+
+def test_weight_decay_reaches_adamw_and_the_checkpoint(files, capsys):
+    code, out, err = call(capsys, "train", "--epochs", "5", "--quiet", "--optimizer", "adamw", "--weight-decay", "0.25",
+                          "--save", "w.safetensors")
+    assert code == 0 and "AdamW(lr=0.001, beta1=0.9, beta2=0.999, eps=1e-08, weight_decay=0.25)" in out, out + err
+    from portablenn import checkpoint
+
+    assert checkpoint.load_checkpoint("w.safetensors").optimizer_config["weight_decay"] == 0.25
+    code, out, _ = call(capsys, "train", "--epochs", "5", "--quiet", "--optimizer", "adamw", "--save", "d.safetensors")
+    assert "weight_decay=0.01" in out  # AdamW's default without the flag
+    a, b = _weights("w.safetensors"), _weights("d.safetensors")
+    assert np.abs(a["0.weight"]).sum() < np.abs(b["0.weight"]).sum()  # stronger decay: smaller weights
+
+
+def test_clip_grad_is_fits_clip_norm_and_is_recorded(files, capsys, monkeypatch):
+    from portablenn import cli
+
+    seen = []
+    real_fit = cli.train.fit
+    monkeypatch.setattr(cli.train, "fit", lambda *a, **k: seen.append(k["clip_norm"]) or real_fit(*a, **k))
+    code, out, err = call(capsys, "train", "--epochs", "20", "--quiet", "--clip-grad", "0.01", "--save",
+                          "c.safetensors")
+    assert code == 0 and seen == [0.01] and "training: clip-grad 0.01" in out, err
+    from portablenn import checkpoint
+
+    assert json.loads(checkpoint.load_checkpoint("c.safetensors").metadata["train"])["clip_grad"] == 0.01
+    call(capsys, "train", "--epochs", "20", "--quiet", "--save", "n.safetensors")
+    clipped, free = _weights("c.safetensors"), _weights("n.safetensors")
+    start = pn.mlp([2, 100, 3], init="small", seed=0).state_dict()["0.weight"]
+    # 20 steps of lr 1 and gradients of norm at most 0.01 move the weights by at most 0.2
+    assert np.linalg.norm(clipped["0.weight"] - start) <= 0.2 + 1e-6 < np.linalg.norm(free["0.weight"] - start)
+
+
+@pytest.mark.parametrize("flags, expected", [
+    (["--schedule", "step", "--step-size", "2", "--gamma", "0.5"], lambda e: 0.5 ** ((e - 1) // 2)),
+    (["--schedule", "cosine", "--warmup", "2"],  # 3 steps an epoch (24 rows, batch 8): warmup 6 steps, decay 12
+     lambda e: 3 * e / 6 if e <= 2 else 0.5 * (1 + np.cos(np.pi * (3 * e - 1 - 6) / 12))),
+], ids=["step", "cosine"])
+def test_schedules_set_the_learning_rate_the_table_and_log_show(files, capsys, flags, expected):
+    code, out, err = call(capsys, "train", "--dataset", "lines", "--epochs", "6", "--batch-size", "8", "--lr", "0.4",
+                          "--quiet", "--log", "log.jsonl", "--log-every", "1", *flags)
+    assert code == 0, err
+    records = [json.loads(line) for line in open("log.jsonl")]
+    np.testing.assert_allclose([r["lr"] for r in records], [0.4 * expected(e) for e in range(1, 7)], rtol=1e-12)
+    assert out.splitlines()[3].endswith("|        LR |")
+    rows = [line for line in out.splitlines() if line.startswith("|") and line[2:7].strip().isdigit()]
+    assert [float(row.split("|")[-2]) for row in rows] == [float(f"{r['lr']:.4g}") for r in records]
+
+
+def test_plateau_reduces_when_the_monitor_stalls(files, capsys):
+    code, out, err = call(capsys, "train", "--dataset", "lines", "--epochs", "8", "--lr", "0.5", "--quiet", "--log",
+                          "log.jsonl", "--log-every", "1", "--schedule", "plateau", "--monitor", "val_loss",
+                          "--plateau-patience", "0", "--factor", "0.5")
+    assert code == 0, err
+    records = [json.loads(line) for line in open("log.jsonl")]
+    scale = 1.0  # torch's rule, here with patience 0: any epoch that does not improve the best halves the lr after it
+    best = float("inf")
+    for r in records:
+        assert r["lr"] == pytest.approx(0.5 * scale, rel=1e-12), records
+        if r["val_loss"] < best * (1 - 1e-4):
+            best = r["val_loss"]
+        else:
+            scale *= 0.5
+    assert "schedule ReduceOnPlateau(monitor='val_loss', factor=0.5, patience=0" in out
+
+
+def test_early_stopping_stops_restores_and_a_resume_has_nothing_to_do(files, capsys):
+    args = ["train", "--dataset", "csv:reg.csv", "--loss", "mse", "--targets", "2", "--epochs", "60", "--optimizer",
+            "adam", "--lr", "0.1", "--batch-size", "20", "--val-fraction", "0.25", "--early-stopping", "--patience",
+            "3", "--quiet", "--save", "es.safetensors", "--log", "log.jsonl"]
+    code, out, err = call(capsys, *args)
+    assert code == 0, err
+    records = [json.loads(line) for line in open("log.jsonl")]
+    last = records[-1]["epoch"]
+    best = min(records, key=lambda r: r["val_loss"])
+    assert last < 60 and last == best["epoch"] + 3
+    assert (f"early stopping: stopped after epoch {last}, val_loss not having improved for 3 epochs; the model has "
+            f"epoch {best['epoch']}'s weights") in out
+    final_val = float(out.split("val: loss")[1].split()[0])
+    assert final_val == pytest.approx(best["val_loss"], rel=1e-4)  # the best epoch's weights, evaluated again
+    from portablenn import checkpoint
+
+    ckpt = checkpoint.load_checkpoint("es.safetensors")
+    assert ckpt.metadata["epoch"] == str(last)
+    assert json.loads(ckpt.metadata["train"])["early_stopping_state"]["stopped_epoch"] == last
+    code, out, err = call(capsys, "train", "--resume", "es.safetensors", "--quiet")
+    assert code == 0 and f"nothing to do: early stopping ended es.safetensors after epoch {last}" in out, err
+    code, out, err = call(capsys, "eval", "--checkpoint", "es.safetensors", "--split", "val")
+    assert code == 0 and f"val: 50 samples | loss {final_val:.5f}" in out, out + err
+
+
+def test_val_fraction_holds_out_rows_and_eval_finds_them_again(files, capsys):
+    code, out, err = call(capsys, "train", "--epochs", "50", "--quiet", "--val-fraction", "0.2", "--save",
+                          "v.safetensors")
+    assert code == 0, err
+    assert "spiral: 240 train, 60 val" in out and "| Val Loss | Val Err |" in out
+    assert "training: validation: 0.2 of the rows held out" in out
+    val_line = next(line for line in out.splitlines() if line.strip().startswith("val:"))
+    code, out, err = call(capsys, "eval", "--checkpoint", "v.safetensors", "--split", "val")
+    assert code == 0 and out.startswith("spiral val: 60 samples"), err
+    assert f"accuracy {val_line.split('accuracy')[1].strip()}" in out  # (train's loss adds the L2 term, eval's not)
+    code, out, _ = call(capsys, "eval", "--checkpoint", "v.safetensors", "--split", "train")
+    assert out.startswith("spiral train: 240 samples")  # the rows it trained on
+
+
+def test_regression_csv_train_eval_predict(files, capsys):
+    X, Y, _ = files
+    code, out, err = call(capsys, "train", "--dataset", "csv:reg.csv", "--loss", "mse", "--targets", "2", "--epochs",
+                          "60", "--optimizer", "adam", "--lr", "0.01", "--val-fraction", "0.2", "--quiet", "--save",
+                          "r.safetensors")
+    assert code == 0, err
+    assert "model [3, 100, 2] relu" in out and "| loss mse |" in out
+    assert "| Epoch | Train Loss | Train RMSE | Train R2 | Val Loss | Val RMSE |   Val R2 |" in out
+    r2 = float(out.split("val: loss")[1].split("r2")[1].split()[0])
+    assert r2 > 0.85, out
+    code, out, err = call(capsys, "eval", "--checkpoint", "r.safetensors", "--split", "val")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("csv:reg.csv val: 40 samples | loss ") and f"r2 {r2:.5f}" in lines[0]
+    assert lines[1].startswith("  target 0: rmse") and lines[2].startswith("  target 1: rmse")
+    code, _, err = call(capsys, "predict", "--checkpoint", "r.safetensors", "--input", "x.csv", "--output", "p.npz")
+    assert code == 0, err
+    from portablenn import checkpoint
+
+    model = checkpoint.load("r.safetensors")
+    values = np.load("p.npz")["values"]
+    np.testing.assert_array_equal(values, pn.predict(model, X[:5].astype(np.float32), loss="mse"))
+    code, out, _ = call(capsys, "predict", "--checkpoint", "r.safetensors", "--input", "x.csv", "--output", "-")
+    rows = out.strip().splitlines()
+    assert rows[0] == "value0,value1" and len(rows) == 6
+    np.testing.assert_array_equal(np.array([r.split(",") for r in rows[1:]], dtype=np.float32), values)
+    for output in ("p.npz", "p.csv", "p.csv"):  # its own predictions file is replaced without --overwrite
+        code, _, err = call(capsys, "predict", "--checkpoint", "r.safetensors", "--input", "x.csv", "--output", output)
+        assert code == 0, err
+    open("other.csv", "w").write("mine\n")
+    code, _, err = call(capsys, "predict", "--checkpoint", "r.safetensors", "--input", "x.csv", "--output", "other.csv")
+    assert_one_line(code, err, "--output other.csv exists and is not")
+
+
+def test_regression_npz_and_a_validation_file(files, capsys):
+    X, Y, _ = files
+    np.savez("val.npz", X=X[:30], y=Y[:30])
+    code, out, err = call(capsys, "train", "--dataset", "npz:reg.npz", "--val", "val.npz", "--loss", "huber",
+                          "--epochs", "5", "--quiet", "--save", "h.safetensors")
+    assert code == 0 and "npz:reg.npz: 200 train, 30 val" in out and "model [3, 100, 2]" in out, err
+    code, out, err = call(capsys, "eval", "--checkpoint", "h.safetensors", "--split", "val")
+    assert code == 0 and out.startswith("npz:reg.npz val: 30 samples | loss") and "rmse" in out, err
+
+
+def test_multilabel_csv_train_eval_predict(files, capsys):
+    X, _, labels = files
+    code, out, err = call(capsys, "train", "--dataset", "csv:ml.csv", "--loss", "binary_cross_entropy", "--targets",
+                          "3", "--epochs", "40", "--optimizer", "adam", "--lr", "0.01", "--quiet", "--save",
+                          "m.safetensors")
+    assert code == 0, err
+    assert "model [3, 100, 3]" in out and "| Epoch | Train Loss | Train Err |" in out
+    accuracy = float(out.split("train: loss")[1].split("accuracy")[1].split("%")[0])
+    assert accuracy > 90.0
+    code, out, err = call(capsys, "eval", "--checkpoint", "m.safetensors")
+    assert code == 0 and f"accuracy {accuracy:.2f}% (of the labels)" in out, err
+    errors = [float(part.split(":")[1]) for part in out.splitlines()[1].split(": ", 1)[1].split(" | ")]
+    assert len(errors) == 3 and np.mean(errors) == pytest.approx(1 - accuracy / 100, abs=1e-4)
+    code, _, err = call(capsys, "predict", "--checkpoint", "m.safetensors", "--input", "x.csv")
+    assert code == 0, err
+    saved = np.load("x.csv.predictions.npz")
+    assert sorted(saved.files) == ["labels", "probabilities"] and saved["labels"].shape == (5, 3)
+    np.testing.assert_array_equal(saved["labels"], (saved["probabilities"] > 0.5).astype(np.int64))
+    assert (saved["labels"] == labels[:5]).mean() >= 0.8
+    code, out, _ = call(capsys, "predict", "--checkpoint", "m.safetensors", "--input", "x.csv", "--output", "-")
+    assert out.splitlines()[0] == "label0,label1,label2,p0,p1,p2"
+
+
+def test_binary_cross_entropy_on_the_lines_and_its_confusion_matrix(files, capsys):
+    code, out, err = call(capsys, "train", "--dataset", "lines", "--loss", "binary_cross_entropy", "--quiet",
+                          "--save", "b.safetensors")
+    assert code == 0 and "model [9, 6, 1] sigmoid" in out, err
+    assert "train: loss" in out and "val_noise: loss" in out and "accuracy 100.00%" in out.split("train: loss")[1]
+    code, out, err = call(capsys, "eval", "--checkpoint", "b.safetensors", "--split", "val_noise")
+    assert code == 0 and "accuracy 100.00%" in out, out
+    assert [line.split() for line in out.splitlines()[-2:]] == [["0", "12", "0"], ["1", "0", "12"]], out
+
+
+def test_integer_targets_for_a_regression_loss_are_a_one_line_warning(files, capsys, tmp_path):
+    from portablenn.datasets import spiral
+
+    Xs, ys = spiral()
+    np.savetxt("labels.csv", np.c_[Xs, ys], delimiter=",", fmt="%.8g")
+    code, out, err = call(capsys, "train", "--dataset", "csv:labels.csv", "--loss", "mse", "--epochs", "2", "--quiet")
+    assert code == 0
+    assert err == ("portablenn: warning: --loss mse: the targets are the integers 0..2, which look like class labels; "
+                   "they are trained as real numbers (for classes use --loss softmax_cross_entropy)\n")
+    code, out, err = call(capsys, "train", "--dataset", "csv:ml.csv", "--loss", "huber", "--targets", "3",
+                          "--epochs", "2", "--quiet")
+    assert code == 0 and "every target column holds only 0 and 1" in err and "binary_cross_entropy" in err
+    code, out, err = call(capsys, "train", "--dataset", "csv:reg.csv", "--loss", "mse", "--epochs", "2", "--quiet")
+    assert code == 0 and err == ""  # real-valued targets: nothing to say
+    np.savetxt("grades.csv", np.c_[Xs, ys + 3], delimiter=",", fmt="%.8g")  # 3, 4, 5: grades, not labels
+    code, out, err = call(capsys, "train", "--dataset", "csv:grades.csv", "--loss", "mse", "--epochs", "2", "--quiet")
+    assert code == 0 and err == ""
+
+
+def test_parity_takes_the_loss_and_layer_flags(files, capsys):
+    code, out, err = call(capsys, "parity", "--dataset", "csv:reg.csv", "--loss", "mse", "--targets", "2", "--epochs",
+                          "2", "--dtype", "float64", "--dropout", "0.2", "--norm", "layer")
+    assert code == 0 and out.rstrip().splitlines()[-1].startswith("PASS"), out + err
+
+
+# resume with a schedule, early stopping, dropout and batch normalization: bit for bit the uninterrupted run
+RESUMED_RUNS = {
+    "cosine": ["--dataset", "lines", "--epochs", "12", "--batch-size", "6", "--schedule", "cosine", "--warmup",
+               "2.5", "--dropout", "0.2", "--optimizer", "adamw", "--weight-decay", "0.05", "--lr", "0.05",
+               "--clip-grad", "0.5"],
+    "plateau+early-stopping": ["--dataset", "csv:reg.csv", "--loss", "mse", "--targets", "2", "--epochs", "60",
+                               "--batch-size", "20", "--optimizer", "adam", "--lr", "0.1", "--schedule", "plateau",
+                               "--plateau-patience", "1", "--factor", "0.5", "--early-stopping", "--patience", "3",
+                               "--val-fraction", "0.25", "--norm", "batch"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(RESUMED_RUNS))
+def test_a_resumed_run_with_a_schedule_and_early_stopping_ends_bit_for_bit_as_the_uninterrupted_one(tmp_path, name):
+    _regression_files(tmp_path)
+    flags = [*RESUMED_RUNS[name], "--quiet"]
+    full = run("train", *flags, "--save", "full.safetensors", "--log", "full.jsonl", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr
+    stopped = run_signalled("epoch4", "SIGINT", "train", *flags, "--save", "part.safetensors", "--log", "part.jsonl",
+                            cwd=tmp_path)
+    assert stopped.returncode == 130 and "interrupted after epoch 4" in stopped.stderr, stopped.stderr
+    resumed = run("train", "--resume", "part.safetensors", "--quiet", "--log", "part.jsonl", cwd=tmp_path)
+    assert resumed.returncode == 0 and "resuming after epoch 4" in resumed.stdout, resumed.stderr
+    if name != "cosine":  # the uninterrupted run did stop early, after the interruption, and both say so
+        said = next(line for line in full.stdout.splitlines() if line.startswith("early stopping: stopped after"))
+        assert int(said.split("after epoch ")[1].split(",")[0]) > 4 and said in resumed.stdout
+    a, b = _weights(tmp_path / "full.safetensors"), _weights(tmp_path / "part.safetensors")
+    assert sorted(a) == sorted(b) and any(k.startswith("optim.") for k in a)
+    assert any(k.startswith("extra.best.") for k in a) is (name != "cosine")
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    from portablenn import checkpoint
+
+    one, two = (checkpoint.load_checkpoint(tmp_path / f"{n}.safetensors") for n in ("full", "part"))
+    assert one.schedule == two.schedule and one.schedule is not None
+    assert one.metadata["epoch"] == two.metadata["epoch"] and one.metadata["train"] == two.metadata["train"]
+
+    def records(path):
+        return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in open(path)]
+    assert records(tmp_path / "full.jsonl") == records(tmp_path / "part.jsonl")
+
+
+RESUME_CONFLICTS_18 = [  # (flags of the run, flags given with --resume, the words)
+    ([], ["--loss", "mse"], "--loss mse contradicts ck.safetensors, ... with --loss softmax_cross_entropy"),
+    ([], ["--dropout", "0.2"], "--dropout 0.2 contradicts ck.safetensors, ... with --dropout 0"),
+    (["--dropout", "0.2"], ["--dropout", "0"], "--dropout 0 contradicts ck.safetensors, ... with --dropout 0.2"),
+    ([], ["--norm", "layer"], "--norm layer contradicts ck.safetensors, ... with no --norm"),
+    (["--norm", "batch"], ["--norm", "none"], "--norm none contradicts ck.safetensors, ... with --norm batch"),
+    ([], ["--weight-decay", "0.1"], "--weight-decay 0.1 contradicts ck.safetensors, ... with --optimizer sgd"),
+    (["--optimizer", "adamw"], ["--weight-decay", "0.1"], "trained with --weight-decay 0.01"),
+    ([], ["--clip-grad", "1"], "--clip-grad 1 contradicts ck.safetensors, ... with no --clip-grad"),
+    ([], ["--schedule", "cosine"], "--schedule cosine contradicts ck.safetensors, ... with no --schedule"),
+    (["--schedule", "cosine", "--warmup", "1"], ["--warmup", "2"], "which was trained with --warmup 1"),
+    (["--schedule", "cosine"], ["--step-size", "2"],
+     "--step-size 2 contradicts ck.safetensors, ... with no --step-size"),
+    (["--schedule", "step", "--step-size", "3"], ["--gamma", "0.5"], "which was trained with --gamma 0.1"),
+    (["--schedule", "plateau", "--monitor", "loss"], ["--factor", "0.5"], "which was trained with --factor 0.1"),
+    (["--schedule", "plateau", "--monitor", "loss"], ["--plateau-patience", "2"], "trained with --plateau-patience 10"),
+    ([], ["--early-stopping"], "--early-stopping contradicts ck.safetensors, ... with --no-early-stopping"),
+    (["--early-stopping", "--monitor", "loss"], ["--patience", "4"], "which was trained with --patience 10"),
+    (["--early-stopping", "--monitor", "loss"], ["--min-delta", "0.1"], "which was trained with --min-delta 0"),
+    (["--early-stopping", "--monitor", "loss"], ["--monitor", "val_loss"], "which was trained with --monitor loss"),
+    ([], ["--val-fraction", "0.2"], "--val-fraction 0.2 contradicts ck.safetensors, ... with no --val-fraction"),
+    (["--schedule", "cosine"], ["--epochs", "9"],
+     "--epochs 9 contradicts ck.safetensors, whose cosine schedule runs over 4 epochs"),
+]
+
+
+@pytest.mark.parametrize("flags, given, words", RESUME_CONFLICTS_18, ids=[" ".join(c[1]) + " after " + " ".join(c[0])
+                                                                           for c in RESUME_CONFLICTS_18])
+def test_resume_refuses_a_new_flag_that_contradicts_the_checkpoint(files, capsys, flags, given, words):
+    code, _, err = call(capsys, "train", "--epochs", "4", "--quiet", "--save", "ck.safetensors", *flags)
+    assert code == 0, err
+    before = open("ck.safetensors", "rb").read()
+    code, out, err = call(capsys, "train", "--resume", "ck.safetensors", "--epochs", "4", *given)
+    assert_one_line(code, err, *words.split(" ... "))
+    assert open("ck.safetensors", "rb").read() == before and "| Epoch" not in out
+
+
+def test_resume_accepts_the_new_flags_where_they_agree(files, capsys):
+    flags = ["--dropout", "0.1", "--norm", "layer", "--optimizer", "adamw", "--weight-decay", "0.05", "--clip-grad",
+             "2", "--schedule", "step", "--step-size", "2", "--gamma", "0.5", "--early-stopping", "--patience", "4",
+             "--monitor", "val_loss", "--val-fraction", "0.25", "--loss", "softmax_cross_entropy"]
+    code, _, err = call(capsys, "train", "--epochs", "3", "--quiet", "--save", "ck.safetensors", *flags)
+    assert code == 0, err
+    code, out, err = call(capsys, "train", "--resume", "ck.safetensors", "--epochs", "5", "--quiet", *flags)
+    assert code == 0 and "resuming after epoch 3" in out, err
+
+
+def test_eval_and_predict_refuse_a_loss_that_contradicts_the_checkpoint(files, capsys):
+    code, _, err = call(capsys, "train", "--dataset", "csv:reg.csv", "--loss", "mse", "--targets", "2", "--epochs", "2",
+                        "--quiet", "--save", "r.safetensors")
+    assert code == 0, err
+    for command in (["eval", "--checkpoint", "r.safetensors"], ["predict", "--checkpoint", "r.safetensors", "--input",
+                                                                 "x.csv", "--output", "-"]):
+        code, _, err = call(capsys, *command, "--loss", "softmax_cross_entropy")
+        assert_one_line(code, err, "--loss softmax_cross_entropy contradicts r.safetensors, which was trained with "
+                                   "--loss mse")
+    code, out, err = call(capsys, "eval", "--checkpoint", "r.safetensors", "--loss", "mse", "--split", "train")
+    assert code == 0 and "rmse" in out, err
+
+
+def test_a_checkpoint_without_the_new_options_still_resumes(files, capsys):
+    """A checkpoint written before #18's options existed (no loss, targets, ... in its train options) resumes as
+    softmax cross-entropy without controls."""
+    from portablenn import checkpoint
+
+    code, _, err = call(capsys, "train", "--epochs", "2", "--quiet", "--save", "old.safetensors")
+    assert code == 0, err
+    import safetensors.numpy
+    from safetensors import safe_open
+
+    with safe_open("old.safetensors", framework="numpy") as fh:
+        tensors = {key: fh.get_tensor(key) for key in fh.keys()}
+        meta = dict(fh.metadata())
+    train = json.loads(meta["train"])
+    for key in ("loss", "targets", "clip_grad", "val_fraction", "early_stopping"):
+        del train[key]
+    meta["train"] = json.dumps(train)
+    meta["sha256"] = checkpoint._digest(tensors, meta)
+    open("old.safetensors", "wb").write(safetensors.numpy.save(tensors, metadata=meta))
+    code, out, err = call(capsys, "train", "--resume", "old.safetensors", "--epochs", "3", "--quiet")
+    assert code == 0 and "| loss softmax_cross_entropy |" in out and "resuming after epoch 2" in out, err
+
+
+def test_a_signal_in_the_epoch_early_stopping_ends_finishes_the_run(tmp_path):
+    """A stop request in the very epoch early stopping ends: the run ends as it would have (best weights back,
+    saved once, "training was complete"), not as an interrupted run that a resume would have to finish."""
+    _regression_files(tmp_path)
+    flags = [*RESUMED_RUNS["plateau+early-stopping"], "--quiet"]
+    full = run("train", *flags, "--save", "full.safetensors", cwd=tmp_path)
+    assert full.returncode == 0, full.stderr
+    said = next(line for line in full.stdout.splitlines() if line.startswith("early stopping: stopped after"))
+    last = int(said.split("after epoch ")[1].split(",")[0])
+    stopped = run_signalled(f"epoch{last}", "SIGTERM", "train", *flags, "--save", "part.safetensors", cwd=tmp_path)
+    assert stopped.returncode == 143, stopped.stderr
+    assert f"interrupted after the last epoch {last}; saved part.safetensors (training was complete)" in stopped.stderr
+    a, b = _weights(tmp_path / "full.safetensors"), _weights(tmp_path / "part.safetensors")
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+
+
+def test_export_of_a_regression_model_says_which_output_applies(files, capsys):
+    pytest.importorskip("ndonnx")
+    code, _, err = call(capsys, "train", "--dataset", "csv:reg.csv", "--loss", "mse", "--targets", "2", "--epochs", "1",
+                        "--quiet", "--save", "r.safetensors")
+    assert code == 0, err
+    code, out, err = call(capsys, "export", "r.safetensors", "--onnx", "r.onnx")
+    assert code == 0 and "-> logits, probabilities (N, 2)" in out
+    assert err == ("portablenn: warning: r.safetensors was trained with --loss mse: the logits are its values; the "
+                   "'probabilities' output (a softmax over the outputs) does not apply to it\n")

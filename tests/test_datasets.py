@@ -479,3 +479,24 @@ def test_mnist_pixels_scale_to_0_1_exactly(tmp_path):
     X, _ = mnist(root=_mnist_dir(tmp_path, images, np.zeros(1, np.uint8)))
     np.testing.assert_array_equal(X[0], images.reshape(784).astype(np.float32) / np.float32(255))
     assert X.max() == 1.0 and X.min() == 0.0
+
+
+# -- registry.load: the targets of a file dataset follow the loss's task -------------------------------------------
+def test_load_reads_file_targets_by_task_and_the_val_file_alike(tmp_path):
+    from portablenn.datasets import registry
+
+    (tmp_path / "t.csv").write_text("1,2,0.5,1\n3,4,-1,0\n5,6,2,1\n")
+    (tmp_path / "v.csv").write_text("7,8,0.25,0\n")
+    splits = registry.load(f"csv:{tmp_path / 't.csv'}", val=str(tmp_path / "v.csv"), task="regression", targets=2)
+    assert splits["train"][1].tolist() == [[0.5, 1], [-1, 0], [2, 1]] and splits["val"][1].tolist() == [[0.25, 0]]
+    assert splits["train"][0].shape == (3, 2) and splits["val"][0].shape == (1, 2)
+    # without targets the val file takes the training file's count
+    np.savez(tmp_path / "t.npz", X=np.ones((4, 2)), y=np.zeros((4, 3)))
+    np.savez(tmp_path / "v.npz", X=np.ones((2, 2)), y=np.zeros((2, 2)))
+    with pytest.raises(DatasetError, match="y has 2 target columns, expected 3"):
+        registry.load(f"npz:{tmp_path / 't.npz'}", val=str(tmp_path / "v.npz"), task="multilabel")
+    splits = registry.load(f"csv:{tmp_path / 't.csv'}", task="multilabel")
+    assert splits["train"][1].tolist() == [[1], [0], [1]]
+    # the embedded datasets give their class labels whatever the task
+    X, y = registry.load("spiral", task="multilabel")["train"]
+    assert y.ndim == 1 and y.dtype.kind in "iu"

@@ -107,7 +107,8 @@ PARITY = [worker.config(name=f"{dev.split(':')[-1]}-{dtype}-{opt}-{'shuffle' if 
 PARITY += [worker.config(name="fullbatch-sgd", batch=None, shuffle=False),
            worker.config(name="nesterov-no-l2", optimizer="nesterov", l2=0.0),
            worker.config(name="tiny-batches-adam", optimizer="adam", batch=2, n=21, n_val=2, epochs=2),
-           worker.config(name="reducer-argument", optimizer="momentum", via_reducer=True)]  # reducer=DataParallel(comm)
+           worker.config(name="reducer-argument", optimizer="momentum", via_reducer=True),  # reducer=DataParallel(comm)
+           worker.config(name="dropout", optimizer="momentum", dropout=0.3)]  # each rank draws its rows' mask bits
 
 
 @pytest.fixture(scope="module")

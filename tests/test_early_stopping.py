@@ -86,10 +86,13 @@ def test_it_reads_nothing_more_from_the_device(monkeypatch):
 def test_bad_settings_are_one_clear_line():
     X, y, val = _data()
     model = pn.mlp([5, 3])
-    for kwargs, words in (({"monitor": "accuracy"}, "monitor must be one of"), ({"patience": 0}, "patience"),
-                          ({"min_delta": -1.0}, "min_delta")):
+    for kwargs, words in (({"monitor": ""}, "monitor must name a History field"), ({"monitor": "epoch"}, "monitor"),
+                          ({"patience": 0}, "patience"), ({"min_delta": -1.0}, "min_delta"), ({"mode": "up"}, "mode")):
         with pytest.raises(pn.InputError, match=words):
             pn.EarlyStopping(**kwargs)
+    with pytest.raises(pn.InputError, match="monitors 'accuracy', which this fit does not record; it records "
+                                            "loss, error, val_loss, val_error"):
+        pn.fit(model, X, y, optimizer=pn.SGD(0.1), validation=val, early_stopping=pn.EarlyStopping("accuracy"))
     with pytest.raises(pn.InputError, match="needs validation data"):
         pn.fit(model, X, y, optimizer=pn.SGD(0.1), batch_size=10, early_stopping=pn.EarlyStopping())
     with pytest.raises(pn.InputError, match="use log_every=1, not 2"):

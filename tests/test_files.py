@@ -347,3 +347,81 @@ def test_npy_round_trip_and_bad_files(tmp_path):
     np.save(tmp_path / "obj.npy", np.array([Boom(), 1], dtype=object), allow_pickle=True)
     with pytest.raises(DatasetError, match=r"obj.npy holds a pickled object array, which is never loaded"):
         load_npy(tmp_path / "obj.npy")
+
+
+# -- targets by task: regression (real numbers, K columns) and multi-label (0/1 columns) -------------------------
+def test_csv_regression_targets_are_the_last_k_columns(tmp_path):
+    path = _write(tmp_path, "x1,x2,t1,t2\n1,2,0.5,-3e2\n3,4,1e-3,7\n")
+    X, y = load_csv(path, task="regression", targets=2)
+    assert X.dtype == y.dtype == np.float32 and X.shape == (2, 2) and y.shape == (2, 2)
+    np.testing.assert_array_equal(y, np.array([[0.5, -300], [1e-3, 7]], np.float32))
+    X1, y1 = load_csv(path, dtype="float64", task="regression")  # one target by default: the last column
+    assert y1.dtype == np.float64 and y1.shape == (2, 1) and X1.shape == (2, 3)
+    np.testing.assert_array_equal(y1[:, 0], [-300, 7])
+    X, y = load_spec(f"csv:{path}", task="regression", targets=2)
+    assert y.shape == (2, 2)
+
+
+def test_csv_multilabel_targets_are_0_1_columns(tmp_path):
+    X, y = load_csv(_write(tmp_path, "1,2,0,1,1\n3,4,1,0,0.5\n"), task="multilabel", targets=3)
+    assert X.shape == (2, 2) and y.tolist() == [[0, 1, 1], [1, 0, 0.5]] and y.dtype == np.float32
+
+
+@pytest.mark.parametrize("text, kwargs, message", [
+    ("1,2,0,2\n", dict(task="multilabel", targets=2), r"line 1, column 4: '2' is not a 0/1 target"),
+    ("1,2,0,1\n3,4,-1,0\n", dict(task="multilabel", targets=2), r"line 2, column 3: '-1' is not a 0/1 target"),
+    ("1,2,0\n", dict(task="regression", targets=3), r"has 3 columns; expected features followed by 3 target columns"),
+    ("1,2\n", dict(task="regression", targets=2), r"has 2 columns; expected features followed by 2 target columns"),
+    ("1,2,1e39\n", dict(task="regression"), r"line 1, column 3: '1e39' is too large for float32"),
+    ("1,2,nan\n", dict(task="regression"), r"line 1, column 3: 'nan' is NaN or infinite"),
+])
+def test_bad_csv_targets(tmp_path, text, kwargs, message):
+    with pytest.raises(DatasetError, match=message):
+        load_csv(_write(tmp_path, text), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(task="regress"), "task must be one of classification, regression, multilabel"),
+    (dict(task="classification", targets=2), "classification reads one label column"),
+    (dict(task="regression", targets=0), "targets must be a positive number"),
+    (dict(task="regression", targets=True), "targets must be a positive number"),
+])
+def test_task_and_targets_are_checked(tmp_path, kwargs, message):
+    path = _write(tmp_path, "1,2,0\n")
+    with pytest.raises(ValueError, match=message):
+        load_csv(path, **kwargs)
+    np.savez(tmp_path / "d.npz", X=np.ones((1, 2)), y=np.zeros(1))
+    with pytest.raises(ValueError, match=message):
+        load_npz(tmp_path / "d.npz", **kwargs)
+
+
+def test_npz_regression_and_multilabel_targets(tmp_path):
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((6, 3)), rng.standard_normal((6, 2))
+    np.savez(tmp_path / "r.npz", X=X, y=y)
+    Xr, yr = load_npz(tmp_path / "r.npz", task="regression")
+    assert Xr.dtype == yr.dtype == np.float64 and yr.shape == (6, 2)
+    np.testing.assert_array_equal(yr, y)
+    Xr, yr = load_npz(tmp_path / "r.npz", dtype="float32", task="regression", targets=2)
+    assert yr.dtype == np.float32
+    np.savez(tmp_path / "one.npz", X=X, y=y[:, 0])
+    assert load_npz(tmp_path / "one.npz", task="regression")[1].shape == (6, 1)
+    np.savez(tmp_path / "m.npz", X=X, y=(y > 0).astype(np.int8))
+    _, ym = load_npz(tmp_path / "m.npz", task="multilabel")
+    assert ym.dtype == np.float64 and ym.tolist() == (y > 0).astype(float).tolist()
+
+
+@pytest.mark.parametrize("y, kwargs, message", [
+    (np.zeros((4, 2)), dict(task="regression", targets=3), r"y has 2 target columns, expected 3"),
+    (np.zeros((4, 2, 1)), dict(task="regression"), r"y must be \(n_samples,\) or \(n_samples, targets\)"),
+    (np.zeros((4, 0)), dict(task="regression"), r"y has no target columns"),
+    (np.array([[0.0], [np.nan], [1], [2]]), dict(task="regression"), r"y contains 1 NaN or infinite"),
+    (np.array([1e39, 0, 0, 0]), dict(task="regression", dtype="float32"), r"y has values too large for float32"),
+    (np.array([[0, 1], [1, 2], [0, 0], [1, 1]]), dict(task="multilabel"), r"y\[1, 1\] = 2 is not a 0/1 target"),
+    (np.array(["a", "b", "c", "d"]), dict(task="regression"), r"y must hold numbers"),
+    (np.zeros((4, 2)), dict(), r"y must be 1-D \(n_samples,\)"),
+])
+def test_bad_npz_targets(tmp_path, y, kwargs, message):
+    np.savez(tmp_path / "d.npz", X=np.ones((4, 2)), y=y)
+    with pytest.raises(DatasetError, match=message):
+        load_npz(tmp_path / "d.npz", **kwargs)

@@ -30,6 +30,8 @@ LAYERS = {
     "leaky_relu": lambda: pn.LeakyReLU(0.1),
     "gelu": pn.GELU,
     "identity": pn.Identity,
+    "layer_norm": lambda: pn.LayerNorm(4, dtype="float64"),  # parameter gradients: tests/test_normalization.py
+    "batch_norm": lambda: pn.BatchNorm1d(4, dtype="float64"),  # train mode: the batch's statistics
 }
 
 

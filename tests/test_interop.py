@@ -77,8 +77,9 @@ def test_the_converted_model_trains():
 
 
 def test_errors_are_one_sentence():
-    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.Dropout(), torch.nn.Linear(4, 2))
-    with pytest.raises(TypeError, match=r"layer 1 \(Dropout\) is not Linear, GELU, Identity, LeakyReLU, ReLU, Sigmoid or Tanh"):
+    module = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.ELU(), torch.nn.Linear(4, 2))
+    with pytest.raises(TypeError, match=r"layer 1 \(ELU\) is not Linear, BatchNorm1d, Dropout, GELU, Identity, "
+                                        r"LayerNorm, LeakyReLU, ReLU, Sigmoid or Tanh"):
         from_torch(module)
     with pytest.raises(TypeError, match="torch.nn.Sequential or a state dict"):
         from_torch(torch.nn.Linear(3, 2))

@@ -162,6 +162,27 @@ for name, values in {
 }.items():
     for value in values:
         case(f"train.{name}={str(value)[:12]}", field("train", name, value))
+for name, values in {  # portablenn train's options of issue #18: absent in older files, checked where present
+    "loss": (5, "", "hinge", ["mse"], {"a": 1}),
+    "targets": (0, -1, 1.5, "2", 2**40, True),
+    "clip_grad": (0, -1, NAN, INF, "1", [1]),
+    "val_fraction": (0, 1, 1.5, -0.1, NAN, "0.2"),
+    "early_stopping": (5, "loss", [], {"monitor": "loss"}, {"monitor": "", "patience": 1, "min_delta": 0},
+                       {"monitor": "loss", "patience": 0, "min_delta": 0},
+                       {"monitor": "loss", "patience": 1, "min_delta": NAN}),
+    "early_stopping_state": (5, [], {"best": 1.0}, {"best": NAN, "best_epoch": 1, "wait": 0, "stopped_epoch": None},
+                             {"best": 1.0, "best_epoch": -1, "wait": 0, "stopped_epoch": None}),
+}.items():
+    for value in values:
+        case(f"train.{name}={str(value)[:12]}", field("train", name, value))
+# a valid loss that does not fit the model or the data: refused where it is used
+case("train.loss=mse (a regression loss on the spiral's classifier)", field("train", "loss", "mse"), ("eval", "resume"))
+case("train.targets=2 (for a classifier)", field("train", "targets", 2), ())
+case("train.early_stopping without validation data",
+     field("train", "early_stopping", {"monitor": "val_loss", "patience": 2, "min_delta": 0.0}), ("resume",))
+case("train.early_stopping_state without the best weights", fields(
+    "train", early_stopping={"monitor": "loss", "patience": 2, "min_delta": 0.0},
+    early_stopping_state={"best": 1.0, "best_epoch": 1, "wait": 0, "stopped_epoch": None}), ("resume",))
 for value in (MISSING, "0" * 64, "", "x"):
     case(f"sha256={str(value)[:12]!r}", top("sha256", value))
 for name, change in [

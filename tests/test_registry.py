@@ -74,9 +74,9 @@ class Spy(Module):
 
 @pytest.fixture
 def mse():
-    registry.register_loss(MeanSquaredError, name="mse")
+    registry.register_loss(MeanSquaredError, name="half_squared_error")
     yield MeanSquaredError
-    LOSSES.unregister("mse")
+    LOSSES.unregister("half_squared_error")
 
 
 @pytest.fixture
@@ -140,7 +140,8 @@ def test_a_checkpoint_naming_an_unregistered_layer_is_refused_in_one_line(softpl
     pn.save(_model(), path)
     LAYERS.unregister("Softplus")
     with pytest.raises(pn.CheckpointError, match=r"cannot build: layer 1 is .*Softplus.*; expected one of the "
-                                                 r"layers GELU, Identity, LeakyReLU, Linear, ReLU, Sigmoid, Tanh"):
+                                                 r"layers BatchNorm1d, Dropout, GELU, Identity, LayerNorm, LeakyReLU, Linear, ReLU, "
+                                                 r"Sigmoid, Tanh"):
         pn.load(path)
 
 
@@ -219,13 +220,13 @@ def test_new_layer_and_loss_pass_gradient_checks_on_every_device(device, softplu
 @pytest.mark.parametrize("optimizer", [lambda: pn.SGD(0.05, momentum=0.9), lambda: pn.Adam(0.01)],
                          ids=["momentum", "adam"])
 def test_new_layer_and_loss_train_alike_on_every_device(device, dtype, softplus, mse, optimizer):
-    """fit(loss="mse") with Softplus: the loss falls, and every device ends where NumPy does."""
+    """fit(loss="half_squared_error") with Softplus: the loss falls, and every device ends where NumPy does."""
     require_dtype(device, dtype)
     X, y = _regression()
 
     def trained(dev):
         model = _model(dtype)
-        history = pn.fit(model, X.astype(dtype), y, optimizer=optimizer(), loss="mse", epochs=5, batch_size=16,
+        history = pn.fit(model, X.astype(dtype), y, optimizer=optimizer(), loss="half_squared_error", epochs=5, batch_size=16,
                          l2=1e-3, device=dev, validation=(X[:16].astype(dtype), y[:16]))
         return model.state_dict(), history
 
@@ -239,16 +240,17 @@ def test_new_layer_and_loss_train_alike_on_every_device(device, dtype, softplus,
 def test_new_loss_metrics_and_evaluate(softplus, mse):
     X, y = _regression()
     model = _model()
-    history = pn.fit(model, X, y, optimizer=pn.SGD(0.05), loss="mse", epochs=1, batch_size=48, shuffle=False)
+    history = pn.fit(model, X, y, optimizer=pn.SGD(0.05), loss="half_squared_error", epochs=1, batch_size=48, shuffle=False)
     # full batch, no L2: the epoch's loss is half its mean squared error, both from the weights before the step
     assert history["loss"][0] == pytest.approx(0.5 * history["error"][0], rel=1e-12)
-    loss, error = pn.evaluate(model, X, y, loss="mse")
+    loss, error = pn.evaluate(model, X, y, loss="half_squared_error")
     outputs = model.forward(X)
     assert error == pytest.approx(np.mean(np.sum((outputs - y) ** 2, axis=1)), rel=1e-12)
     assert loss == pytest.approx(0.5 * error, rel=1e-12)
     with pytest.raises(InputError, match=r"y must be 48 rows of 2 finite targets, got shape \(48, 3\)"):
-        pn.fit(model, X, np.zeros((48, 3)), optimizer=pn.SGD(0.1), loss="mse")
-    with pytest.raises(ValueError, match="unknown loss 'mae'; expected one of mse, softmax_cross_entropy"):
+        pn.fit(model, X, np.zeros((48, 3)), optimizer=pn.SGD(0.1), loss="half_squared_error")
+    with pytest.raises(ValueError, match="unknown loss 'mae'; expected one of binary_cross_entropy, half_squared_error, huber, mse, "
+                                         "softmax_cross_entropy"):
         pn.fit(model, X, y, optimizer=pn.SGD(0.1), loss="mae")
 
 
@@ -257,15 +259,15 @@ def test_new_layer_and_loss_checkpoint_round_trip_and_resume(softplus, mse, tmp_
     training straight through."""
     X, y = _regression()
     straight = _model()
-    pn.fit(straight, X, y, optimizer=pn.Adam(0.01), loss="mse", epochs=4, batch_size=16, seed=5)
+    pn.fit(straight, X, y, optimizer=pn.Adam(0.01), loss="half_squared_error", epochs=4, batch_size=16, seed=5)
     first, opt = _model(), pn.Adam(0.01)
-    pn.fit(first, X, y, optimizer=opt, loss="mse", epochs=2, batch_size=16, seed=5)
+    pn.fit(first, X, y, optimizer=opt, loss="half_squared_error", epochs=2, batch_size=16, seed=5)
     pn.save(first, tmp_path / "m.safetensors", optimizer=opt)
     resumed = pn.load(tmp_path / "m.safetensors")
     assert isinstance(resumed[1], Softplus) and resumed[1].beta == 2.0
     opt2 = checkpoint.restore_optimizer(pn.Adam(0.01), checkpoint.load_checkpoint(tmp_path / "m.safetensors"),
                                         resumed)
-    pn.fit(resumed, X, y, optimizer=opt2, loss="mse", epochs=4, initial_epoch=2, batch_size=16, seed=5)
+    pn.fit(resumed, X, y, optimizer=opt2, loss="half_squared_error", epochs=4, initial_epoch=2, batch_size=16, seed=5)
     for key, value in straight.state_dict().items():
         np.testing.assert_array_equal(resumed.state_dict()[key], value, err_msg=key)
 
@@ -277,7 +279,7 @@ def test_new_layer_trained_on_a_new_loss_exports_to_onnx(softplus, mse, tmp_path
 
     X, y = _regression()
     model = _model()
-    pn.fit(model, X, y, optimizer=pn.SGD(0.05), loss="mse", epochs=2, batch_size=16)
+    pn.fit(model, X, y, optimizer=pn.SGD(0.05), loss="half_squared_error", epochs=2, batch_size=16)
     export_onnx(model, tmp_path / "regression.onnx")
     session = ort.InferenceSession(str(tmp_path / "regression.onnx"))
     np.testing.assert_allclose(session.run(["logits"], {"input": X})[0], model.forward(X), rtol=1e-12)

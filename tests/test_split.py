@@ -52,3 +52,22 @@ def test_bad_fractions_and_both_validations_are_refused():
             pn.fit(pn.mlp([4, 3]), X, y, optimizer=pn.SGD(0.1), batch_size=4, validation_fraction=bad)
     with pytest.raises(pn.InputError, match="either validation or validation_fraction"):
         pn.fit(pn.mlp([4, 3]), X, y, optimizer=pn.SGD(0.1), validation=(X, y), validation_fraction=0.2)
+
+
+def _fit_bce(X, y, **kwargs):
+    history = pn.fit(pn.mlp([3, 4, y.shape[1] if y.ndim == 2 else 1], seed=1, dtype="float64"), X, y,
+                     loss="binary_cross_entropy", optimizer=pn.SGD(0.1), epochs=2, batch_size=10, seed=0, **kwargs)
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in history]
+
+
+def test_binary_cross_entropy_stratifies_a_single_column_of_labels_and_not_several():
+    """One 0/1 column is split by class (the loss's ``strata``); multi-label rows are split unstratified."""
+    X = np.random.default_rng(3).standard_normal((40, 3))
+    y = (np.arange(40) < 8).astype(np.int64)  # 8 positives: a stratified split keeps 2 of them out
+    train, val = split_indices(40, 0.25, 0, y)
+    assert y[val].sum() == 2
+    assert _fit_bce(X, y, validation_fraction=0.25) == _fit_bce(X[train], y[train], validation=(X[val], y[val]))
+    labels = np.stack([y, 1 - y], axis=1)
+    train, val = split_indices(40, 0.25, 0, None)
+    assert _fit_bce(X, labels, validation_fraction=0.25) == _fit_bce(X[train], labels[train],
+                                                                      validation=(X[val], labels[val]))

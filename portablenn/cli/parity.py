@@ -2,6 +2,7 @@
 import numpy as np
 
 from ..datasets import registry
+from ..registry import LOSSES
 from ..train import fit
 from .arguments import device, kernels_arg, model_args
 from .errors import CLIError
@@ -35,7 +36,9 @@ def run(args):
     if args.steps is not None and args.steps < 1:
         raise CLIError(f"--steps must be a positive number of minibatch steps, got {args.steps}")
     devices = [device(args, s) for s in specs]
-    splits = registry.load(args.dataset, args.data_dir, args.seed, args.val, not args.no_download, dtype=opts["dtype"])
+    loss = LOSSES.get(opts["loss"])()
+    splits = registry.load(args.dataset, args.data_dir, args.seed, args.val, not args.no_download, dtype=opts["dtype"],
+                           task=loss.task, targets=opts.get("targets"))
     X, y = splits["train"]
     if args.epochs is None:  # enough epochs for the steps asked for
         per_epoch = -(-len(X) // opts["batch_size"]) if opts["batch_size"] else 1
@@ -50,7 +53,7 @@ def run(args):
         else:  # the loss of a step stays on the device until the epoch's end: parameters only
             hooks = dict(on_step=lambda epoch, step, steps, m=model, s=snapshots: len(s) < args.steps and s.append(
                 (f"{epoch}.{step}", None, m.state_dict())))
-        fit(model, X, y, optimizer=optimizer, epochs=opts["epochs"], batch_size=opts["batch_size"] or None,
+        fit(model, X, y, optimizer=optimizer, loss=loss, epochs=opts["epochs"], batch_size=opts["batch_size"] or None,
             shuffle=opts["shuffle"], l2=opts["l2"], device=dev, seed=args.seed, **hooks)
         runs.append(snapshots)
     unit = "Epoch" if args.steps is None else "Epoch.step"

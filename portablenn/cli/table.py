@@ -12,6 +12,28 @@ def loss(value):
     return f"{value:.5f}" if abs(value) < 1e5 else f"{value:.4e}"
 
 
+# a metric's column heading (after "Train "/"Val "), as History names it
+HEADINGS = {"error": "Err", "rmse": "RMSE", "r2": "R2"}
+
+
+def metric(name, value):
+    """A metric for the table: an error rate with 5 decimals, RMSE and R^2 as losses (either may be huge)."""
+    return f"{value:.5f}" if name == "error" else loss(value)
+
+
+def lr(value):
+    """A learning rate: 4 significant digits."""
+    return f"{value:.4g}"
+
+
+def summary(name, result, task):
+    """The line after training for one split: loss and accuracy (classification, multi-label: of the labels),
+    or loss, RMSE and R^2 (regression); ``result`` is evaluate's dict."""
+    if task == "regression":
+        return f"{name:>10s}: loss {loss(result['loss'])}  rmse {loss(result['rmse'])}  r2 {result['r2']:.5f}"
+    return f"{name:>10s}: loss {loss(result['loss'])}  accuracy {100 * (1 - result['error']):.2f}%"
+
+
 @contextlib.contextmanager
 def progress(epochs, quiet):
     """tqdm bars for epochs and batches, or None where tqdm is missing, --quiet, or not a terminal."""

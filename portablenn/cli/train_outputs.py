@@ -29,27 +29,28 @@ def _need_matplotlib():
         raise ImportError("--plot needs matplotlib: pip install 'portablenn[plot]'") from None
 
 
-def plot_files(dataset, X, splits):
-    """The PNG names `write_plots` writes for this dataset."""
+def plot_files(dataset, X, splits, task="classification"):
+    """The PNG names `write_plots` writes for this dataset (decision regions and the lines' predictions are
+    pictures of class labels: classification only)."""
     names = ["history.png"]
-    if X.shape[1] == 2:
+    if X.shape[1] == 2 and task == "classification":
         names.append("decision_regions.png")
-    if dataset == "lines":
+    if dataset == "lines" and task == "classification":
         names += [f"lines_{name}.png" for name in splits]
     if X.shape[1] == 784:
         names.append("first_layer.png")
     return names
 
 
-def write_plots(directory, dataset, model, records, splits):
+def write_plots(directory, dataset, model, records, splits, task="classification"):
     from .. import plots
 
     directory.mkdir(parents=True, exist_ok=True)
     written = [plots.plot_history(records, directory / "history.png")]
     X, y = splits["train"]
-    if X.shape[1] == 2:
+    if X.shape[1] == 2 and task == "classification":
         written.append(plots.plot_decision_regions(model, X, y, directory / "decision_regions.png"))
-    if dataset == "lines":
+    if dataset == "lines" and task == "classification":
         for name, (Xs, ys) in splits.items():
             written.append(plots.plot_lines_predictions(model, Xs, ys, directory / f"lines_{name}.png", title=name))
     if X.shape[1] == 784:

@@ -1,4 +1,14 @@
-"""Labelled datasets from your own files: CSV (features..., label) and NPZ (arrays X and y)."""
+"""Labelled datasets from your own files: CSV (features..., targets) and NPZ (arrays X and y).
+
+What the targets are follows the task of the loss that will train on them (``Loss.task``):
+
+- ``"classification"`` (softmax cross-entropy, the default): one integer class label per row, the last
+  CSV column or a 1-D ``y``; returned as int64 ``(n,)``.
+- ``"regression"`` (mse, huber): real numbers, the last ``targets`` CSV columns or an NPZ ``y`` of shape
+  ``(n,)`` or ``(n, K)``; returned as ``(n, K)`` in the features' dtype.
+- ``"multilabel"`` (binary cross-entropy): 0/1 (or probabilities in [0, 1]), one column per label, laid
+  out as regression targets: binary classification is one column, multi-label K columns.
+"""
 import math
 import warnings
 import zipfile
@@ -29,6 +39,21 @@ def _is_number(text):
     except ValueError:
         return False
     return True
+
+
+TASKS = ("classification", "regression", "multilabel")
+
+
+def _task(task, targets):
+    """Checked ``(task, targets)``: targets is None (the default: 1 for CSV, y's columns for NPZ) or an int >= 1,
+    and classification reads exactly one label column."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    if targets is not None and (isinstance(targets, bool) or not isinstance(targets, int) or targets < 1):
+        raise ValueError(f"targets must be a positive number of target columns, got {targets!r}")
+    if task == "classification" and targets not in (None, 1):
+        raise ValueError(f"classification reads one label column, not targets={targets}")
+    return task, targets
 
 
 def _float_dtype(dtype, default):
@@ -64,8 +89,8 @@ def _header_lines(path, first):
                        "(a header row holds names only; this row holds numbers too, so it is data with a typo)")
 
 
-def load_csv(path, dtype="float32"):
-    """Read a comma-separated file of numbers whose last column is an integer class label.
+def load_csv(path, dtype="float32", *, task="classification", targets=None):
+    """Read a comma-separated file of numbers: features, then the targets in the last column(s).
 
     A first row of names (no numbers, or only its column positions as pandas' integer column names)
     is a header and skipped; a first row mixing names and numbers is refused as a typo. Blank lines
@@ -75,21 +100,31 @@ def load_csv(path, dtype="float32"):
     ----------
     path : str or os.PathLike
     dtype : {"float32", "float64"}
-        The features' dtype (the CLI passes ``--dtype``).
+        The features' dtype (the CLI passes ``--dtype``); regression and multi-label targets too.
+    task : {"classification", "regression", "multilabel"}
+        What the targets are (the module's docstring): an integer class label in the last column; real
+        numbers; 0/1 labels (or probabilities in [0, 1]).
+    targets : int, optional
+        How many of the last columns are targets (regression, multi-label; default 1). At least one
+        feature column must remain.
 
     Returns
     -------
     X : numpy.ndarray, shape (n_samples, n_features), of ``dtype``
-    y : numpy.ndarray, shape (n_samples,), int64
+    y : numpy.ndarray
+        Classification: shape (n_samples,), int64. Otherwise: shape (n_samples, targets), of ``dtype``.
 
     Raises
     ------
     DatasetError
         Missing or empty file, no data rows, ragged rows or a non-numeric value (naming the line
-        and column), NaN or infinite values, values beyond float32 when reading float32, labels
-        that are not non-negative integers, or a largest label that would make more classes than
-        max(1000, 10 x rows) (a stray label must not decide the model's size).
+        and column), NaN or infinite values, values beyond float32 when reading float32, too few
+        columns for the targets; for classification, labels that are not non-negative integers, or
+        a largest label that would make more classes than max(1000, 10 x rows) (a stray label must not
+        decide the model's size); for multi-label, a target outside [0, 1] (naming line and column).
     """
+    task, targets = _task(task, targets)
+    k = targets or 1
     dtype = _float_dtype(dtype, np.dtype(np.float32))
     path = _check_file(path, "CSV")
     first = next(_rows(path), None)
@@ -109,15 +144,30 @@ def load_csv(path, dtype="float32"):
                            "as numbers") from None
     if data.shape[0] == 0:
         raise DatasetError(f"CSV file {path} has a header but no data rows")
-    if data.shape[1] < 2:
-        raise DatasetError(f"CSV file {path} has one column; expected features followed by a label column")
+    if data.shape[1] < k + 1:
+        expected = ("features followed by a label column" if task == "classification" else
+                    f"features followed by {k} target column{'s' if k != 1 else ''}")
+        have = "one column" if data.shape[1] == 1 else f"{data.shape[1]} columns"
+        raise DatasetError(f"CSV file {path} has {have}; expected {expected}")
     bad = ~np.isfinite(data)
     if bad.any():
         raise _cell_error(path, header, bad, "is NaN or infinite")
     if dtype == np.float32:
-        too_large = np.abs(data[:, :-1]) > _FLOAT32_MAX  # finite in float64, infinite once float32
+        too_large = np.abs(data) > _FLOAT32_MAX  # finite in float64, infinite once float32
+        if task == "classification":
+            too_large[:, -1] = False  # a label is checked as a label below
         if too_large.any():
             raise _cell_error(path, header, too_large, f"is too large for float32 (at most {_FLOAT32_MAX:.4g})")
+    if task != "classification":
+        y = data[:, -k:]
+        if task == "multilabel":
+            outside = (y < 0) | (y > 1)
+            if outside.any():
+                mask = np.zeros(data.shape, dtype=bool)
+                mask[:, -k:] = outside
+                raise _cell_error(path, header, mask, "is not a 0/1 target (or a probability in [0, 1]) for "
+                                  "binary cross-entropy")
+        return data[:, :-k].astype(dtype), y.astype(dtype)
     labels = data[:, -1]
     wrong = labels != np.round(labels)
     if wrong.any():
@@ -192,8 +242,10 @@ def _parse_slowly(path, header):
     return np.array(out, dtype=np.float64).reshape(len(out), width or 0)
 
 
-def load_npz(path, dtype=None):
-    """Read an ``.npz`` archive holding ``X`` (samples x features) and integer labels ``y``.
+def load_npz(path, dtype=None, *, task="classification", targets=None):
+    """Read an ``.npz`` archive holding ``X`` (samples x features) and targets ``y``: integer labels
+    ``(n,)`` for classification, ``(n,)`` or ``(n, K)`` real numbers (regression) or 0/1 labels
+    (multi-label) otherwise (see the module's docstring).
 
     Each member's ``.npy`` header is read first and checked against what the archive really stores
     (and, for a compressed member, against what deflate can expand to) and against the memory,
@@ -205,22 +257,28 @@ def load_npz(path, dtype=None):
         Written by ``np.savez(path, X=X, y=y)``; loaded with ``allow_pickle=False``.
     dtype : {"float32", "float64"}, optional
         The features' dtype (the CLI passes ``--dtype``); by default float64 stays float64 and
-        other numeric types become float32.
+        other numeric types become float32. Regression and multi-label targets take it too.
+    task : {"classification", "regression", "multilabel"}
+    targets : int, optional
+        The number of target columns ``y`` must have (regression, multi-label); by default its own.
 
     Returns
     -------
     X : numpy.ndarray, shape (n_samples, n_features)
-    y : numpy.ndarray, shape (n_samples,), int64
+    y : numpy.ndarray
+        Classification: shape (n_samples,), int64. Otherwise: shape (n_samples, K), of X's dtype.
 
     Raises
     ------
     DatasetError
         Missing, empty or non-npz file; ``X`` or ``y`` missing, pickled (object), non-numeric, or
         with a header shape larger than the archive holds or than memory; ``X`` not 2-D or empty;
-        ``y`` not 1-D; lengths that differ; NaN or infinite values, or values beyond float32 when
-        reading float32; labels that are not non-negative integers or would make more classes
-        than max(1000, 10 x rows).
+        ``y`` not 1-D (classification) or 1-D/2-D (otherwise); lengths that differ; NaN or infinite
+        values, or values beyond float32 when reading float32; labels that are not non-negative
+        integers or would make more classes than max(1000, 10 x rows); multi-label targets outside
+        [0, 1]; a ``y`` whose columns are not ``targets``.
     """
+    task, targets = _task(task, targets)
     dtype = _float_dtype(dtype, None)
     path = _check_file(path, "NPZ")
     try:
@@ -243,18 +301,20 @@ def load_npz(path, dtype=None):
             for name in ("X", "y"):
                 _check_member(archive, name, path)
             X, y = (_array(archive, name, path) for name in ("X", "y"))
-        return _checked_npz(path, X, y, dtype)
+        return _checked_npz(path, X, y, dtype, task, targets)
     except MemoryError:
         raise DatasetError(f"NPZ file {path} ({format_bytes(path.stat().st_size)}) does not fit in memory") from None
 
 
-def _checked_npz(path, X, y, dtype):
+def _checked_npz(path, X, y, dtype, task="classification", targets=None):
     if X.ndim != 2:
         raise DatasetError(f"NPZ file {path}: X must be 2-D (n_samples, n_features), got shape {X.shape}")
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise DatasetError(f"NPZ file {path}: X is empty (shape {X.shape})")
-    if y.ndim != 1:
+    if task == "classification" and y.ndim != 1:
         raise DatasetError(f"NPZ file {path}: y must be 1-D (n_samples,), got shape {y.shape}")
+    if y.ndim not in (1, 2):
+        raise DatasetError(f"NPZ file {path}: y must be (n_samples,) or (n_samples, targets), got shape {y.shape}")
     if y.shape[0] != X.shape[0]:
         raise DatasetError(f"NPZ file {path}: X has {X.shape[0]} samples but y has {y.shape[0]} labels")
     if X.dtype.kind not in "biuf":
@@ -269,6 +329,8 @@ def _checked_npz(path, X, y, dtype):
             raise DatasetError(f"NPZ file {path}: X has values too large for float32 (magnitude up to "
                                f"{largest:.4g}, at most {_FLOAT32_MAX:.4g}); scale the data or use float64")
     X = X.astype(dtype, copy=False)
+    if task != "classification":
+        return X, _npz_targets(path, y, dtype, task, targets)
     if y.dtype.kind == "f":
         if not np.isfinite(y).all() or (y != np.round(y)).any():
             raise DatasetError(f"NPZ file {path}: y must hold integer class indices; found non-integer values")
@@ -287,6 +349,28 @@ def _checked_npz(path, X, y, dtype):
                            f"{classes} classes from {rows} row{'s' if rows != 1 else ''}; {CLASS_RULE} "
                            f"(here {class_limit(rows)})")
     return X, y.astype(np.int64)
+
+
+def _npz_targets(path, y, dtype, task, targets):
+    """Regression or multi-label ``y`` -> checked ``(n, K)`` of ``dtype``."""
+    y = y.reshape(-1, 1) if y.ndim == 1 else y
+    if y.shape[1] == 0:
+        raise DatasetError(f"NPZ file {path}: y has no target columns (shape {y.shape})")
+    if targets is not None and y.shape[1] != targets:
+        raise DatasetError(f"NPZ file {path}: y has {y.shape[1]} target column{'s' if y.shape[1] != 1 else ''}, "
+                           f"expected {targets}")
+    if y.dtype.kind not in "biuf":
+        raise DatasetError(f"NPZ file {path}: y must hold numbers, got dtype {y.dtype}")
+    if y.dtype.kind == "f" and not np.isfinite(y).all():
+        raise DatasetError(f"NPZ file {path}: y contains {int((~np.isfinite(y)).sum())} NaN or infinite value(s)")
+    if dtype == np.float32 and y.size and float(np.max(np.abs(y.astype(np.float64)))) > _FLOAT32_MAX:
+        raise DatasetError(f"NPZ file {path}: y has values too large for float32 (magnitude up to "
+                           f"{float(np.max(np.abs(y))):.4g}, at most {_FLOAT32_MAX:.4g}); scale them or use float64")
+    if task == "multilabel" and y.size and (y.min() < 0 or y.max() > 1):
+        row, column = (int(i) for i in np.argwhere((y < 0) | (y > 1))[0])
+        raise DatasetError(f"NPZ file {path}: y[{row}, {column}] = {y[row, column]:g} is not a 0/1 target (or a "
+                           "probability in [0, 1]) for binary cross-entropy")
+    return y.astype(dtype)
 
 
 # The most a deflate stream can expand (1032:1); a member claiming more was not written by NumPy.
@@ -401,7 +485,7 @@ def load_npy(path):
         raise DatasetError(f"NPY file {path} cannot be read ({exc})") from None
 
 
-def load_spec(spec, dtype=None):
+def load_spec(spec, dtype=None, *, task="classification", targets=None):
     """Load a dataset named ``"csv:PATH"`` or ``"npz:PATH"`` (the CLI's ``--dataset`` form).
 
     Parameters
@@ -409,11 +493,14 @@ def load_spec(spec, dtype=None):
     spec : str
     dtype : {"float32", "float64"}, optional
         The features' dtype; by default that of `load_csv` / `load_npz`.
+    task, targets
+        What the targets are and how many columns they take, as `load_csv` / `load_npz`.
 
     Returns
     -------
     X : numpy.ndarray, shape (n_samples, n_features)
-    y : numpy.ndarray, shape (n_samples,), int64
+    y : numpy.ndarray
+        Classification: shape (n_samples,), int64; otherwise (n_samples, K).
 
     Raises
     ------
@@ -426,4 +513,4 @@ def load_spec(spec, dtype=None):
         raise DatasetError(f"unknown dataset {spec!r}; expected csv:PATH or npz:PATH")
     if not path:
         raise DatasetError(f"dataset {spec!r} names no file; expected {kind}:PATH")
-    return loaders[kind.lower()](path, **({} if dtype is None else {"dtype": dtype}))
+    return loaders[kind.lower()](path, **({} if dtype is None else {"dtype": dtype}), task=task, targets=targets)

@@ -16,11 +16,13 @@ def kind(name):
     raise DatasetError(f"unknown dataset {name!r}; expected spiral, lines, mnist, csv:PATH or npz:PATH")
 
 
-def load(name, data_dir=None, seed=0, val=None, download=True, dtype=None):
+def load(name, data_dir=None, seed=0, val=None, download=True, dtype=None, task="classification", targets=None):
     """``{"train": (X, y), <eval split>: (X, y), ...}`` as host arrays; csv:/npz: files read in ``dtype``.
 
     ``data_dir`` and ``download`` are MNIST's (as `mnist`), ``seed`` that of the generated datasets, ``val``
     a csv:/npz: file's validation file (split ``"val"``; a bare path is read in the training file's format).
+    ``task`` and ``targets`` say what a csv:/npz: file's targets are (`portablenn.datasets.files`); the
+    embedded datasets and MNIST always give class labels.
     """
     which = kind(name)
     if which == "spiral":
@@ -29,7 +31,10 @@ def load(name, data_dir=None, seed=0, val=None, download=True, dtype=None):
         return lines(seed=seed)
     if which == "mnist":  # downloaded on first use unless download=False, as mnist(download=...)
         return {split: mnist(data_dir, split, download=download) for split in ("train", "test")}
-    splits = {"train": load_spec(name, dtype)}
-    if val:  # a bare path is read in the training file's format
-        splits["val"] = load_spec(val if val.startswith(("csv:", "npz:")) else name[:4] + val, dtype)
+    splits = {"train": load_spec(name, dtype, task=task, targets=targets)}
+    if val:  # a bare path is read in the training file's format, with as many target columns
+        if task != "classification" and targets is None:
+            targets = splits["train"][1].shape[1]
+        splits["val"] = load_spec(val if val.startswith(("csv:", "npz:")) else name[:4] + val, dtype, task=task,
+                                  targets=targets)
     return splits
