@@ -51,6 +51,19 @@ class _Norm(Module):
         n = config[cls._features]
         return {"weight": (n,), "bias": (n,)}
 
+    def _normalise(self, xc, var):
+        """``xhat = xc / sqrt(var + eps)`` (kept for backward), scaled and shifted."""
+        self._inv = 1.0 / self.xp.sqrt(var + self.eps)
+        self._xhat = xc * self._inv
+        return self._xhat * self.params["weight"] + self.params["bias"]
+
+    def _normalised_backward(self, g, axis):
+        """``d loss / dx`` where ``xhat`` was normalised by its own mean and variance over ``axis``, from
+        ``g = d loss / d xhat``: ``inv (g - mean(g) - xhat mean(g xhat))``."""
+        xp, xhat = self.xp, self._xhat
+        return self._inv * (g - xp.mean(g, axis=axis, keepdims=True)
+                            - xhat * xp.mean(g * xhat, axis=axis, keepdims=True))
+
     def _affine_backward(self, grad_output):
         """Fill the weight and bias gradients; returns ``d loss / d xhat``."""
         xp = self.xp
@@ -86,17 +99,11 @@ class LayerNorm(_Norm):
     def forward(self, x):  # (batch, n) -> (batch, n)
         xp = self.xp
         xc = x - xp.mean(x, axis=-1, keepdims=True)
-        self._inv = 1.0 / xp.sqrt(xp.mean(xc * xc, axis=-1, keepdims=True) + self.eps)  # (batch, 1)
-        self._xhat = xc * self._inv
-        return self._xhat * self.params["weight"] + self.params["bias"]
+        return self._normalise(xc, xp.mean(xc * xc, axis=-1, keepdims=True))  # statistics (batch, 1)
 
     def backward(self, grad_output, input_grad=True):
-        # with g = d loss / d xhat: dx = inv (g - mean(g) - xhat mean(g xhat)), means over each row
-        xp, xhat = self.xp, self._xhat
-        g = self._affine_backward(grad_output)
-        if not input_grad:
-            return None
-        return self._inv * (g - xp.mean(g, axis=-1, keepdims=True) - xhat * xp.mean(g * xhat, axis=-1, keepdims=True))
+        g = self._affine_backward(grad_output)  # d loss / d xhat; means over each row
+        return self._normalised_backward(g, -1) if input_grad else None
 
     def __repr__(self):
         return f"LayerNorm({self.normalized_shape}, eps={self.eps})"
@@ -170,20 +177,14 @@ class BatchNorm1d(_Norm):
             self._set_buffer("num_batches_tracked", b["num_batches_tracked"] + 1)
         else:
             xc, var = x - self.buffers["running_mean"], self.buffers["running_var"]
-        self._inv = 1.0 / xp.sqrt(var + self.eps)  # (n,)
-        self._xhat = xc * self._inv
-        return self._xhat * self.params["weight"] + self.params["bias"]
+        return self._normalise(xc, var)  # statistics (n,)
 
     def backward(self, grad_output, input_grad=True):
-        # batch statistics, g = d loss / d xhat: dx = inv (g - mean(g) - xhat mean(g xhat)), means over rows;
-        # running statistics are constants: dx = inv g
-        xp, xhat = self.xp, self._xhat
-        g = self._affine_backward(grad_output)
+        # batch statistics: means over the rows; running statistics are constants: dx = inv g
+        g = self._affine_backward(grad_output)  # d loss / d xhat
         if not input_grad:
             return None
-        if not self._batch_stats:
-            return g * self._inv
-        return self._inv * (g - xp.mean(g, axis=0) - xhat * xp.mean(g * xhat, axis=0))
+        return self._normalised_backward(g, 0) if self._batch_stats else g * self._inv
 
     def __repr__(self):
         return f"BatchNorm1d({self.num_features}, eps={self.eps}, momentum={self.momentum})"
