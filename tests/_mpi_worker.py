@@ -120,6 +120,10 @@ def main():
             sys.exit(1)
         except pn.InputError as exc:
             report(f"rank {rank}: InputError: {exc}")
+            # the only InputError these runs meet is the ranks' agreement check, which every rank fails
+            # together: wait until all have reported (as for divergence below), or the first to exit makes
+            # mpiexec kill the others mid-report (seen under load: rank 1's line missing)
+            comm.barrier(what="the refusal report")
             sys.exit(2)
         except DivergenceError as exc:
             report(f"rank {rank}: DivergenceError: {exc}")
