@@ -1,6 +1,8 @@
 """Early stopping: end training when a monitored figure stops improving, and keep the best epoch's weights."""
 import math
 
+import numpy as np
+
 from .validation import InputError
 
 __all__ = ["EarlyStopping"]
@@ -16,6 +18,9 @@ class EarlyStopping:
     anyway with ``log_every=1`` (which it then requires): no extra host sync. The best weights are kept as
     a copy on the device. After ``fit``: ``best_epoch``, ``best`` (the monitored value there) and
     ``stopped_epoch`` (None if training ran to the end).
+
+    ``state_dict(model)`` and ``load_state_dict(state, tensors)`` carry it across a checkpoint: a fit
+    resumed with ``initial_epoch`` stops, and restores, exactly where the uninterrupted one does.
 
     Parameters
     ----------
@@ -46,10 +51,89 @@ class EarlyStopping:
         self._sign = -1.0 if higher else 1.0  # compares sign * value, lower is better
         self.restore_best = bool(restore_best)
         self.best = self.best_epoch = self.stopped_epoch = None
+        self._wait, self._weights, self._loaded = 0, None, None
 
     def start(self, model, validation):
-        """Called by ``fit`` before the first epoch (which has checked that it records ``monitor``)."""
+        """Called by ``fit`` before the first epoch (which has checked that it records ``monitor``); applies
+        the state `load_state_dict` gave, once (a later fit starts afresh)."""
         self.best, self.best_epoch, self.stopped_epoch, self._wait, self._weights = self._sign * math.inf, None, None, 0, None
+        loaded, self._loaded = getattr(self, "_loaded", None), None
+        if loaded is None:
+            return
+        state, tensors = loaded
+        if state["best"] is not None:
+            self.best = state["best"]
+        self.best_epoch, self.stopped_epoch, self._wait = state["best_epoch"], state["stopped_epoch"], state["wait"]
+        if tensors is not None:
+            dev, stores = model.device, _stores(model)
+            keys = [key for key, _, _ in stores]
+            if set(tensors) != set(keys):
+                first = sorted(set(tensors) ^ set(keys))[0]
+                raise InputError(f"EarlyStopping best weights do not match the model: {first!r} is "
+                                 f"{'missing' if first in keys else 'not a parameter or buffer of the model'}")
+            weights = []
+            for key, store, name in stores:
+                value = dev.asarray(tensors[key], dtype=store[name].dtype)  # host or any library's array
+                if tuple(value.shape) != tuple(store[name].shape):
+                    raise InputError(f"EarlyStopping best weight {key!r} has shape {tuple(value.shape)}, the model's "
+                                     f"has {tuple(store[name].shape)}")
+                weights.append((store, name, dev.xp.asarray(value, copy=True)))  # never the caller's own array
+            self._weights = weights
+
+    def state_dict(self, model):
+        """``(state, tensors)``: the JSON-able ``{"best", "best_epoch", "wait", "stopped_epoch"}`` and the best
+        epoch's weights as host NumPy copies by state-dict key (parameters, then buffers): the device copies
+        during ``fit``, the model's own once ``fit`` has put them back; empty before any epoch improved or
+        without ``restore_best``."""
+        state = {"best": float(self.best) if self.best is not None else None, "best_epoch": self.best_epoch,
+                 "wait": int(getattr(self, "_wait", 0)), "stopped_epoch": self.stopped_epoch}
+        if self.best_epoch is None or not self.restore_best:
+            return state, {}
+        weights, stores = getattr(self, "_weights", None), _stores(model)
+        if weights is None:  # fit ended and restored them: they are the model's
+            weights = [(store, name, store[name]) for _, store, name in stores]
+        return state, {key: np.array(model.device.to_numpy(value), copy=True)
+                       for (key, _, _), (_, _, value) in zip(stores, weights)}
+
+    def load_state_dict(self, state, tensors=None):
+        """Start the next ``fit`` from ``state_dict``'s output (once; the fit after starts afresh). ``tensors``
+        (the best weights by state-dict key) are needed with ``restore_best`` once an epoch has improved, and
+        checked against the model when the fit starts. Returns self.
+
+        Raises
+        ------
+        InputError
+            Naming the first entry that is missing, unexpected or not what it must be.
+        """
+        keys = ("best", "best_epoch", "wait", "stopped_epoch")
+        if not isinstance(state, dict) or set(state) != set(keys):
+            raise InputError(f"EarlyStopping state must be a dict with the keys {', '.join(keys)}, got "
+                             f"{sorted(state) if isinstance(state, dict) else type(state).__name__}")
+        best = state["best"]
+        if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float)) or math.isnan(best)):
+            raise InputError(f"EarlyStopping state best must be a number or None, got {best!r}")
+        for key, low in (("best_epoch", 1), ("stopped_epoch", 1), ("wait", 0)):
+            value = state[key]
+            if (value is not None or key == "wait") and (isinstance(value, bool) or not isinstance(value, int)
+                                                         or value < low):
+                raise InputError(f"EarlyStopping state {key} must be an integer >= {low}"
+                                 + (" or None" if key != "wait" else "") + f", got {value!r}")
+        if (state["best_epoch"] is None) != (best is None or math.isinf(best)):
+            raise InputError(f"EarlyStopping state best {best!r} does not go with best_epoch {state['best_epoch']!r} "
+                             "(a finite best has the epoch it was reached at; none or an infinite one, no epoch)")
+        if tensors is not None and (not isinstance(tensors, dict) or not all(isinstance(k, str) for k in tensors)):
+            raise InputError("EarlyStopping tensors must be a dict of arrays by state-dict key")
+        if state["best_epoch"] is None:
+            if tensors:
+                raise InputError("EarlyStopping state has no best epoch but tensors were given")
+            tensors = None
+        elif not self.restore_best:
+            tensors = None  # nothing to restore
+        elif tensors is None:
+            raise InputError(f"EarlyStopping(restore_best=True) needs the best weights (tensors) of epoch "
+                             f"{state['best_epoch']} to resume")
+        self._loaded = (dict(state), tensors)
+        return self
 
     def update(self, record, model):
         """After an epoch's record is read: whether to stop now. Keeps a device copy of the best weights."""
@@ -78,3 +162,9 @@ class EarlyStopping:
     def __repr__(self):
         return (f"EarlyStopping(monitor={self.monitor!r}, patience={self.patience}, min_delta={self.min_delta}, "
                 f"restore_best={self.restore_best}, mode={self.mode!r})")
+
+
+def _stores(model):
+    """``(key, store, name)`` of every parameter, then every buffer: the order `update` keeps them in."""
+    return ([(key, layer.params, name) for key, layer, name in model.named_parameters()]
+            + [(key, layer.buffers, name) for key, layer, name in model.named_buffers()])

@@ -6,14 +6,15 @@ import numpy as np
 
 from . import backend
 from .layers import Sequential
+from .losses import Loss, get_loss
 
 __all__ = ["export_onnx"]
 
-INPUT, LOGITS, PROBABILITIES = "input", "logits", "probabilities"
+INPUT, LOGITS, PROBABILITIES, OUTPUTS = "input", "logits", "probabilities", "outputs"
 
 
-def export_onnx(model, path, *, opset=None):
-    """Write ``model`` as an ONNX file with a dynamic batch dimension.
+def export_onnx(model, path, *, opset=None, loss=None):
+    """Write ``model`` as an ONNX file with a dynamic batch dimension, its outputs those of ``loss``'s task.
 
     The graph is traced from ``model.forward`` itself, in eval mode: every layer runs its usual
     Array API code with ``xp = ndonnx`` (and the generic ``Kernels``), so the file computes exactly
@@ -32,20 +33,24 @@ def export_onnx(model, path, *, opset=None):
         ONNX opset of the default domain; default ndonnx's own (21 for ndonnx 0.23). Another
         value converts the graph with ``onnx.version_converter``; opsets below 20 fail there, as
         ndonnx's NaN-aware ``max`` reduces a boolean tensor with ReduceMax (allowed from opset 20).
+    loss : Loss or str, optional
+        The loss the model was trained with (an object or a registered name); default softmax
+        cross-entropy. It picks the outputs: its own ``probabilities`` is traced after the forward pass.
 
     Returns
     -------
     onnx.ModelProto
-        The saved model. Input ``"input"`` of shape ``("N", in_features)`` in the model's dtype;
-        outputs ``"logits"`` and ``"probabilities"`` (softmax over classes), both of shape
-        ``("N", classes)``.
+        The saved model. Input ``"input"`` of shape ``("N", in_features)`` in the model's dtype. Outputs,
+        each ``(batch, out_features)`` in that dtype (ndonnx leaves their batch dimension unnamed): ``"logits"`` and ``"probabilities"`` for a loss that
+        gives probabilities (softmax for softmax cross-entropy, sigmoids for binary cross-entropy); one
+        output ``"outputs"`` for a regression loss (or any loss that defines no ``probabilities``).
 
     Raises
     ------
     ImportError
         When ndonnx or onnx is not installed.
     TypeError
-        When ``model`` is not a portablenn Sequential.
+        When ``model`` is not a portablenn Sequential, or ``loss`` is neither a Loss nor a name.
     ValueError
         When ``opset`` is not a supported opset number.
     """
@@ -57,17 +62,26 @@ def export_onnx(model, path, *, opset=None):
 
     if not isinstance(model, Sequential):
         raise TypeError(f"export_onnx needs a portablenn Sequential (e.g. from mlp), got {type(model).__name__}")
+    loss = get_loss(loss)
     dtype = getattr(ndx, model.dtype)
     traced = _on_device(model, _ndonnx_device(ndx), dtype).eval()  # inference: Dropout off, running statistics
     x = ndx.argument(shape=("N", model.in_features), dtype=dtype)
     logits = traced.forward(x)
-    exp = ndx.exp(logits - ndx.max(logits, axis=1, keepdims=True))
-    probabilities = exp / ndx.sum(exp, axis=1, keepdims=True)
-    proto = ndx.build({INPUT: x}, {LOGITS: logits, PROBABILITIES: probabilities})
+    if _gives_probabilities(loss):
+        outputs = {LOGITS: logits, PROBABILITIES: loss.probabilities(ndx, logits)}
+    else:
+        outputs = {OUTPUTS: logits}
+    proto = ndx.build({INPUT: x}, outputs)
     if opset is not None:
         proto = _convert(onnx, proto, opset)
     onnx.save(proto, os.fspath(path))
     return proto
+
+
+def _gives_probabilities(loss):
+    """Whether ``loss`` turns outputs into probabilities: not a regression loss, and its class (or one between it
+    and Loss) defines ``probabilities``."""
+    return loss.task != "regression" and type(loss).probabilities is not Loss.probabilities
 
 
 def _ndonnx_device(ndx):

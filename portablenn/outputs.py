@@ -30,8 +30,9 @@ KINDS = {  # kind -> what portablenn's own file of that kind is, for the message
     "checkpoint": "a portablenn checkpoint",
     "log": "a portablenn log (JSON lines of epoch records)",
     "png": "a PNG image",
-    "predictions-npz": "a portablenn predictions file (arrays classes and probabilities)",
-    "predictions-csv": "a portablenn predictions file (header class,p0,...)",
+    "predictions-npz": "a portablenn predictions file (arrays classes and probabilities, labels and "
+                       "probabilities, or values)",
+    "predictions-csv": "a portablenn predictions file (header class,p0,..., label0,...,p0,..., or value0,...)",
     "onnx": "an ONNX model exported by portablenn",
 }
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
@@ -90,14 +91,27 @@ def _is_png(path):
         return fh.read(8) == PNG_MAGIC
 
 
+# the arrays of ``portablenn predict``'s .npz: softmax cross-entropy, binary cross-entropy, regression
+_PREDICTION_ARRAYS = (["classes.npy", "probabilities.npy"], ["labels.npy", "probabilities.npy"], ["values.npy"])
+
+
 def _is_predictions_npz(path):
     with zipfile.ZipFile(path) as archive:
-        return sorted(archive.namelist()) == ["classes.npy", "probabilities.npy"]
+        return sorted(archive.namelist()) in _PREDICTION_ARRAYS
 
 
 def _is_predictions_csv(path):
+    """The header ``portablenn predict`` writes for k outputs: ``class,p0,...,p{k-1}``,
+    ``label0,...,label{k-1},p0,...,p{k-1}`` or ``value0,...,value{k-1}``."""
     with open(path, encoding="utf-8") as fh:
-        return re.fullmatch(r"class(,p\d+)+", fh.readline(4096).rstrip("\r\n")) is not None
+        names = fh.readline(1 << 20).rstrip("\r\n").split(",")  # 1 MiB: p0..p99999 fit
+
+    def numbered(prefix, count):
+        return [f"{prefix}{i}" for i in range(count)]
+
+    k = sum(name.startswith("p") for name in names)
+    return ((k >= 1 and names in (["class"] + numbered("p", k), numbered("label", k) + numbered("p", k)))
+            or names == numbered("value", len(names)))
 
 
 def _is_onnx(path):

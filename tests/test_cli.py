@@ -1063,6 +1063,9 @@ def test_multilabel_csv_train_eval_predict(files, capsys):
     assert (saved["labels"] == labels[:5]).mean() >= 0.8
     code, out, _ = call(capsys, "predict", "--checkpoint", "m.safetensors", "--input", "x.csv", "--output", "-")
     assert out.splitlines()[0] == "label0,label1,label2,p0,p1,p2"
+    for output in ("x.csv.predictions.npz", "p.csv", "p.csv"):  # its own predictions replaced without --overwrite
+        code, _, err = call(capsys, "predict", "--checkpoint", "m.safetensors", "--input", "x.csv", "--output", output)
+        assert code == 0, err
 
 
 def test_binary_cross_entropy_on_the_lines_and_its_confusion_matrix(files, capsys):
@@ -1242,12 +1245,26 @@ def test_a_signal_in_the_epoch_early_stopping_ends_finishes_the_run(tmp_path):
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
 
 
-def test_export_of_a_regression_model_says_which_output_applies(files, capsys):
+@pytest.mark.parametrize("data, loss, names", [("reg.csv", "mse", ["outputs"]),
+                                               ("ml.csv", "binary_cross_entropy", ["logits", "probabilities"])])
+def test_export_follows_the_loss_the_checkpoint_was_trained_with(files, capsys, data, loss, names):
+    """A regression checkpoint exports one output "outputs", a binary cross-entropy one sigmoid probabilities;
+    no warning either way."""
     pytest.importorskip("ndonnx")
-    code, _, err = call(capsys, "train", "--dataset", "csv:reg.csv", "--loss", "mse", "--targets", "2", "--epochs", "1",
-                        "--quiet", "--save", "r.safetensors")
+    ort = pytest.importorskip("onnxruntime")
+    targets = 2 if loss == "mse" else 3
+    code, _, err = call(capsys, "train", "--dataset", f"csv:{data}", "--loss", loss, "--targets", str(targets),
+                        "--epochs", "1", "--quiet", "--save", "r.safetensors")
     assert code == 0, err
     code, out, err = call(capsys, "export", "r.safetensors", "--onnx", "r.onnx")
-    assert code == 0 and "-> logits, probabilities (N, 2)" in out
-    assert err == ("portablenn: warning: r.safetensors was trained with --loss mse: the logits are its values; the "
-                   "'probabilities' output (a softmax over the outputs) does not apply to it\n")
+    assert code == 0 and f"-> {', '.join(names)} (N, {targets})" in out and err == "", err
+    session = ort.InferenceSession("r.onnx", providers=["CPUExecutionProvider"])
+    assert [o.name for o in session.get_outputs()] == names
+    from portablenn import checkpoint
+
+    model = checkpoint.load("r.safetensors")
+    X = files[0].astype(np.float32)
+    results = session.run(None, {"input": X})
+    np.testing.assert_allclose(results[0], model.forward(X), rtol=1e-5, atol=1e-6)
+    if loss == "binary_cross_entropy":  # sigmoids, not a softmax over the labels
+        np.testing.assert_allclose(results[1], 1 / (1 + np.exp(-model.forward(X))), rtol=1e-5, atol=1e-6)

@@ -1,4 +1,6 @@
 """Early stopping: where it stops, which weights it keeps, on every device, with no extra host read."""
+import json
+
 import numpy as np
 import pytest
 
@@ -97,3 +99,120 @@ def test_bad_settings_are_one_clear_line():
         pn.fit(model, X, y, optimizer=pn.SGD(0.1), batch_size=10, early_stopping=pn.EarlyStopping())
     with pytest.raises(pn.InputError, match="use log_every=1, not 2"):
         pn.fit(model, X, y, optimizer=pn.SGD(0.1), validation=val, log_every=2, early_stopping=pn.EarlyStopping())
+
+
+# -- its state across a checkpoint: state_dict, load_state_dict ------------------------------------------------
+_SETTINGS = dict(monitor="val_loss", patience=3)
+
+
+@pytest.mark.parametrize("cut", [1, 3])
+@pytest.mark.parametrize("layers", [{}, {"dropout": 0.2, "norm": "batch"}], ids=["plain", "dropout-batchnorm"])
+def test_a_fit_resumed_from_its_state_stops_and_restores_as_the_uninterrupted_one(device, layers, cut):
+    """Fit ``cut`` epochs, take the stopper's state and the weights there (as a checkpoint does), fit on with a
+    fresh EarlyStopping loaded from that state and ``initial_epoch=cut``: the same best and stop epochs and,
+    bit for bit, the same final weights (the restored best ones) as one fit straight through."""
+    X, y, val = _data()
+    full, whole = pn.mlp([5, 16, 3], seed=2, **layers), pn.EarlyStopping(**_SETTINGS)
+    pn.fit(full, X, y, optimizer=pn.SGD(0.05, momentum=0.9), epochs=40, batch_size=10, device=device, validation=val,
+           seed=1, early_stopping=whole)
+    assert whole.stopped_epoch is not None and whole.stopped_epoch > cut  # the stop comes after the resume
+
+    part, first, optimizer = pn.mlp([5, 16, 3], seed=2, **layers), pn.EarlyStopping(**_SETTINGS), pn.SGD(0.05, momentum=0.9)
+    taken = {}
+
+    def at_cut(record):  # the state and weights a checkpoint after epoch `cut` holds
+        if record["epoch"] == cut:
+            taken["state"], taken["weights"] = first.state_dict(part), copy_state(part.state_dict())
+    pn.fit(part, X, y, optimizer=optimizer, epochs=cut, batch_size=10, device=device, validation=val, seed=1,
+           early_stopping=first, callback=at_cut)
+    state, best = taken["state"]
+    assert state == {"best": state["best"], "best_epoch": state["best_epoch"], "wait": cut - state["best_epoch"],
+                     "stopped_epoch": None}
+    assert list(best) == [k for k, _, _ in part.named_parameters()] + [k for k, _, _ in part.named_buffers()]
+    # after fit, the same state, its best weights now the model's own (fit put them back)
+    after_state, after_best = first.state_dict(part)
+    assert after_state == state and list(after_best) == list(best)
+    for key, value in best.items():
+        np.testing.assert_array_equal(after_best[key], value, err_msg=key)
+        np.testing.assert_array_equal(part.state_dict()[key], value, err_msg=key)
+
+    part.load_state_dict(taken["weights"])  # the weights after epoch `cut`, as the checkpoint holds them
+    resumed = pn.EarlyStopping(**_SETTINGS).load_state_dict(json.loads(json.dumps(state)), best)
+    history = pn.fit(part, X, y, optimizer=optimizer, epochs=40, batch_size=10, device=device, validation=val,
+                     seed=1, initial_epoch=cut, early_stopping=resumed)
+    assert history["epoch"][0] == cut + 1
+    assert (resumed.best_epoch, resumed.stopped_epoch, resumed.best) == \
+        (whole.best_epoch, whole.stopped_epoch, whole.best)
+    for key, value in full.state_dict().items():
+        np.testing.assert_array_equal(part.state_dict()[key], value, err_msg=key)
+
+
+def test_loaded_state_applies_to_the_next_fit_only():
+    """A loaded best no epoch can beat: the first fit stops after patience - wait epochs and puts back the loaded
+    best weights; the next fit with the same stopper starts afresh and runs to its end."""
+    X, y, val = _data()
+    model = pn.mlp([5, 16, 3], seed=2)
+    start = copy_state(model.state_dict())
+    stopper = pn.EarlyStopping(patience=3).load_state_dict({"best": 0.0, "best_epoch": 4, "wait": 1,
+                                                            "stopped_epoch": None}, start)
+    history = pn.fit(model, X, y, optimizer=pn.SGD(0.01), epochs=20, batch_size=10, validation=val, initial_epoch=4,
+                     early_stopping=stopper)
+    assert len(history) == 2 and (stopper.best_epoch, stopper.stopped_epoch, stopper.best) == (4, 6, 0.0)
+    for key, value in start.items():
+        np.testing.assert_array_equal(model.state_dict()[key], value, err_msg=key)
+    history = pn.fit(model, X, y, optimizer=pn.SGD(0.01), epochs=5, batch_size=10, validation=val,
+                     early_stopping=stopper)
+    assert len(history) == 5 and stopper.stopped_epoch is None and stopper.best_epoch == 5
+    for key, value in pn.mlp([5, 16, 3], seed=2).state_dict().items():  # training never wrote into the caller's
+        np.testing.assert_array_equal(start[key], value, err_msg=key)
+
+
+def test_a_stopper_before_any_fit_or_improvement_has_no_best_weights():
+    model = pn.mlp([5, 16, 3], seed=2)
+    stopper = pn.EarlyStopping()
+    assert stopper.state_dict(model) == ({"best": None, "best_epoch": None, "wait": 0, "stopped_epoch": None}, {})
+    stopper.start(model, None)
+    assert stopper.state_dict(model) == ({"best": float("inf"), "best_epoch": None, "wait": 0,
+                                          "stopped_epoch": None}, {})
+    state, _ = stopper.state_dict(model)
+    pn.EarlyStopping().load_state_dict(state)  # it loads back, with no tensors
+
+
+@pytest.mark.parametrize("state, tensors, words", [
+    ([], None, "state must be a dict with the keys best, best_epoch, wait, stopped_epoch"),
+    ({"best": 1.0, "best_epoch": 2, "wait": 0}, None, "state must be a dict with the keys"),
+    ({"best": "x", "best_epoch": 2, "wait": 0, "stopped_epoch": None}, {}, "best must be a number or None"),
+    ({"best": float("nan"), "best_epoch": 2, "wait": 0, "stopped_epoch": None}, {}, "best must be a number"),
+    ({"best": 1.0, "best_epoch": 0, "wait": 0, "stopped_epoch": None}, {}, "best_epoch must be an integer >= 1"),
+    ({"best": 1.0, "best_epoch": 2, "wait": -1, "stopped_epoch": None}, {}, "wait must be an integer >= 0"),
+    ({"best": 1.0, "best_epoch": 2, "wait": 0, "stopped_epoch": True}, {}, "stopped_epoch must be an integer"),
+    ({"best": 1.0, "best_epoch": None, "wait": 0, "stopped_epoch": None}, None, "does not go with best_epoch"),
+    ({"best": None, "best_epoch": 2, "wait": 0, "stopped_epoch": None}, None, "does not go with best_epoch"),
+    ({"best": 1.0, "best_epoch": 2, "wait": 0, "stopped_epoch": None}, None, "needs the best weights"),
+    ({"best": 1.0, "best_epoch": 2, "wait": 0, "stopped_epoch": None}, [1.0], "tensors must be a dict"),
+    ({"best": float("inf"), "best_epoch": None, "wait": 0, "stopped_epoch": None}, {"0.weight": 1.0},
+     "no best epoch but tensors"),
+])
+def test_bad_state_is_one_clear_line(state, tensors, words):
+    with pytest.raises(pn.InputError, match=words):
+        pn.EarlyStopping().load_state_dict(state, tensors)
+
+
+def test_best_weights_that_do_not_fit_the_model_are_refused_when_the_fit_starts():
+    X, y, val = _data()
+    model = pn.mlp([5, 16, 3], seed=2)
+    state = {"best": 1.0, "best_epoch": 2, "wait": 0, "stopped_epoch": None}
+    good = model.state_dict()
+    for tensors, words in (({k: v for k, v in good.items() if k != "2.bias"}, "'2.bias' is missing"),
+                           ({**good, "9.weight": good["0.weight"]}, "'9.weight' is not a parameter or buffer"),
+                           ({**good, "0.weight": good["0.weight"].T}, "'0.weight' has shape \\(16, 5\\), the model's "
+                                                                      "has \\(5, 16\\)")):
+        stopper = pn.EarlyStopping().load_state_dict(state, tensors)
+        with pytest.raises(pn.InputError, match=words):
+            pn.fit(model, X, y, optimizer=pn.SGD(0.1), epochs=2, batch_size=10, validation=val,
+                   early_stopping=stopper)
+    # without restore_best no weights are needed, and any given are not kept
+    stopper = pn.EarlyStopping(restore_best=False).load_state_dict(state)
+    pn.fit(model, X, y, optimizer=pn.SGD(0.01), epochs=2, initial_epoch=1, batch_size=10, validation=val,
+           early_stopping=stopper)
+    assert stopper.state_dict(model)[1] == {}

@@ -89,3 +89,75 @@ def test_opset_conversion(tmp_path):
 def test_refuses_what_is_not_a_sequential(tmp_path):
     with pytest.raises(TypeError, match="needs a portablenn Sequential"):
         export_onnx(pn.Linear(3, 2), tmp_path / "m.onnx")
+
+
+# (loss, output names): the outputs follow the task the loss names
+TASKS = [
+    ("softmax_cross_entropy", ["logits", "probabilities"]),
+    ("binary_cross_entropy", ["logits", "probabilities"]),
+    ("mse", ["outputs"]),
+    ("huber", ["outputs"]),
+]
+
+
+def _numpy_probabilities(loss, logits):
+    """The oracle, from the formulas: softmax rows, or elementwise sigmoids."""
+    if loss == "softmax_cross_entropy":
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return exp / exp.sum(axis=1, keepdims=True)
+    return 1.0 / (1.0 + np.exp(-logits))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("loss, names", TASKS, ids=[t[0] for t in TASKS])
+def test_outputs_follow_the_task_and_match_predict(tmp_path, loss, names, dtype):
+    model = _model([4, 6, 3], "tanh", True, dtype)
+    path = tmp_path / f"{loss}.onnx"
+    proto = export_onnx(model, path, loss=loss)
+    assert [o.name for o in proto.graph.output] == names
+    session = _session(path)
+    assert [o.name for o in session.get_outputs()] == names
+    assert all(o.shape[1:] == [3] for o in session.get_outputs())  # ndonnx leaves the batch dimension unnamed
+    X = (5 * np.random.default_rng(3).standard_normal((200, 4))).astype(dtype)  # logits of both signs, large ones
+    results = session.run(None, {"input": X})
+    assert all(r.dtype == np.dtype(dtype) and r.shape == (200, 3) for r in results)
+    assert_close(results[0], model.forward(X), dtype, factor=10)
+    if loss in ("mse", "huber"):  # the predictions are the outputs themselves
+        assert_close(results[0], pn.predict(model, X, loss=loss), dtype, factor=10)
+        return
+    logits, probabilities = results
+    assert_close(probabilities, pn.predict_proba(model, X, loss=loss), dtype, factor=10)
+    assert_close(probabilities, _numpy_probabilities(loss, model.forward(X).astype(np.float64)), dtype, factor=10)
+    labels = np.argmax(logits, axis=1) if loss == "softmax_cross_entropy" else (logits > 0).astype(np.int64)
+    np.testing.assert_array_equal(labels, pn.predict(model, X, loss=loss))
+
+
+def test_default_loss_is_softmax_cross_entropy_byte_for_byte(tmp_path):
+    model = _model([4, 5, 3], "relu", True, "float32")
+    export_onnx(model, tmp_path / "default.onnx")
+    export_onnx(model, tmp_path / "named.onnx", loss="softmax_cross_entropy")
+    export_onnx(model, tmp_path / "object.onnx", loss=pn.losses.SoftmaxCrossEntropy(label_smoothing=0.1))
+    default = (tmp_path / "default.onnx").read_bytes()
+    assert default == (tmp_path / "named.onnx").read_bytes() == (tmp_path / "object.onnx").read_bytes()
+    assert default != export_onnx(model, tmp_path / "bce.onnx", loss="binary_cross_entropy").SerializeToString()
+
+
+def test_loss_objects_and_a_loss_without_probabilities(tmp_path):
+    from portablenn.losses import Huber, Loss
+
+    class Custom(Loss):  # no task said, no probabilities defined: the outputs alone
+        pass
+
+    model = _model([3, 2], "identity", True, "float64")
+    assert [o.name for o in export_onnx(model, tmp_path / "h.onnx", loss=Huber(delta=0.5)).graph.output] == ["outputs"]
+    assert [o.name for o in export_onnx(model, tmp_path / "c.onnx", loss=Custom()).graph.output] == ["outputs"]
+    with pytest.raises(TypeError, match="loss must be a portablenn Loss or the name of one"):
+        export_onnx(model, tmp_path / "bad.onnx", loss=3)
+
+
+def test_binary_cross_entropy_converts_to_opset_20(tmp_path):
+    model = _model([4, 2], "relu", True, "float32")
+    export_onnx(model, tmp_path / "m.onnx", loss="binary_cross_entropy", opset=20)
+    X = np.random.default_rng(0).standard_normal((7, 4)).astype(np.float32)
+    _, probabilities = _session(tmp_path / "m.onnx").run(None, {"input": X})
+    assert_close(probabilities, pn.predict_proba(model, X, loss="binary_cross_entropy"), "float32", factor=10)

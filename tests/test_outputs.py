@@ -360,3 +360,54 @@ def test_is_ours_reads_a_checkpoint_header_of_any_honest_length(tmp_path):
     for missing in ("format_version", "architecture", "dtype"):
         other = {k: v for k, v in meta.items() if k != missing}
         assert not outputs.is_ours(_write(tmp_path / "o.safetensors", st_save({}, metadata=other)), "checkpoint")
+
+
+def test_api_is_ours_knows_every_predictions_format_portablenn_predict_writes(tmp_path):
+    """softmax cross-entropy (classes, probabilities), binary cross-entropy (labels, probabilities), regression
+    (values): each in .npz and .csv is portablenn's; a user's file that merely looks alike is not."""
+    import io
+
+    def npz(name, **arrays):
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return _write(tmp_path / name, buffer.getvalue())
+
+    two = np.zeros((2, 2))
+    ours = {
+        "predictions-npz": [npz("c.npz", classes=np.zeros(2, int), probabilities=two),
+                            npz("l.npz", labels=np.zeros((2, 2), int), probabilities=two),
+                            npz("v.npz", values=two), npz("v1.npz", values=np.zeros((2, 1)))],
+        "predictions-csv": [_write(tmp_path / "c.csv", "class,p0,p1\n0,0.9,0.1\n"),
+                            _write(tmp_path / "l.csv", "label0,label1,p0,p1\n1,0,0.9,0.1\n"),
+                            _write(tmp_path / "l1.csv", "label0,p0\r\n1,0.9\r\n"),
+                            _write(tmp_path / "v.csv", "value0,value1\n0.5,-1.25\n"),
+                            _write(tmp_path / "v1.csv", "value0\n0.5\n"),
+                            _write(tmp_path / "wide.csv", ",".join(f"value{i}" for i in range(2000)) + "\n")],
+    }
+    others = {
+        "predictions-npz": [npz("lv.npz", labels=two, values=two), npz("vx.npz", values=two, notes=two),
+                            npz("p.npz", probabilities=two), npz("vv.npz", value=two)],
+        "predictions-csv": [_write(tmp_path / "n.csv", "value0,notes\n1,a\n"),
+                            _write(tmp_path / "v2.csv", "value1,value2\n1,2\n"),
+                            _write(tmp_path / "vs.csv", "value0,value0\n1,2\n"),
+                            _write(tmp_path / "lp.csv", "label0,label1,p0\n1,0,0.9\n"),
+                            _write(tmp_path / "lx.csv", "label0,p0,notes\n1,0.9,a\n"),
+                            _write(tmp_path / "cp.csv", "class,p1,p2\n0,0.9,0.1\n"),
+                            _write(tmp_path / "c0.csv", "class\n0\n"),
+                            _write(tmp_path / "cv.csv", "class,value0\n0,1\n"),
+                            _write(tmp_path / "sp.csv", "value0, value1\n1,2\n"),
+                            _write(tmp_path / "empty-header.csv", "\n1,2\n")],
+    }
+    for kind, paths in ours.items():
+        for path in paths:
+            assert outputs.is_ours(path, kind), (kind, path.name)
+    for kind, paths in others.items():
+        for path in paths:
+            assert not outputs.is_ours(path, kind), (kind, path.name)
+    # the refusal names every format it would have replaced
+    with pytest.raises(outputs.OutputError, match="labels and probabilities, or values"):
+        outputs.check(tmp_path / "vx.npz", "predictions-npz", flag="--output")
+    with pytest.raises(outputs.OutputError, match=r"header class,p0,\.\.\., label0,\.\.\.,p0,\.\.\., or value0"):
+        outputs.check(tmp_path / "n.csv", "predictions-csv", flag="--output")
+    for path in ours["predictions-csv"]:
+        assert outputs.check(path, "predictions-csv", flag="--output") == path

@@ -1,15 +1,12 @@
-"""portablenn export: a saved model as ONNX (logits and probabilities)."""
-import warnings
-
+"""portablenn export: a saved model as ONNX, with the outputs of the task it was trained for."""
 from .. import outputs
-from ..registry import LOSSES
 from .errors import CLIError
 from .model import load_saved, saved_loss
 
 
 def add_parser(commands):
-    ex = commands.add_parser("export", help="write a saved model as ONNX (logits and probabilities; needs "
-                                            "portablenn[onnx])")
+    ex = commands.add_parser("export", help="write a saved model as ONNX (logits and probabilities, or the "
+                                            "outputs of a regression model; needs portablenn[onnx])")
     ex.add_argument("checkpoint")
     ex.add_argument("--onnx", required=True, metavar="FILE", help="the .onnx file to write")
     ex.add_argument("--overwrite", action="store_true", help="let --onnx replace a file portablenn did not write")
@@ -26,13 +23,8 @@ def run(args):
                   inputs=[(args.checkpoint, "the checkpoint")])
     outputs.prepare(args.onnx, flag="--onnx")
     model, meta = load_saved(args.checkpoint, "cpu")
-    loss = saved_loss(None, meta, args.checkpoint)
-    if loss.task != "classification":
-        name = LOSSES.name_of(loss)
-        use = "the logits are its values" if loss.task == "regression" else "a sigmoid of the logits gives them"
-        warnings.warn(f"{args.checkpoint} was trained with --loss {name}: {use}; the 'probabilities' output "
-                      "(a softmax over the outputs) does not apply to it")
-    export_onnx(model, args.onnx)
-    print(f"wrote {args.onnx}: input (N, {model.in_features}) {model.dtype} -> logits, probabilities "
-          f"(N, {model.out_features})")
+    loss = saved_loss(None, meta, args.checkpoint)  # the recorded --loss; softmax cross-entropy in older files
+    proto = export_onnx(model, args.onnx, loss=loss)
+    names = ", ".join(output.name for output in proto.graph.output)
+    print(f"wrote {args.onnx}: input (N, {model.in_features}) {model.dtype} -> {names} (N, {model.out_features})")
     return 0

@@ -7,7 +7,6 @@ import warnings
 import numpy as np
 
 from ..datasets import registry
-from ..early_stopping import EarlyStopping
 from ..history import fields
 from ..models import mlp
 from ..optim import OPTIMIZERS
@@ -273,49 +272,6 @@ def build(args, opts, splits):
     model = mlp(sizes, activation=opts["activation"], bias=opts["bias"], init=opts["init"], seed=args.seed,
                 dtype=opts["dtype"], dropout=opts.get("dropout", 0.0), norm=opts.get("norm"))
     return model, optimizer
-
-
-class ResumableEarlyStopping(EarlyStopping):
-    """`EarlyStopping` that can start from a checkpoint's state (its best value, epoch, count and weights):
-    a resumed run then stops, and restores, exactly where the uninterrupted one does.
-
-    Reads and sets the base class's ``_wait`` and ``_weights`` (its device copies of the best epoch's
-    parameters and buffers, in ``named_parameters()`` then ``named_buffers()`` order)."""
-
-    def __init__(self, *args, saved=None, best_weights=None, **kwargs):
-        super().__init__(*args, **kwargs)
-        self._saved, self._best_weights = saved, best_weights
-
-    def start(self, model, validation):
-        super().start(model, validation)
-        if self._saved is None:
-            return
-        saved, self._saved = self._saved, None  # once: a second fit starts afresh, as the base class does
-        self.best, self.best_epoch, self._wait = saved["best"], saved["best_epoch"], saved["wait"]
-        if self._best_weights is not None:
-            dev, stores = model.device, _stores(model)
-            self._weights = [(store, name, dev.asarray(np.array(self._best_weights[key], copy=True)))
-                             for key, store, name in stores]
-            self._best_weights = None
-
-    def state(self, model):
-        """``(state, tensors)`` for a checkpoint: the JSON-able state, and the best weights by state-dict key
-        (the model's own once ``fit`` has put them back; empty before any epoch improved)."""
-        state = {"best": float(self.best) if self.best is not None else None, "best_epoch": self.best_epoch,
-                 "wait": int(getattr(self, "_wait", 0)), "stopped_epoch": self.stopped_epoch}
-        if self.best_epoch is None:
-            return state, {}
-        weights = getattr(self, "_weights", None)
-        stores = _stores(model)
-        if weights is None:  # fit ended and restored them: they are the model's
-            return state, {key: store[name] for key, store, name in stores}
-        return state, {key: value for (key, _, _), (_, _, value) in zip(stores, weights)}
-
-
-def _stores(model):
-    """``(key, store, name)`` of every parameter, then every buffer: the order `EarlyStopping` keeps them in."""
-    return ([(key, layer.params, name) for key, layer, name in model.named_parameters()]
-            + [(key, layer.buffers, name) for key, layer, name in model.named_buffers()])
 
 
 def saved_loss(given, meta, path):

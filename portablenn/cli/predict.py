@@ -1,9 +1,7 @@
 """portablenn predict: what a saved model predicts for the rows of a .npy/.csv file: class indices and
 probabilities (softmax cross-entropy), 0/1 labels and probabilities (binary cross-entropy), values (regression)."""
 import io
-import re
 import sys
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +12,7 @@ from ..train import predict, predict_proba
 from .arguments import device, kernels_arg
 from .errors import CLIError
 from .model import load_saved, saved_loss
+
 
 def add_parser(commands):
     pr = commands.add_parser("predict", help="what a saved model predicts for the rows of a .npy/.csv file")
@@ -32,20 +31,6 @@ def add_parser(commands):
     return pr
 
 
-def _ours(path):
-    """Whether ``path`` is a predictions file of binary cross-entropy or regression written by this command
-    (``outputs.is_ours`` knows the classification ones)."""
-    try:
-        if zipfile.is_zipfile(path):
-            with zipfile.ZipFile(path) as archive:
-                return sorted(archive.namelist()) in (["labels.npy", "probabilities.npy"], ["values.npy"])
-        with open(path, encoding="utf-8") as fh:
-            header = fh.readline(4096).rstrip("\r\n")
-        return re.fullmatch(r"label\d+(,label\d+)*(,p\d+)+|value\d+(,value\d+)*", header) is not None
-    except (OSError, UnicodeDecodeError, zipfile.BadZipFile):
-        return False
-
-
 def run(args):
     path = Path(args.input)
     if not path.is_file():
@@ -56,8 +41,7 @@ def run(args):
         if kind is None:
             raise CLIError(f"--output {out}: name a .npz file (arrays of predictions) or a .csv file, "
                            "or '-' for CSV on standard output")
-        ours = Path(out).is_file() and not Path(out).is_symlink() and _ours(out)
-        outputs.check(out, kind, flag="--output", overwrite=args.overwrite or ours,
+        outputs.check(out, kind, flag="--output", overwrite=args.overwrite,
                       inputs=[(args.input, "the --input file"), (args.checkpoint, "the --checkpoint")])
         outputs.prepare(out, flag="--output")
     model, meta = load_saved(args.checkpoint, device(args))

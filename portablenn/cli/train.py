@@ -12,6 +12,7 @@ import numpy as np
 from .. import __version__, backend, outputs
 from ..backends.cupy import cuda_problem
 from ..datasets import registry
+from ..early_stopping import EarlyStopping
 from ..losses import SoftmaxCrossEntropy
 from ..registry import LOSSES
 from ..schedules import CosineWarmup
@@ -20,7 +21,7 @@ from ..validation import check_epochs
 from . import table
 from .arguments import control_args, device, kernels_arg, model_args
 from .errors import CLIError
-from .model import (ResumableEarlyStopping, build, check_monitor, control_options, held_out_split, hold_out,
+from .model import (build, check_monitor, control_options, held_out_split, hold_out,
                     make_schedule, options, outputs_of)
 from .ranks import agreed, communicator
 from .resume import resume
@@ -123,10 +124,10 @@ def run(args):
     early = None
     if opts.get("early_stopping"):
         stopping_options = opts["early_stopping"]
-        early = ResumableEarlyStopping(stopping_options["monitor"], stopping_options["patience"],
-                                       stopping_options["min_delta"], restore_best=True,
-                                       saved=early_saved[0] if early_saved else None,
-                                       best_weights=early_saved[1] if early_saved else None)
+        early = EarlyStopping(stopping_options["monitor"], stopping_options["patience"],
+                              stopping_options["min_delta"], restore_best=True)
+        if early_saved:  # a resumed run stops, and restores, exactly where the uninterrupted one does
+            early.load_state_dict(*early_saved)
     ranks = f" x {comm.size} MPI ranks" if comm is not None else ""
     say(f"portablenn {__version__} | device {dev.name}{ranks}" + (f" (auto: {why})" if why else "")
           + f" | {args.dataset}: {X.shape[0]} train" + "".join(f", {splits[n][0].shape[0]} {n}" for n in evals))
@@ -166,7 +167,7 @@ def run(args):
 
         train, extra = dict(keep), {}
         if early is not None:  # its state and best weights: a resumed run stops where this one would
-            train["early_stopping_state"], best = early.state(model)
+            train["early_stopping_state"], best = early.state_dict(model)
             extra = {"best." + key: value for key, value in best.items()}
         data, tensors = checkpoint._serialise(model, optimizer=optimizer, extra=extra, metadata={
             "dataset": args.dataset, "epoch": epoch, "seed": args.seed, "train": json.dumps(train)})
