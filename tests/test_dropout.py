@@ -429,3 +429,35 @@ def test_graph_step_with_dropout_equals_the_ordinary_loop_bit_for_bit(device, no
     assert_state_close(state, ref, "float32", factor=factor)
     assert state["2.counter" if norm is None else "3.counter"] == 15  # 5 steps an epoch
     assert_close(history["loss"], ref_history["loss"], "float32", factor=factor)
+
+
+def _lowbias32_reference(x):
+    x &= 0xFFFFFFFF
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & 0xFFFFFFFF
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & 0xFFFFFFFF
+    return x ^ (x >> 16)
+
+
+def _derive_seed_reference(seed, index):
+    """The docstring's formula in plain Python ints: the word count, then each 32-bit word, hashed in turn."""
+    words = []
+    while True:
+        words.append(seed & 0xFFFFFFFF)
+        seed >>= 32
+        if not seed:
+            break
+    h = _lowbias32_reference(_lowbias32_reference(index) ^ len(words))
+    for word in words:
+        h = _lowbias32_reference(h ^ _lowbias32_reference(word ^ 0x9E3779B9))
+    return h
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2**32 - 1, 2**32, 2**64 + 5, 2**65 + 5])
+def test_derive_seed_is_the_documented_formula_for_seeds_of_any_size(seed):
+    from portablenn.counter_rng import derive_seed
+
+    for index in (0, 1, 7):
+        assert derive_seed(seed, index) == _derive_seed_reference(seed, index)
+    assert derive_seed(2**64 + 5, 1) != derive_seed(2**65 + 5, 1)

@@ -216,3 +216,27 @@ def test_best_weights_that_do_not_fit_the_model_are_refused_when_the_fit_starts(
     pn.fit(model, X, y, optimizer=pn.SGD(0.01), epochs=2, initial_epoch=1, batch_size=10, validation=val,
            early_stopping=stopper)
     assert stopper.state_dict(model)[1] == {}
+
+
+def _stops(stopper, values, key="loss"):
+    """Feed made-up records to ``stopper`` (no model: restore_best=False); the epochs it improved at and stopped."""
+    stopper.start(None, None)
+    improved, stopped = [], None
+    for epoch, value in enumerate(values, start=1):
+        before = stopper.best_epoch
+        if stopper.update({"epoch": epoch, key: value}, None):
+            stopped = epoch
+            break
+        if stopper.best_epoch != before:
+            improved.append(epoch)
+    return improved, stopped
+
+
+def test_min_delta_and_the_modes_on_made_up_records():
+    # an improvement must beat the best by more than min_delta: 0.97 and 0.96 are within 0.05 of 1.0
+    assert _stops(pn.EarlyStopping("loss", 2, 0.05, restore_best=False), [1.0, 0.97, 0.96, 0.9]) == ([1], 3)
+    assert _stops(pn.EarlyStopping("loss", 2, 0.0, restore_best=False), [1.0, 0.97, 0.96, 0.9]) == ([1, 2, 3, 4], None)
+    # mode="max" on a lower-is-better name, mode="min" on r2: the mode given wins over the name
+    assert _stops(pn.EarlyStopping("loss", 2, 0.0, restore_best=False, mode="max"), [1.0, 2.0, 1.5, 1.0]) == ([1, 2], 4)
+    assert _stops(pn.EarlyStopping("r2", 2, 0.0, restore_best=False, mode="min"), [0.5, 0.4, 0.6, 0.7], "r2") == ([1, 2], 4)
+    assert _stops(pn.EarlyStopping("r2", 2, 0.0, restore_best=False), [0.5, 0.4, 0.6, 0.7], "r2") == ([1, 3, 4], None)

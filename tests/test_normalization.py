@@ -484,3 +484,10 @@ def test_fit_refuses_batch_norm_where_a_minibatch_would_have_one_row_or_be_split
         pn.fit(model, X, y, optimizer=pn.SGD(0.1), batch_size=7, reducer=pn.train.Reducer())
     pn.fit(model, X, y, optimizer=pn.SGD(0.1), batch_size=7)  # 3 minibatches of 7 rows: trains
     pn.fit(pn.mlp([3, 4, 2], norm="layer"), X, y, optimizer=pn.SGD(0.1), batch_size=10)  # LayerNorm: per row
+
+
+def test_mlp_builds_the_norm_layers_with_pytorchs_defaults():
+    batch = pn.mlp([3, 4, 2], norm="batch").layers[1]
+    layer = pn.mlp([3, 4, 2], norm="layer").layers[1]
+    assert batch.to_config() == {"num_features": 4, "eps": 1e-5, "momentum": 0.1}
+    assert layer.to_config() == {"normalized_shape": 4, "eps": 1e-5}

@@ -621,3 +621,14 @@ def test_float64_model_on_no_float64_device_raises_device_error():
     model32 = _model("float32")
     pn.fit(model32, X, y, optimizer=pn.SGD(0.1), device="array_api_strict:no_float64", epochs=1, batch_size=None)
     assert model32.device.name == "array_api_strict:no_float64"
+
+
+def test_fit_leaves_a_model_in_the_mode_it_was_given():
+    """Train mode for the steps, and the caller's mode after: a model in eval mode stays there."""
+    X, y = classification_data(n=20, features=3, classes=2, seed=0)
+    model = pn.mlp([3, 4, 2], dropout=0.5).eval()
+    pn.fit(model, X, y, optimizer=pn.SGD(0.1), epochs=1, batch_size=10)
+    assert not model.training and not any(layer.training for layer in model.layers)
+    model.train()
+    pn.fit(model, X, y, optimizer=pn.SGD(0.1), epochs=1, batch_size=10)
+    assert model.training
