@@ -230,7 +230,8 @@ def device(spec="cpu", *, fast=None, kernels=None, verbose=False):
     spec : str or Device
         ``"cpu"`` | ``"numpy"`` | ``"cuda"`` | ``"cuda:N"`` | ``"auto"`` | ``"array_api_strict"`` |
         ``"array_api_strict:NAME"`` (NAME in CPU_DEVICE, device1, device2, no_float64) |
-        ``"torch"`` | ``"torch:cpu"`` | ``"torch:cuda"`` | ``"torch:cuda:N"``.
+        ``"torch"`` | ``"torch:cpu"`` | ``"torch:cuda"`` | ``"torch:cuda:N"`` | ``"jax"`` (JAX's default
+        device) | ``"jax:cpu"`` | ``"jax:cuda"`` | ``"jax:cuda:N"``.
     kernels : {"auto", "fast", "generic"}, optional
         Which kernels run the hot path (see ``Device``); default "auto" for a spec string (the fast
         ones, proven on first use on an accelerator), unchanged for a Device.
@@ -276,7 +277,7 @@ def _resolve(spec, mode, verbose):
     backend = backends.for_word(word)
     if backend is None:
         raise DeviceError(f"unknown device {spec!r}; expected cpu, cuda, cuda:N, auto, "
-                          "array_api_strict[:NAME] or torch[:cpu|cuda[:N]]")
+                          "array_api_strict[:NAME], torch[:cpu|cuda[:N]] or jax[:cpu|cuda[:N]]")
     return backend.resolve(spec, rest if ":" in text else None, mode)
 
 

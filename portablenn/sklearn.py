@@ -5,7 +5,7 @@ import warnings
 
 import numpy as np
 from array_api_compat import (array_namespace, is_array_api_obj, is_array_api_strict_namespace, is_cupy_array,
-                              is_numpy_array, is_torch_array)
+                              is_jax_array, is_numpy_array, is_torch_array)
 
 try:
     from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
@@ -111,7 +111,7 @@ _PARAMETERS = """
         portablenn's own: Dropout with this probability after every hidden activation, in training only.
     device : str, default="auto"
         Where NumPy input is trained and predicted (``"cpu"``, ``"cuda:0"``, ... see
-        ``portablenn.device``). Ignored for CuPy, PyTorch and array-api-strict input, which uses
+        ``portablenn.device``). Ignored for CuPy, PyTorch, JAX and array-api-strict input, which uses
         the input's own device.
     dtype : {"float32", "float64"}, default="float32"
         Dtype of the parameters and of the outputs.
@@ -150,7 +150,7 @@ _ATTRIBUTES = """
 """
 
 _NOTES = """
-    *Array in, array out*: given a CuPy, PyTorch or array-api-strict array, ``fit`` trains on that
+    *Array in, array out*: given a CuPy, PyTorch, JAX or array-api-strict array, ``fit`` trains on that
     array's device and ``predict`` returns arrays of the input's namespace on the input's device.
     NumPy (and anything else scikit-learn accepts: lists, DataFrames) is validated with
     scikit-learn's own helpers, trained on ``device`` and answered with NumPy arrays.
@@ -473,7 +473,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         Parameters
         ----------
         X : array of shape (n_samples, n_features)
-            NumPy or anything scikit-learn accepts; or a CuPy, PyTorch or array-api-strict array,
+            NumPy or anything scikit-learn accepts; or a CuPy, PyTorch, JAX or array-api-strict array,
             which is trained on its own device.
         y : array of shape (n_samples,)
             Class labels of any sortable type, from any namespace.
@@ -622,7 +622,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         Parameters
         ----------
         X : array of shape (n_samples, n_features)
-            NumPy or anything scikit-learn accepts; or a CuPy, PyTorch or array-api-strict array,
+            NumPy or anything scikit-learn accepts; or a CuPy, PyTorch, JAX or array-api-strict array,
             which is trained on its own device.
         y : array of shape (n_samples,) or (n_samples, n_outputs)
             Real targets, from any namespace.
@@ -724,7 +724,7 @@ def _real(value):
 
 
 def _input_device(X):
-    """The portablenn device spec of a CuPy, PyTorch or array-api-strict array; None for NumPy and array-likes.
+    """The portablenn device spec of a CuPy, PyTorch, JAX or array-api-strict array; None for NumPy and array-likes.
 
     Raises
     ------
@@ -740,5 +740,8 @@ def _input_device(X):
         return "torch:cpu" if where.type == "cpu" else f"torch:{where.type}:{where.index or 0}"
     if is_array_api_strict_namespace(array_namespace(X)):
         return f"array_api_strict:{X.device._device}"
+    if is_jax_array(X):
+        where = X.device
+        return "jax:cpu" if where.platform == "cpu" else f"jax:cuda:{where.id}"
     raise ValueError(f"cannot train on {type(X).__module__}.{type(X).__name__} arrays; "
-                     "pass NumPy, CuPy, PyTorch or array-api-strict arrays")
+                     "pass NumPy, CuPy, PyTorch, JAX or array-api-strict arrays")

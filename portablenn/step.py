@@ -64,11 +64,12 @@ class Step:
         self.clip_norm = None if clip_norm is None else float(clip_norm)
         self.xp, kernels = device.xp, device.kernels
         self._value_and_grad = loss_function(loss, kernels)
-        self._weights = weight_matrices(model) if self.l2 else None
+        self._functional = not device.backend.mutable  # arrays that cannot change in place: new ones instead
+        # listed once where arrays change in place; where they are rebound, read afresh every step
+        self._weights = weight_matrices(model) if self.l2 and not self._functional else None
         # (key, layer, name, L2 strength, takes weight decay): both touch what the layer declares `decayed`
         self._params = [(key, layer, name, self.l2 if name in layer.decayed else 0.0, name in layer.decayed)
                         for key, layer, name in model.named_parameters()]
-        self._functional = not device.backend.mutable  # arrays that cannot change in place: new ones instead
         self._sgd_in_gemm = (kernels.fuses_sgd and not self._functional and type(optimizer) is SGD
                              and not optimizer.momentum and self.clip_norm is None
                              and reducer is None and isinstance(model, Sequential)
@@ -76,8 +77,12 @@ class Step:
         self.fused = [name for name, chosen in (("loss", self._value_and_grad != loss.value_and_grad),
                                                 ("sgd_in_gemm", self._sgd_in_gemm)) if chosen]
 
-    def __call__(self, xb, targets, rows):
-        """Train on one minibatch (this worker's part of ``rows`` global rows): device ``(loss_sum, metric_sum)``."""
+    def __call__(self, xb, targets, rows, hyper=None):
+        """Train on one minibatch (this worker's part of ``rows`` global rows): device ``(loss_sum, metric_sum)``.
+
+        ``hyper`` is the optimizer's scalars for this step where the caller gives them (a compiled pure step
+        passes them as arguments, ``portablenn.pure_step``); by default ``optimizer.hyper`` of the step's number.
+        """
         model, optimizer = self.model, self.optimizer
         outputs = model.forward(xb)
         lr = optimizer.lr_at(optimizer.steps + 1) if self._sgd_in_gemm else 1.0  # folded into the loss gradient
@@ -93,7 +98,7 @@ class Step:
             self.gradients.reduce(self.reducer)
         if self.clip_norm is not None:
             self._clip()
-        hyper, device = optimizer.hyper(optimizer.steps), self.device
+        hyper, device = optimizer.hyper(optimizer.steps) if hyper is None else hyper, self.device
         for key, layer, name, decay, decays in self._params:
             p = layer.params[name]
             state = optimizer.buffers(key, p, device)

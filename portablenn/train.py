@@ -16,6 +16,7 @@ from .losses import SoftmaxCrossEntropy, get_loss, l2_penalty, weight_matrices
 from .schedules import Schedule
 from .reducer import _COMM_ADAPTERS, FlatGradients, Reducer, comm_reducer, register_comm_adapter  # noqa: F401
 from .split import validation_split
+from .pure_step import PureStep
 from .static_step import StaticStep
 from .step import loss_function, make_step
 from .validation import InputError, check_batch_size, check_epochs, check_features, check_l2
@@ -167,6 +168,10 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
     if coupled and (batch == 1 or data.n % batch == 1):
         raise InputError(f"{type(coupled[0]).__name__} needs at least 2 rows in every minibatch; batch size "
                          f"{batch} over {data.n} rows leaves a minibatch of 1 row: change the batch size")
+    functional = not dev.backend.mutable  # arrays that cannot change in place (JAX): the step is a pure function
+    if functional and (comm is not None or reducer is not None):
+        raise InputError(f"data-parallel training sums gradients in place, which {dev.name} cannot do: train on "
+                         "a device whose arrays are mutable (cpu, cuda, torch)")
     optimizer.bind(model, l2)
     gradients = None  # the Reducer's set-up; without one, a single worker (identities)
     if comm is not None:
@@ -184,13 +189,13 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
     train_step = make_step(model, loss, optimizer, dev, l2=l2, clip_norm=clip_norm, reducer=reducer,
                            gradients=gradients)
     value = loss_function(loss, dev.kernels)
-    weights = weight_matrices(model) if l2 else None
+    weights = weight_matrices(model) if l2 and not functional else None  # rebound every step where functional
     starts = range(0, data.n, batch)
     steps = len(starts)
     if schedule is not None:
         schedule.start(steps_per_epoch=steps, epochs=epochs, rows=data.n)
 
-    history, pending, block, was_training = History(), [], None, model.training
+    history, pending, block, rows, was_training = History(), [], None, [], model.training
     stopped = []  # the epoch the early-stopping check ended training at, set inside the records' callback
     if early_stopping is not None:
         early_stopping.start(model, validation)
@@ -208,15 +213,22 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
         callback = on_record
     with dev.activate():
         shuffled = bool(shuffle) and batch < data.n
-        static = StaticStep(dev, data, batch, shuffled, train_step, optimizer, model.dtype) if graph else None
+        static = None  # the recorded step (graph=True), or the pure one that immutable arrays need
+        if functional:
+            static = PureStep(dev, data, batch, steps, train_step, model, optimizer, model.dtype)
+        elif graph:
+            static = StaticStep(dev, data, batch, shuffled, train_step, optimizer, model.dtype)
         try:
             model.train()  # and eval() around each validation pass only: a mode switch costs ~2 us an epoch
             for epoch in range(initial_epoch + 1, epochs + 1):
                 began = time.perf_counter()
-                if not pending:  # a block of metric rows, read back in one transfer by _flush
-                    block = dev.zeros((min(log_every, epochs - epoch + 1), LOSSES + steps), model.dtype)
-                row = block[len(pending), :]
-                step_losses = row[LOSSES:]  # per-step loss sums: the epoch's loss, and where it diverged
+                if functional:  # the epoch's row is assembled at its end (_row)
+                    row = step_losses = None
+                else:
+                    if not pending:  # a block of metric rows, read back in one transfer by _flush
+                        block = dev.zeros((min(log_every, epochs - epoch + 1), LOSSES + steps), model.dtype)
+                    row = block[len(pending), :]
+                    step_losses = row[LOSSES:]  # per-step loss sums: the epoch's loss, and where it diverged
                 order = None
                 if shuffled:
                     order = dev.asarray(np.random.default_rng([seed, epoch]).permutation(data.n), dtype=dev.index_dtype)
@@ -224,7 +236,9 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
                 if static is not None:
                     static.start_epoch(order)
                 for step, start in enumerate(starts):
-                    if static is not None and step < static.steps:
+                    if functional:
+                        static.run(step, start, min(start + batch, data.n))
+                    elif static is not None and step < static.steps:
                         static.run()  # a full minibatch through the recorded step
                     else:
                         stop = min(start + batch, data.n)
@@ -237,15 +251,22 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
                         metric = metric + step_metric
                     if on_step is not None:
                         on_step(epoch, step + 1, steps)
-                if static is not None:
+                if functional:
+                    step_losses, metric = static.finish_epoch()
+                elif static is not None:
                     metric = static.finish_epoch(step_losses, metric)
-                row[METRIC] = metric
+                sums = {METRIC: metric}
                 if val is not None:
                     model.eval()
-                    row[VAL_LOSS], row[VAL_METRIC] = _totals(model, val_part, value)
+                    sums[VAL_LOSS], sums[VAL_METRIC] = _totals(model, val_part, value)
                     model.train()
                     if l2:
-                        row[L2] = l2_penalty(model, l2, weights)
+                        sums[L2] = l2_penalty(model, l2, weights)
+                if functional:
+                    rows.append(_row(dev, sums, step_losses, model.dtype))
+                else:
+                    for column, value_sum in sums.items():
+                        row[column] = value_sum
                 if reducer is not None:  # one small reduction of the epoch's additive sums
                     sums = row[METRIC:]
                     reduced = reducer.reduce_metrics(sums)
@@ -253,6 +274,9 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
                         row[METRIC:] = reduced
                 pending.append((epoch, began))
                 if epoch % log_every == 0 or epoch == epochs:
+                    if functional:
+                        block = dev.xp.stack(rows)
+                        rows.clear()
                     _flush(dev, block, pending, history, callback, optimizer, loss, data, val)
                 if stopped:
                     break
@@ -262,9 +286,17 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
             model.train(was_training)
             for layer in offset:
                 layer.row_offset = 0
-            if static is not None:
+            if static is not None and not functional:
                 static.close()
     return history
+
+
+def _row(dev, sums, step_losses, dtype):
+    """An epoch's metric row (``history`` columns L2 .. LOSSES, then the per-step losses) as one new array, for
+    devices whose arrays cannot be written into; ``sums`` maps a column to a 0-d array or a float (0 if absent)."""
+    xp, zero = dev.xp, dev.zeros((), dtype)
+    head = [zero if column not in sums else sums[column] + zero for column in range(LOSSES)]
+    return xp.concat([xp.stack(head), step_losses])
 
 
 _flush = read_metrics  # module-level, so that a test can patch train._flush

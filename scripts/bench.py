@@ -14,7 +14,8 @@ writes JSON (``--json``).
 
     python scripts/bench.py                 # everything available here
     python scripts/bench.py --quick         # fewer repetitions
-    python scripts/bench.py --only wide     # one section (or several: --only mnist,spiral; also memory)
+    python scripts/bench.py --only wide     # one section (or several: --only mnist,spiral; also memory, jax)
+    python scripts/bench.py --only jax --jax-device jax:cuda   # the compiled JAX step (scripts/_jax_bench.py)
     python scripts/bench.py --gpu-epoch     # only the GPU MNIST epoch, against PyTorch CUDA eager (gpu_check.sh)
     python scripts/bench.py --gpu-epoch --device cpu --rows 6000 --rounds 2   # its rehearsal on the CPU
 
@@ -472,7 +473,7 @@ def table(title, times, reference, unit=1e3, unit_name="ms", per=1, failed=None,
     return rows
 
 
-SECTIONS = ("mnist", "spiral", "wide", "memory")
+SECTIONS = ("mnist", "spiral", "wide", "memory", "jax")
 
 
 def sections_arg(text):
@@ -497,6 +498,7 @@ def main(argv=None):
                              "MNIST's shape, with the GPU targets (scripts/gpu_check.sh)")
     parser.add_argument("--device", default="cuda", help="--gpu-epoch: cuda, or cpu for a rehearsal")
     parser.add_argument("--rows", type=int, default=60000, help="--gpu-epoch: rows of the synthetic data")
+    parser.add_argument("--jax-device", default="jax:cpu", help="the jax section's device (jax:cpu, jax:cuda)")
     args = parser.parse_args(argv)
     repeat = 3 if args.quick else args.repeat
     if args.gpu_epoch:
@@ -600,6 +602,9 @@ def main(argv=None):
                             interleave(spiral, repeat, spiral_failed), "hand-written NumPy CS231n loop (reference)",
                             unit=1e6, unit_name="us/step", per=steps, failed=spiral_failed)
     wide_rows, wide_check, wide_failed = wide_section(repeat) if "wide" in args.only else ([], {}, {})
+    jax_rows, jax_failed = {}, {}
+    if "jax" in args.only:
+        jax_rows, jax_failed = jax_rows_or_reason(repeat, args.jax_device)
     info["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak host memory (RSS) of this benchmark process: {info['peak_rss_mib']:.0f} MiB")
     info["memory"] = {}
@@ -611,10 +616,25 @@ def main(argv=None):
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"info": info, "sections": list(args.only), "mnist": mnist_rows, "spiral": spiral_rows,
-                       "wide": wide_rows, "max_abs_diff": check, "wide_max_rel_diff": wide_check,
+                       "wide": wide_rows, "jax": jax_rows, "max_abs_diff": check, "wide_max_rel_diff": wide_check,
                        "failed": {**failed, **{f"spiral: {k}": v for k, v in spiral_failed.items()},
-                                  **{f"wide: {k}": v for k, v in wide_failed.items()}}}, f, indent=1)
-    return 1 if failed or spiral_failed or wide_failed else 0
+                                  **{f"wide: {k}": v for k, v in wide_failed.items()},
+                                  **{f"jax: {k}": v for k, v in jax_failed.items()}}}, f, indent=1)
+    return 1 if failed or spiral_failed or wide_failed or jax_failed else 0
+
+
+def jax_rows_or_reason(repeat, spec):
+    """The jax section (scripts/_jax_bench.py) on ``spec``, or a skip line where JAX or that device is missing."""
+    dev, why = backend.probe(spec)
+    if dev is None:
+        print(f"\njax section skipped: {why}")
+        return {"skipped": why}, {}
+    from _jax_bench import jax_section
+
+    X, y, name = mnist_data()
+    Xw, yw = synthetic_mnist(WIDE_ROWS)
+    return jax_section(repeat, (X, y.astype(np.int64), list(initial_weights()), name),
+                       (Xw, yw, wide_weights(), f"synthetic {WIDE_ROWS}x784"), spec)
 
 
 # -- --gpu-epoch: the GPU's MNIST epoch against PyTorch CUDA eager (scripts/gpu_check.sh) ------------

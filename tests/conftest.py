@@ -9,6 +9,7 @@
                                    implicit conversion to NumPy
 * ``array_api_strict:no_float64``  a device without float64 (float64 cases skip, see ``dtype``)
 * ``torch:cpu``                    only when PyTorch imports
+* ``jax:cpu``                      only when JAX imports: immutable arrays, the step compiled by ``jax.jit``
 * ``cuda``, ``cuda-generic``       CuPy with its fused kernels / with the generic ones, marked ``gpu``;
                                    they skip unless ``probe("cuda")`` succeeds
 
@@ -37,6 +38,17 @@ def _torch_importable():
 
 HAS_TORCH = _torch_importable()
 
+
+def _jax_importable():
+    try:
+        import jax  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+HAS_JAX = _jax_importable()
+
 # (spec, fast) per backend; ids are what ``-k`` selects on.
 DEVICE_PARAMS = [
     pytest.param(("numpy", True), id="numpy"),
@@ -47,6 +59,8 @@ DEVICE_PARAMS = [
 ]
 if HAS_TORCH:
     DEVICE_PARAMS.append(pytest.param(("torch:cpu", True), id="torch:cpu"))
+if HAS_JAX:
+    DEVICE_PARAMS.append(pytest.param(("jax:cpu", True), id="jax:cpu"))
 DEVICE_PARAMS.append(pytest.param(("cuda", True), id="cuda", marks=pytest.mark.gpu))
 DEVICE_PARAMS.append(pytest.param(("cuda", False), id="cuda-generic", marks=pytest.mark.gpu))
 

@@ -10,17 +10,17 @@ PACKAGE = Path(__file__).resolve().parents[1] / "portablenn"
 
 MATH = {"layers", "losses", "optim", "init", "models", "registry", "kernels", "dropout", "normalization", "counter_rng",
         "schedules"}
-TRAINING = {"step", "train", "data", "history", "reducer", "static_step", "early_stopping", "split"}
+TRAINING = {"step", "train", "data", "history", "reducer", "static_step", "pure_step", "early_stopping", "split"}
 BACKENDS = {"backends.__init__", "backends.numpy", "backends.cupy", "backends.cupy_kernels", "backends.strict",
-            "backends.torch"}
+            "backends.torch", "backends.jax"}
 
 # module group -> what it may import from portablenn (module names relative to the package; a name
 # matches itself and the modules under it)
 ALLOWED = {
     **{m: {"backend", "init", "layers", "registry", "validation", "counter_rng", "dropout", "normalization"}
        for m in MATH},
-    **{m: {"backend", "data", "early_stopping", "history", "layers", "losses", "optim", "reducer", "schedules",
-           "split", "static_step", "step", "validation"} for m in TRAINING},
+    **{m: {"backend", "data", "early_stopping", "history", "layers", "losses", "optim", "pure_step", "reducer",
+           "schedules", "split", "static_step", "step", "validation"} for m in TRAINING},
     **{m: {"_blas", "backend", "backends", "kernels"} for m in BACKENDS},
     "distributed": {"backend", "backends.cupy", "reducer", "validation"},
 }

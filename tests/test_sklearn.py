@@ -28,7 +28,7 @@ from portablenn.sklearn import MLPClassifier, MLPRegressor  # noqa: E402
 import _oracle as oracle  # noqa: E402
 from _support import classification_data  # noqa: E402
 from _tolerances import assert_close, assert_state_close  # noqa: E402
-from conftest import HAS_TORCH, make_device  # noqa: E402
+from conftest import HAS_JAX, HAS_TORCH, make_device  # noqa: E402
 
 # most fits here are a few epochs long: scikit-learn's "maximum iterations reached" warning is expected
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
@@ -154,7 +154,8 @@ def test_spiral_accuracy():
 
 
 # -- array in = array out ----------------------------------------------------------------------------
-ARRAY_DEVICES = ["array_api_strict:device1"] + (["torch:cpu"] if HAS_TORCH else []) + [
+ARRAY_DEVICES = ["array_api_strict:device1"] + (["torch:cpu"] if HAS_TORCH else []) + (["jax:cpu"] if HAS_JAX else []) \
+    + [
     pytest.param("cuda", marks=pytest.mark.gpu)]
 
 

@@ -18,6 +18,7 @@ class Backend:
 
     library = None  # the top-level module name of its arrays ("numpy", "cupy", ...), and its Device names' prefix
     words = ()  # the first words of the device specs it resolves ("cpu", "numpy")
+    aliases = ()  # other top-level modules its array types live in (JAX's arrays are ``jaxlib`` objects)
     mutable = True  # arrays can be changed in place (the in-place optimizer rules and buffers may be used)
 
     def resolve(self, spec, rest, mode):
@@ -52,21 +53,32 @@ class Backend:
     def compile(self, step, dev):
         """``step`` (a callable of no arguments with fixed shapes and buffers that never reads data back to
         the host: ``static_step.StaticStep``) as the function to call once per minibatch. A backend may record
-        it once and replay it (CuPy: a CUDA graph; later ``jax.jit``). The result may have a ``close()``,
+        it once and replay it (CuPy: a CUDA graph; JAX compiles a pure function instead: ``compile_pure``). The result may have a ``close()``,
         called when training ends. By default the device's kernels record it where they can (CuPy's fast
         kernels: a CUDA graph, whose GEMMs go through their private cuBLAS handle), else ``step`` itself
         runs every time."""
         capture = getattr(dev.kernels, "capture", None)
         return step if capture is None else capture(step)
 
+    def compile_pure(self, fn, dev, donate_argnums=(), static_argnames=()):
+        """``fn``, a pure function of device arrays (and of the keyword arguments ``static_argnames``, Python
+        values fixed per compilation), as the function to call instead: JAX's ``jax.jit``, the arguments
+        ``donate_argnums`` donated (their memory reused for the results; the caller never reads them again).
+        By default ``fn`` itself, run eagerly every time (``portablenn.pure_step`` on a library that neither
+        changes arrays in place nor compiles)."""
+        return fn
+
 
 BACKENDS = {}  # library -> Backend, in registration order
 _WORDS = {}  # spec word -> Backend
+_ALIASES = {}  # other top-level module of a library's arrays -> Backend
 
 
 def register(backend):
     """Register a Backend instance (its ``library`` and ``words``); returns it."""
     BACKENDS[backend.library] = backend
+    for alias in backend.aliases:
+        _ALIASES[alias] = backend
     for word in backend.words:
         _WORDS[word] = backend
     return backend
@@ -82,7 +94,7 @@ _DEFAULT = Backend()
 
 def for_library(library):
     """The backend of arrays whose top-level module is ``library`` (the default Backend for others)."""
-    return BACKENDS.get(library, _DEFAULT)
+    return BACKENDS.get(library) or _ALIASES.get(library, _DEFAULT)
 
 
 def library_of(array):
@@ -97,4 +109,4 @@ def to_host(array):
     return for_library(library_of(array)).to_host(array)
 
 
-from . import numpy, cupy, strict, torch  # noqa: E402,F401  (the built-in backends register themselves)
+from . import numpy, cupy, strict, torch, jax  # noqa: E402,F401  (the built-in backends register themselves)
