@@ -33,6 +33,18 @@ class History:
     def __repr__(self):
         return f"History({len(self)} epochs{', last ' + repr(self.records[-1]) if self.records else ''})"
 
+    def first_best(self, field, mode="min"):
+        """The first record whose ``field`` is the run's best (smallest for ``mode="min"``, largest for
+        ``"max"``; NaN never is), or None without one: ``first_best("error")["epoch"]`` is the epoch at
+        which training accuracy first reached its maximum (with full-batch training, the step)."""
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        values = [r[field] for r in self.records if r[field] == r[field]]
+        if not values:
+            return None
+        best = min(values) if mode == "min" else max(values)
+        return next(r for r in self.records if r[field] == best)
+
 
 # An epoch's metrics row, all sums (the host divides): the L2 term at the epoch's end (the same on every
 # rank), then what data-parallel ranks add up: the loss's metric sum (wrong predictions, squared errors),

@@ -34,6 +34,7 @@ KINDS = {  # kind -> what portablenn's own file of that kind is, for the message
                        "probabilities, or values)",
     "predictions-csv": "a portablenn predictions file (header class,p0,..., label0,...,p0,..., or value0,...)",
     "onnx": "an ONNX model exported by portablenn",
+    "animation": "an animation portablenn wrote",
 }
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 # .<target name>.portablenn-<host hash>-<pid>-<mkstemp's 8 characters>.tmp
@@ -124,8 +125,15 @@ def _is_onnx(path):
             and [o.name for o in graph.output] == [LOGITS, PROBABILITIES])
 
 
+def _is_animation(path):
+    from .animation import is_animation
+
+    return is_animation(path)
+
+
 _RECOGNISERS = {"checkpoint": _is_checkpoint, "log": _is_log, "png": _is_png,
-                "predictions-npz": _is_predictions_npz, "predictions-csv": _is_predictions_csv, "onnx": _is_onnx}
+                "predictions-npz": _is_predictions_npz, "predictions-csv": _is_predictions_csv, "onnx": _is_onnx,
+                "animation": _is_animation}
 
 
 # -- the checks, before any work --------------------------------------------------------------------

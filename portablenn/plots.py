@@ -1,12 +1,15 @@
-"""PNG pictures of training: loss/error curves, 2-D decision regions, 3x3 lines predictions, first-layer weights."""
+"""PNG pictures of training: loss/error curves, 2-D decision regions, 3x3 lines predictions, first-layer weights;
+and training as an animation (`animate_training`, from ``portablenn.animation``)."""
 import math
 from pathlib import Path
 
 import numpy as np
 
+from .animation import TrainingRecorder, animate_training
 from .train import predict, predict_proba
 
-__all__ = ["plot_history", "plot_decision_regions", "plot_lines_predictions", "plot_first_layer"]
+__all__ = ["plot_history", "plot_decision_regions", "plot_lines_predictions", "plot_first_layer",
+           "animate_training", "TrainingRecorder"]
 
 _MAX_GRID = 1000  # mesh points per axis at most in plot_decision_regions
 LINE_CLASSES = ("vertical", "horizontal")  # portablenn.datasets.lines labels 0 and 1

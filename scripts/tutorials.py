@@ -1,11 +1,12 @@
 """Redo the four classic from-scratch exercises with portablenn and write docs/tutorials.md with their results.
 
-    python scripts/tutorials.py            # writes docs/tutorials.md and docs/img/*.png
+    python scripts/tutorials.py            # writes docs/tutorials.md and docs/img/*.png, *.gif
 
 1. CS231n spiral: linear softmax classifier vs 2-layer ReLU network (decision regions).
 2. The same network with sigmoid instead of ReLU.
 3. The 3x3 horizontal/vertical lines classifier with its two validation sets.
 4. CMU 10-714 hw0: the two-layer MNIST network, epoch table (skipped without the MNIST files).
+5. Training animations of the lines network and of the spiral's decision regions (docs/img/*.gif).
 """
 import os
 import platform
@@ -118,13 +119,64 @@ def mnist_run(out):
             f"![first layer](img/{picture.name})", ""]
 
 
+def animations(out):
+    """5. The lines network and the spiral's regions as they form (portablenn train --animate)."""
+    X, y = datasets.lines()["train"]
+    model = pn.mlp([9, 6, 2], activation="sigmoid", init="xavier", dtype="float64")
+    lines = plots.animate_training(model, X, y, IMG / "lines_training.gif", optimizer=pn.SGD(1.0), epochs=1000,
+                                   batch_size=None, title="3x3 lines: the 9-6-2 sigmoid network, full-batch SGD, lr 1")
+    best = lines.history.first_best("error")
+    Xs, ys = datasets.spiral()
+    model = pn.mlp([2, 100, 3], init="small", dtype="float64")
+    spiral = plots.animate_training(model, Xs, ys, IMG / "spiral_training.gif", optimizer=pn.SGD(1.0),
+                                    epochs=10000, batch_size=None, l2=1e-3,
+                                    title="spiral: 2-layer ReLU network, 100 hidden, full-batch SGD, lr 1, L2 1e-3")
+    size = {name: (IMG / name).stat().st_size / 1e6 for name in ("lines_training.gif", "spiral_training.gif")}
+    out += ["## 5. Watching it learn", "",
+            "`portablenn train --animate FILE.gif` (or `.mp4` where ffmpeg is installed) and "
+            "`portablenn.plots.animate_training(...)` draw the network as it trains: every weight matrix (rows: "
+            "inputs, columns: units) and bias vector as a heat map, warm for positive and cold for negative on a "
+            "symmetric scale fixed over the whole run (its bound is in each panel's title), the class "
+            "probabilities of fixed examples (black 0, white 1) with a green dot for each right prediction and a "
+            "red one for each wrong, and the loss and accuracy so far. One frame every `--frame-every` steps, by "
+            "default about 200 in all; parameters come to the host only at those steps. For 2-D inputs a second "
+            "view shows the decision regions with the training points; for image inputs (MNIST) the first layer "
+            "is drawn as its first 16 units' weights, each a 28x28 image.", "",
+            f"The lines network of section 3, 1000 full-batch steps, {len(lines.frames)} frames (one every "
+            f"{lines.frame_every} steps, {size['lines_training.gif']:.1f} MB):", "",
+            "![lines training](img/lines_training.gif)", "",
+            f"Training accuracy first reached its maximum, {100 * (1 - best['error']):.0f}%, at step "
+            f"{best['epoch']} (`portablenn train --dataset lines` prints the same line: \"training accuracy first "
+            f"reached its maximum, 100.00%, at step {best['epoch']}\"). The History's accuracy of a step is "
+            "measured in that step's forward pass, before its update; a frame shows the model after its step, "
+            f"so the weights after step {best['epoch'] - 1} are the first to classify all 24 images. For about 200 "
+            f"steps the loss barely moves ({at(lines, 0).loss:.2f} to {at(lines, 200).loss:.2f}) and the accuracy "
+            "wanders between 50% and 75%; by step 300 the weights of both layers have grown several-fold, the loss "
+            f"is {at(lines, 300).loss:.2f} and the probabilities are nearly black and white.", "",
+            f"The spiral's 2-layer network of section 1, with the decision regions forming beside it "
+            f"({len(spiral.frames)} frames, one every {spiral.frame_every} steps, "
+            f"{size['spiral_training.gif']:.1f} MB). The initial weights (`0.01 * randn`) are invisible on the "
+            "run's scale; by step 100 the plane is cut into three rough wedges "
+            f"({100 * at(spiral, 100).accuracy:.1f}%), by step 500 the arms are forming "
+            f"({100 * at(spiral, 500).accuracy:.1f}%), by step 2000 the regions follow the spirals "
+            f"({100 * at(spiral, 2000).accuracy:.1f}%), and the rest sharpens them "
+            f"({100 * at(spiral, 10000).accuracy:.1f}% at step 10000, as in section 1; a frame's loss is the "
+            "cross-entropy alone, without the L2 term in section 1's loss):", "",
+            "![spiral training](img/spiral_training.gif)", ""]
+
+
+def at(recorder, step):
+    """The frame of ``recorder`` at ``step``."""
+    return next(frame for frame in recorder.frames if frame.step == step)
+
+
 def main():
     IMG.mkdir(parents=True, exist_ok=True)
     out = ["# Tutorials: the classic exercises with portablenn", "",
            f"Generated by `python scripts/tutorials.py` on {time.strftime('%Y-%m-%d')} "
            f"({platform.machine()}, {os.cpu_count()} CPUs, NumPy backend). Every number below comes from that run.",
            ""]
-    for part in (spiral_runs, sigmoid_vs_relu, lines_run, mnist_run):
+    for part in (spiral_runs, sigmoid_vs_relu, lines_run, mnist_run, animations):
         part(out)
         print(f"done: {part.__name__}", flush=True)
     (DOCS / "tutorials.md").write_text("\n".join(out))

@@ -1,6 +1,7 @@
 """portablenn train: train an MLP, print the epoch table, save it (also when stopped by a signal)."""
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -26,7 +27,8 @@ from .model import (build, check_monitor, control_options, held_out_split, hold_
 from .ranks import agreed, communicator
 from .resume import resume
 from .stopping import Stop, graceful_stop
-from .train_outputs import check_outputs, continue_command, interrupt_path, plot_files, write_plots
+from .train_outputs import (check_frames, check_outputs, continue_command, first_best_line, interrupt_path,
+                            plot_files, recorder_for, write_plots)
 
 
 def add_parser(commands):
@@ -46,9 +48,15 @@ def add_parser(commands):
                                                       "(safetensors, atomically; default with --resume: its file)")
     train.add_argument("--checkpoint-every", type=int, metavar="N",
                        help="also save to --save every N epochs (each written once the next epoch ended finite)")
+    train.add_argument("--animate", metavar="FILE",
+                       help="write the training as an animation, .gif or .mp4 (needs ffmpeg): the weight and bias "
+                            "matrices as heat maps, the class probabilities of fixed examples, loss and accuracy, "
+                            "and for 2-D data the decision regions (needs portablenn[plot]; classifiers only)")
+    train.add_argument("--frame-every", type=int, metavar="N",
+                       help="with --animate: one frame every N steps (default: about 200 frames in all)")
     train.add_argument("--overwrite", action="store_true",
-                       help="let --save, --log and --plot replace files that portablenn did not write (never an "
-                            "input, a directory or a non-regular file)")
+                       help="let --save, --log, --plot and --animate replace files that portablenn did not write "
+                            "(never an input, a directory or a non-regular file)")
     train.add_argument("--distributed", action="store_true",
                        help="data-parallel over the MPI ranks (mpiexec -n K portablenn train --distributed ...); "
                             "--batch-size is the global batch; needs portablenn[mpi]")
@@ -72,6 +80,8 @@ def run(args):
         raise CLIError("--checkpoint-every N needs N >= 1 and --save PATH")
     if args.cuda_graph and comm is not None:
         raise CLIError("--cuda-graph cannot be combined with --distributed")
+    if args.frame_every is not None and (args.frame_every < 1 or not args.animate):
+        raise CLIError("--frame-every N needs N >= 1 and --animate FILE")
     early_saved = None  # a resumed run's early-stopping state: (state, best weights)
     if args.resume:
         model, optimizer, opts, done, schedule, early_saved = resume(args, dev)
@@ -93,6 +103,9 @@ def run(args):
                        f"{opts.get('schedule') or 'of ' + args.resume}, whose learning rate changes")
     if args.cuda_graph and type(loss) is not SoftmaxCrossEntropy:
         raise CLIError(f"--cuda-graph records the step of softmax_cross_entropy only, not --loss {opts['loss']}")
+    if args.animate and not isinstance(loss, SoftmaxCrossEntropy):
+        raise CLIError(f"--animate draws class probabilities: it needs --loss softmax_cross_entropy, not --loss "
+                       f"{opts['loss']}")
     # every output and what it needs, before the data (a download) and long before the first epoch
     agreed(comm, root, lambda: check_outputs(args, prepare=True))
     why = cuda_problem(0) if args.device.strip().lower() == "auto" and dev.kind == "cpu" else None
@@ -121,6 +134,8 @@ def run(args):
     if not args.resume and args.batch_size is None and opts["batch_size"] > X.shape[0]:
         opts["batch_size"] = 0  # the default minibatch is larger than this dataset: one full batch
     batch = opts["batch_size"] or None
+    steps = math.ceil(X.shape[0] / min(batch or X.shape[0], X.shape[0]))  # per epoch
+    check_frames(args, steps * max(0, opts["epochs"] - done))
     early = None
     if opts.get("early_stopping"):
         stopping_options = opts["early_stopping"]
@@ -155,6 +170,7 @@ def run(args):
     if args.resume and done >= opts["epochs"]:
         say(f"nothing to do: the checkpoint has {done} epochs and --epochs is {opts['epochs']}")
         return 0
+    recorder = recorder_for(args, model, X, y, steps, opts["epochs"], done) if root else None
     keep = {k: opts[k] for k in ("dataset", "seed", "lr", "l2", "batch_size", "shuffle", "epochs", "log_every")}
     keep["val"] = args.val
     if "init" in opts:
@@ -249,6 +265,8 @@ def run(args):
             def stepped(epoch, step, steps):
                 if step == steps and schedule is not None:  # host arithmetic from the step count
                     lrs[epoch] = optimizer.lr_at(optimizer.steps)
+                if recorder is not None:  # counts; reads the model at frame steps only
+                    recorder.on_step(epoch, step, steps)
                 if on_step is not None:
                     on_step(epoch, step, steps)
 
@@ -283,13 +301,14 @@ def run(args):
                 if stopping and r["epoch"] < opts["epochs"] and not ending:
                     raise Stop(r["epoch"])
 
+            hooked = schedule is not None or on_step is not None or recorder is not None
             began = time.perf_counter()
             try:  # metrics read once per epoch: checkpoints and a stop request land on epoch boundaries
                 with np.errstate(over="ignore", invalid="ignore"):  # divergence is reported as one line instead
                     fit(model, X, y, optimizer=optimizer, loss=loss, epochs=opts["epochs"], batch_size=batch,
                         shuffle=opts["shuffle"], l2=opts["l2"], device=dev, seed=args.seed,
                         validation=splits[evals[0]] if evals else None, callback=show, log_every=1,
-                        on_step=stepped if schedule is not None or on_step is not None else None,
+                        on_step=stepped if hooked else None,
                         initial_epoch=done, comm=comm, graph=args.cuda_graph, clip_norm=opts.get("clip_grad"),
                         early_stopping=early, schedule=schedule)
             except Stop as stopped:
@@ -336,10 +355,17 @@ def run(args):
             print(table.summary(name, result, loss.task))
             if stop["signum"] is not None:
                 return interrupted(final, stop["signum"], finished=True, loss_value=train_loss)
+        line = first_best_line(records, loss, steps)
+        if line:
+            print(line)
         if args.save:
             print(f"saved {args.save}")
         if args.plot:
             write_plots(Path(args.plot), args.dataset, model, records, splits, loss.task)
+        if recorder is not None:
+            path = recorder.finish().save(args.animate)
+            every = "every step" if recorder.frame_every == 1 else f"one every {recorder.frame_every} steps"
+            print(f"animation: {path} ({len(recorder.frames)} frames, {every})")
         if stop["signum"] is not None:
             return interrupted(final, stop["signum"], finished=True, loss_value=train_loss)
     return 0

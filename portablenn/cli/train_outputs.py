@@ -1,11 +1,13 @@
 """What train writes: its outputs checked before training, its plots, where an interrupted run is saved and
 the command that continues it."""
+import math
 import os
 import shlex
 import tempfile
 from pathlib import Path
 
 from .. import outputs
+from ..history import History
 from .errors import CLIError
 
 
@@ -58,6 +60,48 @@ def write_plots(directory, dataset, model, records, splits, task="classification
     print("plots: " + ", ".join(str(p) for p in written))
 
 
+def check_frames(args, total_steps):
+    """Refuse a --frame-every that would make more than `animation.MAX_FRAMES` frames of ``total_steps``."""
+    from ..animation import MAX_FRAMES, default_frame_every
+
+    every = getattr(args, "frame_every", None)
+    if getattr(args, "animate", None) and every is not None and math.ceil(total_steps / every) > MAX_FRAMES:
+        raise CLIError(f"--frame-every {every} over {total_steps} steps makes {math.ceil(total_steps / every)} "
+                       f"frames after the first; an animation has at most {MAX_FRAMES}: use --frame-every "
+                       f"{default_frame_every(total_steps, MAX_FRAMES)} or more")
+
+
+def recorder_for(args, model, X, y, steps, epochs, done):
+    """The `TrainingRecorder` of --animate (None without it): ``steps`` per epoch, up to epoch ``epochs``,
+    ``done`` of them trained already (a resumed run)."""
+    if not getattr(args, "animate", None):
+        return None
+    from ..animation import TrainingRecorder
+
+    return TrainingRecorder(model, X, y, total_steps=steps * max(0, epochs - done), frame_every=args.frame_every,
+                            initial_step=steps * done)
+
+
+def first_best_line(records, loss, steps):
+    """The summary line saying when training accuracy (the loss's first metric, for regression) first reached
+    its best over the run's epoch ``records``: the step with full-batch training (a step is an epoch), else the
+    epoch; None without records."""
+    history = History()
+    history.records = list(records)
+    metric = loss.metric_names[0]
+    best = history.first_best(metric, "max" if metric == "r2" else "min")
+    if best is None:
+        return None
+    where = (f"at step {best['epoch']} (full batch: one step per epoch)" if steps == 1 else
+             f"in epoch {best['epoch']} (measured once per epoch, over its {steps} minibatch steps as trained)")
+    if metric == "error":
+        labels = " (of the labels)" if loss.task == "multilabel" else ""
+        return (f"training accuracy{labels} first reached its maximum, {100 * (1 - best['error']):.2f}%, "
+                f"{where}")
+    return f"training {metric} first reached its {'maximum' if metric == 'r2' else 'minimum'}, " \
+           f"{best[metric]:.5g}, {where}"
+
+
 def check_outputs(args, plot_files=(), prepare=False):
     """Every output of a training run may be written (principle: never a file that is not portablenn's, an
     input, a directory or a non-regular file), and what it needs is installed; ``prepare``: make their
@@ -80,8 +124,16 @@ def check_outputs(args, plot_files=(), prepare=False):
         for name in plot_files:
             outputs.check(Path(args.plot) / name, "png", flag="--plot", overwrite=args.overwrite, inputs=inputs)
             named.append(("--plot", Path(args.plot) / name))
+    if getattr(args, "animate", None):
+        from ..animation import check_animation_path
+
+        check_animation_path(args.animate, flag="--animate")  # matplotlib, and ffmpeg for .mp4
+        outputs.check(args.animate, "animation", flag="--animate", overwrite=args.overwrite, inputs=inputs)
+        named.append(("--animate", args.animate))
     outputs.check_distinct(named)
     if prepare:
+        if getattr(args, "animate", None):
+            outputs.prepare(args.animate, flag="--animate")
         if args.save:
             outputs.prepare(args.save, flag="--save")
         if args.log:
