@@ -497,7 +497,8 @@ def main(argv=None):
                         help="only the MNIST epoch on --device against PyTorch CUDA eager, on synthetic data of "
                              "MNIST's shape, with the GPU targets (scripts/gpu_check.sh)")
     parser.add_argument("--device", default="cuda", help="--gpu-epoch: cuda, or cpu for a rehearsal")
-    parser.add_argument("--rows", type=int, default=60000, help="--gpu-epoch: rows of the synthetic data")
+    parser.add_argument("--rows", type=int, default=60000, help="--gpu-epoch: rows of the synthetic data; the jax "
+                        "section: fewer than 60000 trains on that many synthetic rows (and at most as many wide ones)")
     parser.add_argument("--jax-device", default="jax:cpu", help="the jax section's device (jax:cpu, jax:cuda)")
     args = parser.parse_args(argv)
     repeat = 3 if args.quick else args.repeat
@@ -604,7 +605,7 @@ def main(argv=None):
     wide_rows, wide_check, wide_failed = wide_section(repeat) if "wide" in args.only else ([], {}, {})
     jax_rows, jax_failed = {}, {}
     if "jax" in args.only:
-        jax_rows, jax_failed = jax_rows_or_reason(repeat, args.jax_device)
+        jax_rows, jax_failed = jax_rows_or_reason(repeat, args.jax_device, args.rows)
     info["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak host memory (RSS) of this benchmark process: {info['peak_rss_mib']:.0f} MiB")
     info["memory"] = {}
@@ -623,18 +624,24 @@ def main(argv=None):
     return 1 if failed or spiral_failed or wide_failed or jax_failed else 0
 
 
-def jax_rows_or_reason(repeat, spec):
-    """The jax section (scripts/_jax_bench.py) on ``spec``, or a skip line where JAX or that device is missing."""
+def jax_rows_or_reason(repeat, spec, rows=60000):
+    """The jax section (scripts/_jax_bench.py) on ``spec``, or a skip line where JAX or that device is missing;
+    ``rows`` under 60000: synthetic data of that many rows (the wide one at most as many, whole batches)."""
     dev, why = backend.probe(spec)
     if dev is None:
         print(f"\njax section skipped: {why}")
         return {"skipped": why}, {}
     from _jax_bench import jax_section
 
-    X, y, name = mnist_data()
-    Xw, yw = synthetic_mnist(WIDE_ROWS)
+    if rows < 60000:
+        rows = max(BATCH, rows - rows % BATCH)
+        (X, y), name = synthetic_mnist(rows), f"synthetic {rows}x784"
+    else:
+        X, y, name = mnist_data()
+    wide = max(1024, min(WIDE_ROWS, rows - rows % 1024))
+    Xw, yw = synthetic_mnist(wide)
     return jax_section(repeat, (X, y.astype(np.int64), list(initial_weights()), name),
-                       (Xw, yw, wide_weights(), f"synthetic {WIDE_ROWS}x784"), spec)
+                       (Xw, yw, wide_weights(), f"synthetic {wide}x784"), spec)
 
 
 # -- --gpu-epoch: the GPU's MNIST epoch against PyTorch CUDA eager (scripts/gpu_check.sh) ------------

@@ -508,9 +508,51 @@ def bench(args):
     detail = (f"graph {ms('portablenn graph')}, fast {ms('portablenn fast')}, generic {ms('portablenn generic')}, "
               f"CuPy loop {ms('hand-written CuPy')}, torch eager {ms('PyTorch CUDA eager, manual gradients')}"
               f"{'; ' + targets if targets else ''}")
-    if failed or missing or code not in (0, 1):
-        return result(FAIL, "; ".join(failed + [f"no row {m}" for m in missing] + [f"exit {code}"]) + "; " + detail)
+    jax_failed, jax_detail = jax_bench(args)
+    detail += f"; {jax_detail}"
+    if failed or missing or code not in (0, 1) or jax_failed:
+        return result(FAIL, "; ".join(failed + [f"no row {m}" for m in missing] + [f"exit {code}"] + jax_failed)
+                      + "; " + detail)
     return result(PASS, detail)
+
+
+def jax_bench(args):
+    """bench.py's jax section on jax:cuda (jax:cpu when rehearsing; small), in what is left of the stage's budget
+    after the CuPy epoch: ``([failures], detail)``. Missing JAX or a JAX without CUDA is a note, not a failure;
+    a portablenn JAX row whose weights differ from NumPy's is a failure."""
+    import tempfile
+
+    spec = "jax:cpu" if args.device == "cpu" else "jax:cuda"
+    budget = left(60)
+    if budget < 15:
+        return [], f"{spec}: no time left in the stage"
+    handle, path = tempfile.mkstemp(suffix=".json")  # not in the output folder: it holds at most 8 files
+    os.close(handle)
+    try:
+        rows = "2000" if args.device == "cpu" else str(min(args.rows, 60000))
+        code, out = run([PY, os.path.join(REPO, "scripts", "bench.py"), "--only", "jax", "--jax-device", spec,
+                         "--rounds", "1", "--rows", rows, "--json", path], budget)
+        try:
+            with open(path) as f:
+                report = json.load(f).get("jax", {})
+        except (OSError, ValueError):
+            return [], f"{spec}: bench.py exit {code} without its JSON ({last_line(out, 120)})"
+    finally:
+        os.remove(path)
+    if "skipped" in report:
+        return [], f"{spec}: skipped ({report['skipped'][:120]})"
+    failures, parts = [], []
+    for workload in ("mnist", "wide"):
+        table = {r["variant"]: r for r in report.get(workload, [])}
+        for name, r in table.items():
+            if r["status"] != "ok" and name.startswith("portablenn"):
+                failures.append(f"{spec} {workload} {name}: {r.get('reason', '')[:120]}")
+        ours = next((r for n, r in table.items() if n.startswith(f"portablenn {spec}") and r["status"] == "ok"), None)
+        hand = next((r for n, r in table.items() if n.startswith("JAX by hand") and r["status"] == "ok"), None)
+        if ours is not None:
+            parts.append(f"{workload} epoch {ours['min'] * 1e3:.1f} ms (compile {ours['compile'] * 1e3:.0f} ms)"
+                         + (f", JAX by hand {hand['min'] * 1e3:.1f} ms" if hand else ""))
+    return failures, f"{spec}: " + ("; ".join(parts) if parts else "no timed rows")
 
 
 # -- pytest: the gpu-marked tests -----------------------------------------------------------------------

@@ -48,6 +48,14 @@ def _jax_importable():
 
 
 HAS_JAX = _jax_importable()
+if HAS_JAX:  # every fit on jax:cpu compiles its step; the same step in another test (or worker) reuses it
+    import tempfile
+
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", os.path.join(tempfile.gettempdir(), "portablenn-test-jax-cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 # (spec, fast) per backend; ids are what ``-k`` selects on.
 DEVICE_PARAMS = [
