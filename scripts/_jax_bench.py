@@ -16,22 +16,6 @@ import portablenn as pn
 EPOCHS = 3
 
 
-def numpy_mnist(X, y, Ws, batch, lr):
-    """CMU 10-714's nn_epoch by hand (the reference): ``(W1, W2)`` after one in-order epoch."""
-    W1, W2 = (W.copy() for W in Ws)
-    for i in range(0, X.shape[0], batch):
-        Xb, yb = X[i:i + batch], y[i:i + batch]
-        Z1 = np.maximum(Xb @ W1, 0)
-        logits = Z1 @ W2
-        E = np.exp(logits - logits.max(axis=1, keepdims=True))
-        S = E / E.sum(axis=1, keepdims=True)
-        S[np.arange(yb.size), yb] -= 1
-        G1 = (Z1 > 0) * (S @ W2.T)
-        W1 -= lr / yb.size * (Xb.T @ G1)
-        W2 -= lr / yb.size * (Z1.T @ S)
-    return W1, W2
-
-
 def jax_by_hand(X, y, Ws, batch, lr, platform="cpu"):
     """JAX as its users write it: the mean cross-entropy of a bias-free ReLU MLP, ``jax.grad``, SGD, one jitted
     step per minibatch (sliced in it by ``lax.dynamic_slice``), the weights donated. ``run(epochs) -> (weights,
@@ -88,27 +72,22 @@ def portablenn_run(spec, X, y, Ws, batch, lr):
     return run
 
 
-def numpy_run(X, y, Ws, batch, lr):
+def numpy_run(loop, X, y, Ws):
+    """``run(epochs) -> (weights, [seconds per epoch])`` of ``loop(X, y, Ws)``, the hand-written NumPy epoch."""
     def run(epochs=1):
         seconds = []
         for _ in range(epochs):
             began = time.perf_counter()
-            weights = numpy_mnist(X, y, Ws, batch, lr) if len(Ws) == 2 else _wide_numpy(X, y, Ws, batch, lr)
+            weights = loop(X, y, Ws)
             seconds.append(time.perf_counter() - began)
         return weights, seconds
     return run
 
 
-def _wide_numpy(X, y, Ws, batch, lr):
-    from _wide import wide_numpy_loop
-
-    return wide_numpy_loop(X, y, Ws, batch=batch, lr=lr)
-
-
-def compare(title, X, y, Ws, batch, lr, repeat, jax_spec="jax:cpu", reference="hand-written NumPy (reference)"):
-    """Check every variant's one-epoch weights against the NumPy reference, then time them interleaved; prints a
-    table and returns its rows."""
-    variants, failed = {reference: numpy_run(X, y, Ws, batch, lr)}, {}
+def compare(title, loop, X, y, Ws, batch, lr, repeat, jax_spec="jax:cpu", reference="hand-written NumPy (reference)"):
+    """Check every variant's one-epoch weights against the NumPy reference ``loop(X, y, Ws)``, then time them
+    interleaved; prints a table and returns its rows."""
+    variants, failed = {reference: numpy_run(loop, X, y, Ws)}, {}
     for name, make in (("portablenn numpy (fast path)", lambda: portablenn_run("cpu", X, y, Ws, batch, lr)),
                        (f"portablenn {jax_spec} (jax.jit of the whole step)",
                         lambda: portablenn_run(jax_spec, X, y, Ws, batch, lr)),
@@ -153,11 +132,12 @@ def compare(title, X, y, Ws, batch, lr, repeat, jax_spec="jax:cpu", reference="h
 
 
 def jax_section(repeat, mnist, wide, jax_spec="jax:cpu"):
-    """Both workloads; ``mnist`` and ``wide`` are ``(X, y, Ws, data name)``."""
-    X, y, Ws, name = mnist
+    """Both workloads; ``mnist`` and ``wide`` are ``(loop, X, y, Ws, data name)``, ``loop(X, y, Ws)`` the
+    hand-written NumPy epoch (bench.py's ``numpy_loop``, ``_wide.wide_numpy_loop``)."""
+    loop, X, y, Ws, name = mnist
     rows, failed = compare(f"MNIST epoch on {jax_spec}, {name}, 784-100-10 no bias, batch 100, in-order SGD lr 0.2, "
-                           "float32", X, y, Ws, 100, 0.2, repeat, jax_spec)
-    X, y, Ws, name = wide
+                           "float32", loop, X, y, Ws, 100, 0.2, repeat, jax_spec)
+    loop, X, y, Ws, name = wide
     wide_rows, wide_failed = compare(f"Wide regime on {jax_spec}, {name}, 784-1024-1024-10 no bias, batch 1024, "
-                                     "SGD lr 0.05, float32", X, y, Ws, 1024, 0.05, repeat, jax_spec)
+                                     "SGD lr 0.05, float32", loop, X, y, Ws, 1024, 0.05, repeat, jax_spec)
     return {"mnist": rows, "wide": wide_rows}, {**failed, **{f"wide: {k}": v for k, v in wide_failed.items()}}

@@ -640,8 +640,8 @@ def jax_rows_or_reason(repeat, spec, rows=60000):
         X, y, name = mnist_data()
     wide = max(1024, min(WIDE_ROWS, rows - rows % 1024))
     Xw, yw = synthetic_mnist(wide)
-    return jax_section(repeat, (X, y.astype(np.int64), list(initial_weights()), name),
-                       (Xw, yw, wide_weights(), f"synthetic {wide}x784"), spec)
+    return jax_section(repeat, (lambda X, y, Ws: numpy_loop(X, y, *Ws), X, y.astype(np.int64), list(initial_weights()),
+                                name), (wide_numpy_loop, Xw, yw, wide_weights(), f"synthetic {wide}x784"), spec)
 
 
 # -- --gpu-epoch: the GPU's MNIST epoch against PyTorch CUDA eager (scripts/gpu_check.sh) ------------

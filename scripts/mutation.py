@@ -65,6 +65,8 @@ TESTS = {
     "backends/cupy_kernels.py": ["test_cupy_emulated.py"],
     "kernel_check.py": ["test_backend.py", "test_cupy_emulated.py"],
     "distributed.py": ["test_distributed.py"],
+    "pure_step.py": ["test_jax.py", "test_backend.py", "test_train.py", "test_early_stopping.py"],
+    "backends/jax.py": ["test_jax.py"],
 }
 
 # (id, file under portablenn/, find, replace[, why it is equivalent])
@@ -632,6 +634,19 @@ MUTANTS = [
     ("valid-epochs-zero", "validation.py", "or epochs < 0:", "or epochs < 1:"),
     ("valid-l2-finite", "validation.py", "if not (l2 >= 0 and math.isfinite(l2)):", "if not (l2 >= 0):"),
     ("valid-finite-sum", "validation.py", "and not _finite(_host(_sum(xp, X))):", "and False:"),
+    # the pure step of immutable arrays (JAX), #19
+    ("pure-hyper-baked", "pure_step.py", "hyper = optimizer.hyper(optimizer.steps + 1)", "hyper = optimizer.hyper(1)"),
+    ("pure-loss-slot", "pure_step.py", "== index, loss, losses)", "== 0, loss, losses)"),
+    ("pure-metric-dropped", "pure_step.py", "return state, (losses, total + metric)", "return state, (losses, total)"),
+    ("pure-state-kept", "pure_step.py", "        state, self.sums = self._run(self._collect(),",
+     "        state, self.sums = self._run(getattr(self, '_first', None) or setattr(self, '_first', self._collect()) "
+     "or self._first,"),
+    ("pure-no-restore", "pure_step.py", "            self._restore(saved)\n", "            pass\n"),
+    ("pure-order-ignored", "pure_step.py", "        if order is not None:\n            positions",
+     "        if False:\n            positions"),
+    ("pure-steps-count", "pure_step.py", "        optimizer.steps += 1\n        self._rebind(state)",
+     "        self._rebind(state)"),
+    ("jax-dtype-x64", "backends/jax.py", "jax.config.update(\"jax_enable_x64\", True)", "pass"),
 ]
 
 
