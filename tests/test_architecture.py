@@ -9,7 +9,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "portablenn"
 
 MATH = {"layers", "losses", "optim", "init", "models", "registry", "kernels", "dropout", "normalization", "counter_rng",
-        "schedules"}
+        "schedules", "stack"}
 TRAINING = {"step", "train", "data", "history", "reducer", "static_step", "pure_step", "early_stopping", "split"}
 BACKENDS = {"backends.__init__", "backends.numpy", "backends.cupy", "backends.cupy_kernels", "backends.strict",
             "backends.torch", "backends.jax"}
@@ -23,6 +23,8 @@ ALLOWED = {
            "schedules", "split", "static_step", "step", "validation"} for m in TRAINING},
     **{m: {"_blas", "backend", "backends", "kernels"} for m in BACKENDS},
     "distributed": {"backend", "backends.cupy", "reducer", "validation"},
+    # sweeps: training over the stack (portablenn.stack), whose members mlp builds
+    "sweep": {"backend", "data", "history", "losses", "models", "optim", "registry", "stack", "validation"},
 }
 
 

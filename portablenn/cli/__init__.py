@@ -5,7 +5,7 @@ import difflib
 import warnings
 
 from .. import __version__
-from . import download, errors, evaluate, export, info, parity, predict, train
+from . import download, errors, evaluate, export, info, parity, predict, sweep, train
 from .errors import CLIError
 from .model import fill_defaults
 
@@ -13,7 +13,7 @@ __all__ = ["main", "build_parser", "CLIError", "COMMANDS"]
 
 # command name -> its module: add_parser(commands) registers it, run(args) runs it (in this order in --help)
 COMMANDS = {"train": train, "eval": evaluate, "predict": predict, "download": download, "export": export,
-            "info": info, "parity": parity}
+            "info": info, "parity": parity, "sweep": sweep}
 
 
 def build_parser():

@@ -115,15 +115,7 @@ def check_outputs(args, plot_files=(), prepare=False):
         outputs.check(args.save, "checkpoint", flag="--save", overwrite=args.overwrite,
                       inputs=_train_inputs(args, with_resume=False))
         named.append(("--save", args.save))
-    if args.log:
-        outputs.check(args.log, "log", flag="--log", overwrite=args.overwrite, inputs=inputs)
-        named.append(("--log", args.log))
-    if args.plot:
-        _need_matplotlib()
-        outputs.check_directory(args.plot, flag="--plot", inputs=inputs)
-        for name in plot_files:
-            outputs.check(Path(args.plot) / name, "png", flag="--plot", overwrite=args.overwrite, inputs=inputs)
-            named.append(("--plot", Path(args.plot) / name))
+    check_log_and_plots(args, inputs, plot_files, named)
     if getattr(args, "animate", None):
         from ..animation import check_animation_path
 
@@ -140,6 +132,20 @@ def check_outputs(args, plot_files=(), prepare=False):
             outputs.prepare(args.log, flag="--log", append=True)
         if args.plot:
             outputs.prepare(args.plot, flag="--plot", directory=True)
+
+
+def check_log_and_plots(args, inputs, plot_files, named):
+    """The checks of ``--log FILE`` and ``--plot DIR`` (the PNGs ``plot_files`` in it), shared by train and sweep;
+    appends each ``(flag, path)`` to ``named``."""
+    if args.log:
+        outputs.check(args.log, "log", flag="--log", overwrite=args.overwrite, inputs=inputs)
+        named.append(("--log", args.log))
+    if args.plot:
+        _need_matplotlib()
+        outputs.check_directory(args.plot, flag="--plot", inputs=inputs)
+        for name in plot_files:
+            outputs.check(Path(args.plot) / name, "png", flag="--plot", overwrite=args.overwrite, inputs=inputs)
+            named.append(("--plot", Path(args.plot) / name))
 
 
 def interrupt_path(args):

@@ -1,0 +1,558 @@
+"""portablenn sweep: a grid of learning rates, L2 strengths, momenta, dropout rates and seeds trained as one stacked
+model (``portablenn.sweep``); a table of members sorted by the validation metric, their spread over seeds."""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__, outputs
+from ..datasets import registry
+from ..registry import LOSSES
+from ..sweep import SETTINGS, _settings, evaluate_stack, grid, predict_proba_stack, sweep
+from . import table
+from .arguments import device, kernels_arg, model_args
+from .errors import CLIError
+from .model import ADAM_LR, DEFAULTS, fill_defaults, hold_out, options, outputs_of
+from .train_outputs import check_log_and_plots
+
+# the flags whose values are comma-separated lists, and what each member gets from them
+LISTS = {"lr": "--lr", "l2": "--l2", "momentum": "--momentum", "weight_decay": "--weight-decay",
+         "dropout": "--dropout", "seed": "--seed"}
+HEAT_MAP_AXES = ("lr", "l2", "weight_decay", "momentum", "dropout", "hidden")  # a heat map's axes, by preference
+PLOTS = ("sweep_curves.png", "sweep_heatmap.png")
+
+
+def add_parser(commands):
+    p = commands.add_parser(
+        "sweep", conflict_handler="resolve", help="train a grid of settings (and seeds) as one stacked model",
+        description="Train every combination of the comma-separated values of --lr, --l2/--weight-decay, --momentum, "
+                    "--dropout, --seed (or --seeds N) and --hidden as one stacked model: each member trains as "
+                    "'portablenn train' would train it alone. Prints the members sorted by the validation metric "
+                    "and, for settings run with several seeds, their mean and standard deviation.")
+    model_args(p)  # train's model flags; those below take comma-separated lists instead of one value
+    p.add_argument("--hidden", nargs="+", metavar="WIDTHS",
+                   help="hidden layer widths, one argument per layer, each a comma list: --hidden 50,100 sweeps one "
+                        "hidden layer of 50 or 100 units (each width its own stack)")
+    p.add_argument("--lr", metavar="LIST", help="learning rates, e.g. 0.1,0.3,1 (default: the dataset's)")
+    p.add_argument("--l2", metavar="LIST", help="L2 strengths, e.g. 0,1e-4,1e-3 (default: the dataset's)")
+    p.add_argument("--weight-decay", metavar="LIST", help="AdamW's decoupled weight decays (--optimizer adamw)")
+    p.add_argument("--momentum", metavar="LIST", help="SGD momenta, e.g. 0,0.9 (default 0)")
+    p.add_argument("--dropout", metavar="LIST", help="dropout probabilities in [0, 1), e.g. 0,0.2,0.5 (default 0)")
+    p.add_argument("--seed", metavar="LIST", help="seeds of the initial weights (and Dropout's masks), e.g. 0,1,2")
+    p.add_argument("--seeds", type=int, metavar="N", help="seeds 0..N-1 (instead of --seed)")
+    p.add_argument("--data-seed", type=int, default=0, metavar="S",
+                   help="seed of the generated datasets, the --val-fraction split and the shared minibatch order "
+                        "(default 0)")
+    p.add_argument("--shuffle-per-member", action="store_true",
+                   help="each member shuffles by its own --seed (default: all share each minibatch, read once)")
+    p.add_argument("--val-fraction", type=float, metavar="F",
+                   help="hold out this share of the training rows to rank the members (default 0.2 where the "
+                        "dataset has no validation split of its own: spiral, mnist, a file without --val)")
+    p.add_argument("--device", default="cpu", help="cpu | cuda | cuda:N | auto | array_api_strict[:NAME] | torch")
+    kernels_arg(p)
+    p.add_argument("--log-every", type=int, metavar="N", help="read the metrics and print a line every N epochs")
+    p.add_argument("--chunk", action="store_true",
+                   help="when the device's memory cannot hold every member at once, train them in chunks "
+                        "(default: refuse, naming how many would fit)")
+    p.add_argument("--ensemble", action="store_true",
+                   help="for each setting run with several seeds, also report the ensemble of its seeds: their "
+                        "averaged probabilities (classification)")
+    p.add_argument("--log", metavar="FILE", help="append one JSON object per member and epoch (JSON lines)")
+    p.add_argument("--plot", metavar="DIR", help="write the learning curves of every member and, over a "
+                                                 "two-setting grid, a heat map of the validation metric (PNG)")
+    p.add_argument("--save", metavar="FILE", help="write the best member (by the validation metric) as an ordinary "
+                                                  "checkpoint, with its optimizer state")
+    p.add_argument("--save-all", metavar="DIR", help="write every member that did not diverge as DIR/member-K"
+                                                     ".safetensors (K its number in the table)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="let --save, --save-all, --log and --plot replace files that portablenn did not write")
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    return p
+
+
+# -- the lists --------------------------------------------------------------------------------------------
+def _values(flag, text, kind=float, check=None, what="a number"):
+    """The comma-separated ``text`` of ``flag`` as a list; CLIError naming the first bad item."""
+    items = [item.strip() for item in str(text).split(",")]
+    values = []
+    for item in items:
+        try:
+            value = kind(item)
+        except ValueError:
+            raise CLIError(f"{flag}: {item!r} is not {what} (give a comma-separated list such as "
+                           f"{'0.1,0.3,1' if kind is float else '0,1,2'})") from None
+        if isinstance(value, float) and not math.isfinite(value):
+            raise CLIError(f"{flag}: {item!r} is not a finite number")
+        if check is not None and not check[0](value):
+            raise CLIError(f"{flag}: {item} is out of range: {check[1]}")
+        values.append(value)
+    if len(set(values)) != len(values):
+        raise CLIError(f"{flag}: {text} lists a value twice")
+    return values
+
+
+def _lists(args, kind):
+    """``{setting: [values]}`` from the list flags (absent flags: the dataset's default or nothing)."""
+    positive, nonneg = (lambda v: v > 0, "it must be > 0"), (lambda v: v >= 0, "it must be >= 0")
+    lists = {}
+    if args.lr is not None:
+        lists["lr"] = _values("--lr", args.lr, check=positive)
+    if args.l2 is not None:
+        lists["l2"] = _values("--l2", args.l2, check=nonneg)
+    if args.weight_decay is not None:
+        lists["weight_decay"] = _values("--weight-decay", args.weight_decay, check=nonneg)
+    if args.momentum is not None:
+        lists["momentum"] = _values("--momentum", args.momentum, check=(lambda v: 0 <= v < 1, "it must be in [0, 1)"))
+    if args.dropout is not None:
+        lists["dropout"] = _values("--dropout", args.dropout, check=(lambda v: 0 <= v < 1, "it must be in [0, 1)"))
+    if args.seed is not None and args.seeds is not None:
+        raise CLIError("give either --seed LIST or --seeds N, not both")
+    if args.seeds is not None:
+        if args.seeds < 1:
+            raise CLIError(f"--seeds must be a positive number of seeds, got {args.seeds}")
+        lists["seed"] = list(range(args.seeds))
+    elif args.seed is not None:
+        lists["seed"] = _values("--seed", args.seed, int, (lambda v: v >= 0, "seeds are integers >= 0"),
+                                "an integer")
+    if args.hidden is not None:
+        layers = [_values("--hidden", widths, int, (lambda v: v >= 1, "a width is a positive integer"), "an integer")
+                  for widths in args.hidden]
+        lists["hidden"] = [tuple(c) for c in _product(layers)]
+    return lists
+
+
+def _product(layers):
+    out = [[]]
+    for widths in layers:
+        out = [prefix + [w] for prefix in out for w in widths]
+    return out
+
+
+# -- outputs ------------------------------------------------------------------------------------------------
+def _inputs(args):
+    inputs = []
+    if args.dataset and args.dataset.startswith(("csv:", "npz:")):
+        inputs.append((args.dataset[4:], f"the --dataset file ({args.dataset})"))
+    if args.val:
+        inputs.append((args.val[4:] if args.val.startswith(("csv:", "npz:")) else args.val, "the --val file"))
+    return inputs
+
+
+def _check_outputs(args, members=None, prepare=False):
+    """Every output may be written (portablenn's own files only, unless --overwrite; never an input)."""
+    inputs, named = _inputs(args), []
+    if args.save or args.save_all:
+        from .. import checkpoint
+
+        checkpoint._safetensors()
+    if args.save:
+        outputs.check(args.save, "checkpoint", flag="--save", overwrite=args.overwrite, inputs=inputs)
+        named.append(("--save", args.save))
+    if args.save_all:
+        outputs.check_directory(args.save_all, flag="--save-all", inputs=inputs)
+        for k in range(members or 0):
+            path = Path(args.save_all) / _member_file(k, members)
+            outputs.check(path, "checkpoint", flag="--save-all", overwrite=args.overwrite, inputs=inputs)
+            named.append(("--save-all", path))
+    check_log_and_plots(args, inputs, PLOTS, named)
+    outputs.check_distinct(named)
+    if prepare:
+        for flag, path, folder in (("--save", args.save, False), ("--save-all", args.save_all, True),
+                                   ("--log", args.log, False), ("--plot", args.plot, True)):
+            if path:
+                outputs.prepare(path, flag=flag, directory=folder, append=flag == "--log")
+
+
+def _member_file(k, members):
+    return f"member-{k:0{len(str(max(members - 1, 0)))}d}.safetensors"
+
+
+# -- the command ----------------------------------------------------------------------------------------------
+def run(args):
+    if getattr(args, "animate", None):
+        raise CLIError("--animate records one model's training; 'portablenn sweep' trains many: use "
+                       "'portablenn train --animate' on the member you want")
+    if args.norm not in (None, "none"):
+        raise CLIError(f"--norm {args.norm}: a sweep stacks Linear layers, the activations and Dropout only")
+    if args.log_every is not None and args.log_every < 1:
+        raise CLIError(f"--log-every must be a positive number of epochs, got {args.log_every}")
+    kind = registry.kind(args.dataset or "spiral")
+    lists = _lists(args, kind)
+    # train's option checks and dataset defaults, on one member's values (the first of each list)
+    scalar = argparse.Namespace(**vars(args))
+    for key in ("lr", "l2", "weight_decay", "dropout"):
+        setattr(scalar, key, lists[key][0] if key in lists else None)
+    scalar.momentum = max(lists["momentum"]) if "momentum" in lists else None
+    scalar.seed = lists["seed"][0] if "seed" in lists else None
+    scalar.hidden = list(lists["hidden"][0]) if "hidden" in lists else None
+    fill_defaults(scalar)
+    args.dataset, args.model, args.optimizer, args.loss = scalar.dataset, scalar.model, scalar.optimizer, scalar.loss
+    opts = options(scalar)
+    if opts["model"] == "linear" and "hidden" in lists:
+        raise CLIError("--hidden sets hidden layers; --model linear has none")
+    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
+        raise CLIError(f"--val-fraction must be a number strictly between 0 and 1, got {args.val_fraction:g}")
+    if args.val_fraction is not None and args.val is not None:
+        raise CLIError(f"--val-fraction holds out part of the training file; --val {args.val} is a validation "
+                       "file already: pass one of them")
+    optimizer = scalar.optimizer
+    if optimizer == "adamw" and "weight_decay" not in lists:
+        lists["weight_decay"] = [0.01]  # AdamW's default
+    lists.setdefault("lr", [ADAM_LR[kind] if optimizer in ("adam", "adamw") else DEFAULTS[kind]["lr"]])
+    lists.setdefault("l2", [opts["l2"]])
+    lists.setdefault("hidden", [() if opts["model"] == "linear" else tuple(opts["hidden"])])
+    lists.setdefault("seed", [0])
+    members = grid(**lists)
+    _check_outputs(args, len(members), prepare=True)  # before the data (a download) and the training
+    loss = LOSSES.get(opts["loss"])()
+    dev = device(args)
+    splits = registry.load(args.dataset, args.data_dir, args.data_seed, args.val, not args.no_download,
+                           dtype=opts["dtype"], task=loss.task,
+                           targets=opts.get("targets") if kind == "file" else None)
+    own = {"lines": "val_dim"}.get(kind, "val" if "val" in splits else None)
+    fraction = args.val_fraction if args.val_fraction is not None else (None if own else 0.2)
+    splits = hold_out(splits, fraction, args.data_seed, loss)
+    evaluated = "val" if fraction else own
+    X, y = splits["train"]
+    outputs_count = outputs_of(loss, splits)
+    rows = X.shape[0]
+    batch = opts["batch_size"]
+    if args.batch_size is None and batch > rows:
+        batch = 0  # the default minibatch is larger than this dataset: one full batch (as train)
+    epochs, log_every = opts["epochs"], args.log_every or opts["log_every"]
+    validation = splits[evaluated] if evaluated else None
+    varying = [key for key in SETTINGS if key in lists and len(lists[key]) > 1]
+    config = {"activation": opts["activation"], "bias": opts["bias"], "init": opts["init"], "dtype": opts["dtype"]}
+    print(f"portablenn {__version__} | device {dev.name} | {args.dataset}: {rows} train"
+          + (f", {validation[0].shape[0]} {evaluated}" if validation else "")
+          + (f" ({fraction:g} of the training rows held out)" if fraction else "")
+          + "".join(f", {splits[n][0].shape[0]} {n}" for n in splits if n not in ("train", evaluated)))
+    shape = " x ".join(f"{len(lists[k])} {k}" for k in varying) or "1 setting"
+    print(f"sweep: {len(members)} members ({shape}) | {opts['activation']} {opts['dtype']} | loss {opts['loss']} | "
+          f"{optimizer} | batch {batch or 'full'} | {epochs} epochs | "
+          + ("each member shuffles by its own seed" if args.shuffle_per_member else
+             f"shared minibatches (data seed {args.data_seed})"))
+    log = _Log(args.log, dev.name) if args.log else None
+    names_holder = {}
+    last = [time.perf_counter()]
+
+    def on_group(indices, stacked):
+        sizes = [stacked.in_features] + [l.out_features for l in stacked.layers if hasattr(l, "out_features")]
+        print(f"stack of {len(indices)} members: {sizes}" + (f" (members {indices[0]}..{indices[-1]})"
+                                                             if len(indices) < len(members) else ""))
+
+    field = ("val_" if validation else "") + loss.metric_names[0]
+
+    def on_read(epoch, indices, history):
+        if log is not None:
+            log.flush()
+        if args.quiet or (epoch % log_every and epoch != epochs):
+            return
+        finals = [(h.records[-1].get(field, math.nan), k) for k, h in enumerate(history.histories) if h.records
+                  and h.records[-1]["epoch"] == epoch]
+        now = time.perf_counter()
+        line = f"epoch {epoch:>{len(str(epochs))}}/{epochs}: "
+        if finals:
+            best, k = min(finals) if field.removeprefix("val_") != "r2" else max(finals)
+            median = np.median([f for f, _ in finals])
+            line += f"best {field} {best:.5g} ({names_holder['names'][indices[k]]}), median {median:.5g}"
+        line += f" | {len(history.diverged)} diverged | {now - last[0]:.1f} s"
+        last[0] = now
+        print(line, flush=True)
+
+    def callback(i, record):
+        if log is not None:
+            log.record(i, names_holder["names"][i], members_full[i], record)
+
+    members_full = [_settings(m, k) for k, m in enumerate(members)]
+    names_holder["names"] = [_short_name(m, varying) or f"member {k}" for k, m in enumerate(members_full)]
+    began = time.perf_counter()
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # a diverging member is reported instead
+        try:
+            result = sweep(X, y, members, outputs=outputs_count, optimizer=optimizer, loss=loss,
+                           epochs=epochs, batch_size=batch or None, shuffle=opts["shuffle"], seed=args.data_seed,
+                           shuffle_per_member=args.shuffle_per_member, device=dev, validation=validation,
+                           log_every=log_every, callback=callback, chunk=args.chunk, on_group=on_group,
+                           on_read=on_read, **config)
+        finally:
+            if log is not None:
+                log.close()
+    seconds = time.perf_counter() - began
+    for note in result.notes:
+        print(f"note: {note}")
+    if log is not None:
+        log.diverged(result, members_full)
+    test = splits.get("test") if evaluated != "test" else None
+    _print_table(result, varying, loss, field, test, evaluated)
+    print(f"trained {len(result)} members in {seconds:.2f} s")
+    for i, info in sorted(result.diverged.items()):
+        print(f"diverged: {info['message']}")
+    _print_spread(result, varying, field)
+    if args.ensemble:
+        _print_ensembles(result, loss, validation, test, evaluated, field)
+    ranking = [i for i in result.ranking(field) if i not in result.diverged]
+    meta = dict(args=args, opts=opts, batch=batch, epochs=epochs, log_every=log_every, fraction=fraction,
+                optimizer=optimizer)
+    if args.save and ranking:
+        best = ranking[0]
+        _save(result, best, args.save, meta)
+        print(f"saved {args.save}: member {best} ({result.names[best]}), the best {field}")
+    if args.save_all:
+        for i in range(len(result)):
+            if i not in result.diverged:
+                _save(result, i, Path(args.save_all) / _member_file(i, len(result)), meta)
+        print(f"saved {len(result) - len(result.diverged)} members in {args.save_all}")
+    if args.plot:
+        written = _plots(Path(args.plot), result, lists, varying, field, loss)
+        print("plots: " + ", ".join(str(p) for p in written))
+    if len(result.diverged) == len(result):
+        print("portablenn: error: every member diverged; nothing to save", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _short_name(settings, varying):
+    return " ".join(f"{k}={'x'.join(map(str, settings[k])) if k == 'hidden' else format(settings[k], 'g')}"
+                    for k in varying)
+
+
+def _print_table(result, varying, loss, field, test, evaluated):
+    """The members, best first: their varying settings, final training and validation figures."""
+    names = loss.metric_names
+    head = ["#"] + (varying or ["member"]) + ["Train Loss"] + [f"Train {table.HEADINGS.get(m, m)}" for m in names]
+    has_val = field.startswith("val_")
+    label = (evaluated or "val").replace("_", " ").title()
+    if has_val:
+        head += [f"{label} Loss"] + [f"{label} {table.HEADINGS.get(m, m)}" for m in names]
+    test_scores = None
+    if test is not None:  # informative only: the ranking never looks at the test split
+        test_scores = {}
+        for indices, stacked, opt in result.groups:
+            for k, score in enumerate(_evaluate(stacked, test, loss)):
+                test_scores[indices[k]] = score
+        head += [f"Test {table.HEADINGS.get(m, m)}" for m in names[:1]]
+    head.append("Epochs")
+    rows = []
+    for i in result.ranking(field):
+        m = result.members[i]
+        cells = [i] + ([("x".join(map(str, m[k])) if k == "hidden" else f"{m[k]:g}") for k in varying] or [i])
+        if i in result.diverged:
+            d = result.diverged[i]
+            cells += [f"diverged at epoch {d['epoch']} step {d['step']}"]
+            rows.append(cells)
+            continue
+        cells += [table.loss(result.final(i, "loss"))] + [table.metric(n, result.final(i, n)) for n in names]
+        if has_val:
+            cells += [table.loss(result.final(i, "val_loss"))] + [table.metric(n, result.final(i, "val_" + n))
+                                                                  for n in names]
+        if test_scores is not None:
+            cells.append(table.metric(names[0], test_scores[i][names[0]]))
+        cells.append(len(result.histories[i]))
+        rows.append(cells)
+    fixed = len(varying or ["member"]) + 1  # the columns every row has: number and settings
+    widths = [max([len(str(h))] + [len(str(r[c])) for r in rows if len(r) == len(head) or c < fixed])
+              for c, h in enumerate(head)]
+    print(table.row(head, widths))
+    print("|" + "|".join("-" * (w + 2) for w in widths) + "|")
+    for r in rows:
+        if len(r) == len(head):
+            print(table.row(r, widths))
+        else:  # a diverged member: its note spans the figures' columns
+            span = sum(widths[fixed:]) + 3 * (len(widths) - fixed - 1)
+            print(table.row(r[:fixed], widths[:fixed])[:-1] + "| " + str(r[-1]).ljust(span) + " |")
+
+
+def _evaluate(stacked, split, loss):
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        return evaluate_stack(stacked, *split, loss=loss)
+
+
+def _print_spread(result, varying, field):
+    """Each setting run with several seeds: the mean and standard deviation of its members' final figures."""
+    spread = result.spread(field)
+    if not spread:
+        return
+    others = [k for k in varying if k != "seed"]
+    print(f"over seeds ({field}: mean +- standard deviation of the members' final values):")
+    sign = -1.0 if field.removeprefix("val_") == "r2" else 1.0
+    for settings, indices, mean, std in sorted(spread, key=lambda s: (math.isnan(s[2]), sign * s[2])):
+        label = _short_name(settings, others) or "all"
+        losses = [result.final(i, "loss") for i in indices]
+        print(f"  {label}: {mean:.5f} +- {std:.5f} over {len(indices)} seeds (train loss {np.mean(losses):.5f})"
+              + (f", {sum(i in result.diverged for i in indices)} diverged" if any(i in result.diverged
+                                                                                   for i in indices) else ""))
+
+
+def _print_ensembles(result, loss, validation, test, evaluated, field):
+    """The ensemble of each setting's seeds: averaged probabilities against its best and mean member."""
+    if loss.task != "classification":
+        print("ensembles: --ensemble averages class probabilities; this task has none")
+        return
+    splits = [(evaluated or "val", validation)] + ([("test", test)] if test is not None else [])
+    splits = [(name, split) for name, split in splits if split is not None]
+    if not splits:
+        print("ensembles: no validation or test split to measure them on")
+        return
+    probabilities = {name: {} for name, _ in splits}
+    for indices, stacked, _ in result.groups:
+        for name, (Xs, _) in splits:
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                p = predict_proba_stack(stacked, Xs, loss=loss)
+            for k, i in enumerate(indices):
+                probabilities[name][i] = p[k]
+    for settings, indices, _, _ in result.spread(field):
+        good = [i for i in indices if i not in result.diverged]
+        if len(good) < 2:
+            continue
+        label = _short_name(settings, [k for k in SETTINGS if k != "seed" and len({repr(m[k]) for m in
+                                                                                   result.members}) > 1]) or "all"
+        parts = []
+        for name, (Xs, ys) in splits:
+            ys = np.asarray(ys)
+            errors = [float(np.mean(np.argmax(probabilities[name][i], axis=1) != ys)) for i in good]
+            mean = np.mean([probabilities[name][i] for i in good], axis=0)
+            ensemble = float(np.mean(np.argmax(mean, axis=1) != ys))
+            parts.append(f"{name} error {ensemble:.5f} (best member {min(errors):.5f}, mean {np.mean(errors):.5f})")
+        print(f"ensemble of {len(good)} seeds ({label}): " + " | ".join(parts))
+
+
+def _save(result, i, path, meta):
+    """Member ``i`` as the checkpoint ``portablenn train`` would have written for it."""
+    from .. import checkpoint
+
+    args, opts, m = meta["args"], meta["opts"], result.members[i]
+    model, optimizer = result.model(i), result.optimizer(i)
+    model.config = dict(model.config or {})
+    keep = {"dataset": args.dataset, "seed": args.data_seed, "lr": m["lr"], "l2": m["l2"],
+            "batch_size": meta["batch"], "shuffle": opts["shuffle"], "epochs": meta["epochs"],
+            "log_every": meta["log_every"], "val": args.val, "init": opts["init"], "loss": opts["loss"],
+            "targets": opts.get("targets") if LOSSES.get(opts["loss"]).task != "classification" else None,
+            "clip_grad": None, "val_fraction": meta["fraction"], "early_stopping": None}
+    epoch = len(result.histories[i])
+    checkpoint.save(model, path, optimizer=optimizer, metadata={
+        "dataset": args.dataset, "epoch": epoch, "seed": args.data_seed, "train": json.dumps(keep),
+        "sweep": json.dumps({"member": i, "name": result.names[i], "init_seed": m["seed"]})})
+
+
+class _Log:
+    """--log: one JSON line per member and epoch, written as the records arrive."""
+
+    def __init__(self, path, device_name):
+        mode = "a" if not os.path.exists(path) or os.path.getsize(path) == 0 or outputs.is_ours(path, "log") else "w"
+        self.file, self.device = open(path, mode), device_name
+
+    def record(self, i, name, settings, record):
+        self.file.write(json.dumps({"member": i, "name": name, **_jsonable(settings), **record,
+                                    "device": self.device}) + "\n")
+
+    def diverged(self, result, members):
+        with open(self.file.name, "a") as fh:
+            for i, info in sorted(result.diverged.items()):
+                fh.write(json.dumps({"member": i, "name": result.names[i], **_jsonable(members[i]),
+                                     "epoch": info["epoch"], "loss": None, "diverged": info["message"],
+                                     "device": self.device}) + "\n")
+
+    def flush(self):
+        self.file.flush()
+
+    def close(self):
+        self.file.close()
+
+
+def _jsonable(settings):
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+
+
+# -- plots ------------------------------------------------------------------------------------------------------
+def _plots(directory, result, lists, varying, field, loss):
+    from ..plots import _figure, _save as save_png
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    metric = field.removeprefix("val_")
+    fig = _figure(figsize=(11, 4.2))
+    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    order = result.ranking(field)
+    colours = _colours(len(order))
+    for rank, i in enumerate(order):
+        h = result.histories[i]
+        if not h.records:
+            continue
+        kwargs = dict(color=colours[rank], lw=1.6 if rank == 0 else 0.9, alpha=1.0 if rank < 5 else 0.55,
+                      label=result.names[i] if rank < 8 else None)
+        left.plot(h["epoch"], h["loss"], **kwargs)
+        if field in h.records[0]:
+            right.plot(h["epoch"], h[field], **kwargs)
+    left.set(xlabel="epoch", ylabel="training loss", title="training loss, every member")
+    left.set_yscale("log")
+    right.set(xlabel="epoch", ylabel=field, title=f"{field} (the best 8 named; best is thickest)")
+    if metric == "error":
+        right.set_ylim(bottom=0)
+    right.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    written.append(save_png(fig, directory / PLOTS[0]))
+    axes = [k for k in HEAT_MAP_AXES if k in varying][:2]
+    if len(axes) == 2:
+        written.append(_heat_map(directory / PLOTS[1], result, lists, axes, field, [k for k in varying
+                                                                                     if k not in axes]))
+    return written
+
+
+def _colours(n):
+    from ..plots import _colormap
+
+    cmap = _colormap("viridis")
+    return [cmap(0.9 * k / max(1, n - 1)) for k in range(n)]
+
+
+def _heat_map(path, result, lists, axes, field, rest):
+    """The final ``field`` over two settings: the mean over seeds, the best over any other varying setting."""
+    from ..plots import _colormap, _figure, _save as save_png
+
+    (ka, kb) = axes
+    va, vb = lists[ka], lists[kb]
+    grid_values = np.full((len(va), len(vb)), np.nan)
+    higher = field.removeprefix("val_") == "r2"
+    for a, x in enumerate(va):
+        for b, z in enumerate(vb):
+            cells = {}
+            for i, m in enumerate(result.members):
+                if m[ka] == x and m[kb] == z:
+                    key = tuple((k, m[k]) for k in rest if k != "seed")
+                    cells.setdefault(key, []).append(result.final(i, field))
+            if cells:
+                means = [np.mean(v) for v in cells.values()]
+                finite = [v for v in means if not math.isnan(v)]
+                grid_values[a, b] = (max(finite) if higher else min(finite)) if finite else np.nan
+    fig = _figure(figsize=(1.2 + 1.0 * len(vb), 1.2 + 0.7 * len(va)))
+    ax = fig.add_subplot(1, 1, 1)
+    masked = np.ma.masked_invalid(grid_values)
+    cmap = _colormap("viridis_r" if not higher else "viridis").copy()
+    cmap.set_bad("lightgrey")
+    image = ax.imshow(masked, cmap=cmap, aspect="auto")
+    fig.colorbar(image, ax=ax, label=field)
+
+    def tick(k, v):
+        return "x".join(map(str, v)) if k == "hidden" else f"{v:g}"
+    ax.set_xticks(range(len(vb)), [tick(kb, v) for v in vb])
+    ax.set_yticks(range(len(va)), [tick(ka, v) for v in va])
+    ax.set(xlabel=kb, ylabel=ka)
+    others = [k for k in rest if k != "seed"]
+    title = f"final {field}" + (" (mean over seeds)" if "seed" in rest else "") + \
+        (f", best over {', '.join(others)}" if others else "")
+    ax.set_title(title, fontsize=9)
+    finite = grid_values[np.isfinite(grid_values)]
+    middle = float(np.median(finite)) if finite.size else 0.0  # dark text on the light half of the colours
+    for a in range(len(va)):
+        for b in range(len(vb)):
+            v = grid_values[a, b]
+            ax.text(b, a, "diverged" if math.isnan(v) else f"{v:.3f}", ha="center", va="center", fontsize=8,
+                    color="black" if math.isnan(v) or (v >= middle if higher else v <= middle) else "white")
+    fig.tight_layout()
+    return save_png(fig, path)
+

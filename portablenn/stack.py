@@ -1,0 +1,331 @@
+"""Many models as one: M same-architecture MLPs whose parameters carry a leading member axis.
+
+``Stacked([model_0, ..., model_{M-1}])`` holds member ``i``'s Linear weight ``(in, out)`` as slice ``i`` of a
+``(M, in, out)`` array and its bias ``(out,)`` as ``(M, 1, out)``, so one ``matmul`` (broadcast over the
+member axis) does the work of M small ones: ``(batch, in)`` shared by every member, or ``(M, batch, in)``
+(each member its own rows) -> ``(M, batch, out)``. The elementwise activations of ``layers.py`` run on
+the 3-D arrays unchanged; Dropout draws, for member ``i``, exactly the mask member ``i``'s own Dropout
+layer draws (``portablenn.counter_rng``), with its own ``p`` and seed (``p = 0`` where the member has no
+Dropout layer there). ``member(i)`` gives member ``i`` back as an ordinary ``Sequential``: a checkpoint,
+``fit``, ``predict`` take it as they take any model. The math only: ``portablenn.sweep`` trains it.
+"""
+import copy
+
+import numpy as np
+
+from . import backend
+from .counter_rng import MASK, draw_key, element_bits, lowbias32
+from .dropout import Dropout
+from .layers import Linear, Module, Sequential
+from .registry import ACTIVATIONS, LAYERS
+
+__all__ = ["Stacked", "StackedLinear", "StackedDropout", "StackError", "architecture_key"]
+
+
+class StackError(ValueError):
+    """Models that cannot share a stack (different architectures, unsupported layers), in one sentence."""
+
+
+def _elementwise(layer):
+    """Whether ``layer`` is a registered elementwise activation without state (ReLU, Tanh, GELU, ...)."""
+    name = ACTIVATIONS.name_of(layer)
+    return name is not None and not layer.params and not layer.buffers and not layer.couples_rows
+
+
+def _core(model):
+    """``[(position, layer), ...]`` of ``model``'s layers other than Dropout; StackError for one a stack
+    cannot hold."""
+    core = []
+    for i, layer in enumerate(model.layers):
+        if isinstance(layer, Dropout):
+            continue
+        if type(layer) is not Linear and not _elementwise(layer):
+            raise StackError(f"layer {i} ({layer!r}) cannot be stacked: a stack holds Linear layers, the "
+                             f"elementwise activations and Dropout")
+        core.append((i, layer))
+    return core
+
+
+def architecture_key(model):
+    """What members of one stack share: every layer's config except Dropout's (``p`` and ``seed`` may
+    differ, and a member may lack a Dropout layer another has: it drops nothing there), plus the dtype.
+    Models with equal keys can be stacked."""
+    return (model.dtype,) + tuple(repr(sorted(LAYERS.to_config(layer).items())) for _, layer in _core(model))
+
+
+class StackedLinear(Module):
+    """M Linear layers: ``y[i] = x[i] @ weight[i] + bias[i]``, weight ``(M, in, out)``, bias ``(M, 1, out)``.
+
+    The input is ``(batch, in)`` (the same rows for every member: the first layer) or ``(M, batch, in)``.
+    """
+
+    decayed = ("weight",)
+
+    def __init__(self, linears):
+        super().__init__()
+        first = linears[0]
+        self.in_features, self.out_features, self.members = first.in_features, first.out_features, len(linears)
+        self.params["weight"] = np.stack([first.device.to_numpy(l.params["weight"]) for l in linears])
+        if "bias" in first.params:
+            self.params["bias"] = np.stack([l.device.to_numpy(l.params["bias"]).reshape(1, -1) for l in linears])
+
+    def forward(self, x):  # (batch, in) or (M, batch, in) -> (M, batch, out)
+        self._x = x  # cached for backward
+        y = self.xp.matmul(x, self.params["weight"])
+        if "bias" not in self.params:
+            return y
+        if self.device.backend.mutable:  # into the fresh product, as Kernels.linear adds it
+            y += self.params["bias"]
+            return y
+        return y + self.params["bias"]
+
+    def backward(self, grad_output, input_grad=True):  # (M, batch, out) -> (M, batch, in)
+        xp, weight = self.xp, self.params["weight"]
+        grad_input = xp.matmul(grad_output, xp.matrix_transpose(weight)) if input_grad else None
+        x = self._x
+        self.grads["weight"] = xp.matmul(x.T if x.ndim == 2 else xp.matrix_transpose(x), grad_output)
+        if "bias" in self.params:  # (1, batch) @ (M, batch, out): the rows summed by one batched GEMV
+            self.grads["bias"] = xp.matmul(self._ones(grad_output.shape[1], grad_output.dtype), grad_output)
+        return grad_input
+
+    def _ones(self, rows, dtype):
+        key = (rows, dtype)
+        if key not in self._ones_cache:
+            with self.device.activate():
+                self._ones_cache[key] = self.xp.ones((1, rows), dtype=dtype, device=self.device.native)
+        return self._ones_cache[key]
+
+    def _bind(self, device):
+        super()._bind(device)
+        self._ones_cache = {}
+
+    def member(self, i):
+        """Member ``i``'s ``{"weight": (in, out), "bias": (out,)}`` as host arrays."""
+        params = {"weight": self.device.to_numpy(self.params["weight"][i, ...])}
+        if "bias" in self.params:
+            params["bias"] = self.device.to_numpy(self.params["bias"][i, 0, ...])
+        return params
+
+    def __repr__(self):
+        return f"StackedLinear({self.members} x {self.in_features}, {self.out_features}, bias={'bias' in self.params})"
+
+
+class StackedDropout(Module):
+    """M Dropout layers: member ``i`` zeroes with probability ``p[i]`` and draws the mask its own
+    ``Dropout(p[i], seed[i])`` draws at the same counter (``p = 0``: no Dropout there, nothing dropped).
+
+    The per-member seed hash, threshold and scale are ``(M, 1, 1)`` arrays on the device; the element
+    index of ``(r, c)`` is ``r * n + c`` of the ``(batch, n)`` rows, as for one model.
+    """
+
+    integer_buffers = ("counter",)
+
+    def __init__(self, ps, seeds, counter=0):
+        super().__init__()
+        self.p, self.seed, self.members = tuple(float(p) for p in ps), tuple(int(s) for s in seeds), len(ps)
+        self.buffers["counter"] = self.xp.asarray(int(counter), dtype=self.xp.int64)
+        self._host = {"hash": np.array([lowbias32(s) for s in self.seed], dtype=np.int64).reshape(-1, 1, 1),
+                      "threshold": np.array([min(round(p * 2.0**32), MASK) for p in self.p],
+                                            dtype=np.int64).reshape(-1, 1, 1),
+                      "scale": np.array([1.0 / (1.0 - p) for p in self.p]).reshape(-1, 1, 1)}
+
+    def forward(self, x):  # (M, batch, n) -> (M, batch, n)
+        if not self.training or not any(self.p):
+            self._keep = None
+            return x
+        counter, constants = self.buffers["counter"], self._constants(x.dtype)
+        bits = element_bits(self._hashed_index(tuple(x.shape[1:])), draw_key(constants["hash"], counter))
+        self._set_buffer("counter", counter + 1)  # on the device, as Dropout
+        self._keep = bits >= constants["threshold"]
+        return self.xp.where(self._keep, x * constants["scale"], 0.0)
+
+    def backward(self, grad_output, input_grad=True):
+        if not input_grad:
+            return None
+        if self._keep is None:
+            return grad_output
+        return self.xp.where(self._keep, grad_output * self._constants(grad_output.dtype)["scale"], 0.0)
+
+    def _constants(self, dtype):
+        """The (M, 1, 1) device arrays, the scale in ``dtype``; made once per device and dtype."""
+        if dtype not in self._device_constants:
+            dev = self.device
+            self._device_constants[dtype] = {
+                "hash": dev.asarray(self._host["hash"], dtype="int64"),
+                "threshold": dev.asarray(self._host["threshold"], dtype="int64"),
+                "scale": dev.asarray(self._host["scale"].astype(str(dtype).split(".")[-1]), dtype=dtype)}
+        return self._device_constants[dtype]
+
+    def _hashed_index(self, shape):
+        if shape not in self._hashed:
+            size = int(np.prod(shape))
+            if size > MASK + 1:
+                raise ValueError(f"Dropout draws at most 2**32 elements per minibatch, got shape {shape}")
+            self._hashed[shape] = lowbias32(self.xp.reshape(self.device.arange(size, "int64"), shape))
+        return self._hashed[shape]
+
+    def _bind(self, device):
+        super()._bind(device)
+        self._hashed, self._device_constants = {}, {}
+
+    def __repr__(self):
+        return f"StackedDropout({self.members} members, p={self.p})"
+
+
+class Stacked(Module):
+    """M same-architecture models trained as one; parameters keyed ``"<index>.<name>"`` with a leading
+    member axis (``"0.weight"``: ``(M, in, out)``).
+
+    Parameters
+    ----------
+    models : sequence of Sequential
+        The members, each initialised as usual (``mlp(..., seed=s)``); their Linear layers and
+        activations must agree (``architecture_key``), their Dropout ``p`` and seed may differ. Copied:
+        the stack does not share arrays with them.
+
+    Attributes
+    ----------
+    members : int
+        M.
+    layers : list
+        ``StackedLinear``, the activations (shared: elementwise), ``StackedDropout``.
+    """
+
+    def __init__(self, models):
+        models = list(models)
+        if not models:
+            raise StackError("a stack needs at least one model")
+        for i, model in enumerate(models):
+            if not isinstance(model, Sequential):
+                raise StackError(f"member {i} is a {type(model).__name__}, not a Sequential model")
+        key = architecture_key(models[0])
+        for i, model in enumerate(models[1:], 1):
+            if architecture_key(model) != key:
+                raise StackError(f"member {i} has another architecture than member 0 ({model.dtype} "
+                                 f"{[type(l).__name__ for _, l in _core(model)]} against {models[0].dtype} "
+                                 f"{[type(l).__name__ for _, l in _core(models[0])]}, or other sizes): stack "
+                                 f"each architecture on its own")
+        self.members = len(models)
+        self.dtype = models[0].dtype
+        self.configs = [copy.deepcopy(getattr(m, "config", None)) for m in models]  # mlp's arguments, for member()
+        self._layer_configs = [m.to_config() for m in models]
+        cores = [_core(m) for m in models]
+        drops = [self._dropouts(m) for m in models]  # core position -> the Dropout after it, per member
+        layers, self._where = [], [dict() for _ in models]  # member's layer index -> stacked layer index
+        for j, (_, layer) in enumerate(cores[0]):
+            if type(layer) is Linear:
+                layers.append(StackedLinear([core[j][1] for core in cores]))
+            else:
+                layers.append(copy.copy(layer))
+                layers[-1].params, layers[-1].grads, layers[-1].buffers = {}, {}, {}
+            for i, core in enumerate(cores):
+                self._where[i][core[j][0]] = len(layers) - 1
+            if any(j in d for d in drops):
+                found = [d.get(j) for d in drops]
+                counters = {int(np.asarray(models[i].device.to_numpy(f.buffers["counter"]))) for i, f in
+                            enumerate(found) if f is not None}
+                if len(counters) > 1:
+                    raise StackError(f"the members' Dropout layers after layer {core[j][0]} have drawn different "
+                                     f"numbers of masks ({sorted(counters)}): stack fresh models")
+                layers.append(StackedDropout([f.p if f else 0.0 for f in found], [f.seed if f else 0 for f in found],
+                                             counters.pop()))
+                for i, f in enumerate(found):
+                    if f is not None:
+                        self._where[i][models[i].layers.index(f)] = len(layers) - 1
+        self.layers = layers
+        super().__init__()
+        self._bind(backend.device("cpu"))
+        self.to(models[0].device, self.dtype)
+
+    @staticmethod
+    def _dropouts(model):
+        found, j = {}, -1
+        for layer in model.layers:
+            if isinstance(layer, Dropout):
+                found[j] = layer
+            else:
+                j += 1
+        return found
+
+    # -- the math ------------------------------------------------------------------------------------
+    def forward(self, x):  # (batch, in) or (M, batch, in) -> (M, batch, out)
+        for layer in self.layers:
+            x = layer.forward(x)
+        return x
+
+    def backward(self, grad_output, input_grad=False):  # (M, batch, out) -> (M, batch, in)
+        """Backpropagate through every layer, filling each one's ``grads`` (``(M, ...)`` like its params)."""
+        for i in range(len(self.layers) - 1, -1, -1):
+            grad_output = self.layers[i].backward(grad_output, input_grad or i > 0)
+        return grad_output
+
+    # -- what a model offers ---------------------------------------------------------------------------
+    def __len__(self):
+        return self.members
+
+    def __repr__(self):
+        inner = "".join(f"\n  ({i}): {layer!r}" for i, layer in enumerate(self.layers))
+        return f"Stacked({self.members} members{inner}\n)"
+
+    @property
+    def in_features(self):
+        return self.layers[0].in_features
+
+    @property
+    def out_features(self):
+        return next(l.out_features for l in reversed(self.layers) if hasattr(l, "out_features"))
+
+    def named_parameters(self):
+        """``[(key, layer, name), ...]`` in layer order; each parameter has the member axis first."""
+        return [(f"{i}.{name}", layer, name) for i, layer in enumerate(self.layers) for name in layer.params]
+
+    def to(self, device=None, dtype=None):
+        """Move (copy) every parameter and buffer to ``device`` and/or cast the float ones to ``dtype``."""
+        dev = backend.device(device) if device is not None else self.device
+        dtype = dtype or self.dtype
+        dev.dtype(dtype)  # DeviceError if the device lacks it
+        if dev == self.device and dtype == self.dtype and getattr(self, "_placed", False):
+            return self
+        for layer in self.layers + [self]:
+            for name, p in layer.params.items():
+                layer.params[name] = dev.asarray(np.ascontiguousarray(self.device.to_numpy(p)), dtype=dtype)
+            for name, b in layer.buffers.items():
+                layer.buffers[name] = dev.asarray(self.device.to_numpy(b), dtype="int64")
+            layer.grads = {}
+            layer._bind(dev)
+        self.dtype, self._placed = dtype, True
+        return self
+
+    def state_dict(self):
+        """Host copies of every parameter (member axis first) and buffer, keyed as a Sequential's."""
+        return {f"{i}.{name}": self.device.to_numpy(store[name]).copy() for i, layer in enumerate(self.layers)
+                for store in (layer.params, layer.buffers) for name in store}
+
+    def member(self, i, device=None):
+        """Member ``i`` as an ordinary ``Sequential`` (its own architecture, Dropout layers included, and
+        ``config``), holding copies of its current parameters; on the stack's device unless told."""
+        if isinstance(i, bool) or not isinstance(i, (int, np.integer)) or not 0 <= i < self.members:
+            raise IndexError(f"member index must be an integer from 0 to {self.members - 1}, got {i!r}")
+        model = Sequential.from_config(self._layer_configs[i], dtype=self.dtype)
+        state = {}
+        for k, layer in enumerate(model.layers):
+            stacked = self.layers[self._where[i][k]] if k in self._where[i] else None
+            if isinstance(stacked, StackedLinear):
+                state.update({f"{k}.{name}": value for name, value in stacked.member(i).items()})
+            elif isinstance(stacked, StackedDropout):
+                state[f"{k}.counter"] = self.device.to_numpy(stacked.buffers["counter"])
+        model.load_state_dict(state)
+        if self.configs[i] is not None:
+            model.config = copy.deepcopy(self.configs[i])
+        return model.to(self.device if device is None else device)
+
+    def member_key(self, i, key):
+        """The state-dict key member ``i``'s own model gives the stack's ``key`` ("3.weight" -> "2.weight" for
+        a member without the Dropout layer another member has)."""
+        index, _, name = key.partition(".")
+        own = {stacked: k for k, stacked in self._where[i].items()}
+        return f"{own[int(index)]}.{name}"
+
+    def models(self, device=None):
+        """Every member as an ordinary ``Sequential`` (``member(i)`` for each ``i``)."""
+        return [self.member(i, device) for i in range(self.members)]

@@ -1,0 +1,435 @@
+"""Sweeps trained as one stack (portablenn.sweep): every member trains as ``fit`` trains it alone, a diverged
+member stops alone, memory refusals and chunks, predictions of members and of the ensemble."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+import portablenn as pn
+from _support import classification_data, fit_with_snapshots, require_dtype
+from _tolerances import assert_close
+from portablenn import sweep as sw
+from portablenn.sweep import StackedOptimizer, fit_stack, grid, stack_mlp
+
+SIZES = [5, 8, 3]
+FIELDS = ("loss", "error", "val_loss", "val_error")
+# float64: the issue's "about 1e-12 relative"; float32: the dtype's tolerance
+FACTOR = {"float64": 1e-2, "float32": 10.0}
+
+# name -> (optimizer template, its per-member settings, the solo optimizer of member i, extra fit options)
+CASES = {
+    "sgd": (pn.SGD(0.1, momentum=0.5), dict(lr=[0.05, 0.2, 0.1], l2=[0.0, 1e-2, 1e-3], momentum=[0.0, 0.9, 0.5]),
+            lambda s: pn.SGD(s["lr"], momentum=s["momentum"]), dict(batch_size=16)),
+    "nesterov": (pn.SGD(0.1, momentum=0.5, nesterov=True), dict(lr=[0.05, 0.2, 0.1], momentum=[0.3, 0.9, 0.5]),
+                 lambda s: pn.SGD(s["lr"], momentum=s["momentum"], nesterov=True), dict(batch_size=16)),
+    "full_batch": (pn.SGD(0.5), dict(lr=[0.5, 1.0, 0.25], l2=[1e-3, 0.0, 1e-2]),
+                   lambda s: pn.SGD(s["lr"]), dict(batch_size=None)),
+    "adam": (pn.Adam(1e-2), dict(lr=[1e-2, 3e-2, 1e-3], l2=[0.0, 1e-3, 0.0]),
+             lambda s: pn.Adam(s["lr"]), dict(batch_size=20)),
+    "adamw": (pn.AdamW(1e-2), dict(lr=[1e-2, 3e-2, 1e-3], weight_decay=[0.0, 0.1, 0.01], l2=[1e-3, 0.0, 0.0]),
+              lambda s: pn.AdamW(s["lr"], weight_decay=s["weight_decay"]), dict(batch_size=20)),
+    "own_orders": (pn.SGD(0.1), dict(lr=[0.05, 0.2, 0.1]), lambda s: pn.SGD(s["lr"]),
+                   dict(batch_size=16, member_seeds=[7, 8, 9])),
+}
+SEEDS = [0, 1, 2]
+DROPOUT = [0.0, 0.3, 0.0]
+
+
+def _data(dtype):
+    X, y = classification_data(n=60, features=5, classes=3, seed=4)
+    Xv, yv = classification_data(n=25, features=5, classes=3, seed=5)
+    return X.astype(dtype), y, (Xv.astype(dtype), yv)
+
+
+def _settings(case, i):
+    _, per_member, _, _ = CASES[case]
+    return {key: values[i] for key, values in per_member.items()}
+
+
+def _solo(case, i, device, dtype, X, y, val, epochs, dropout=DROPOUT):
+    template, per_member, make, extra = CASES[case]
+    s = _settings(case, i)
+    model = pn.mlp(SIZES, seed=SEEDS[i], dtype=dtype, dropout=dropout[i])
+    order = extra.get("member_seeds", [3] * 3)[i]
+    options = {k: v for k, v in extra.items() if k != "member_seeds"}
+    return model, fit_with_snapshots(model, X, y, optimizer=make(s), l2=s.get("l2", 0.0), epochs=epochs,
+                                     seed=order, device=device, validation=val, **options)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_every_member_trains_as_fit_trains_it_alone(device, dtype, case):
+    """Step by step (after every epoch; full batch: every step) each member's records and weights are its solo
+    fit's, from the same initial weights and minibatch order."""
+    require_dtype(device, dtype)
+    X, y, val = _data(dtype)
+    template, per_member, _, extra = CASES[case]
+    epochs = 4
+    stacked = stack_mlp(SIZES, SEEDS, dtype=dtype, dropout=DROPOUT).to(device)
+    snapshots = {i: [] for i in range(3)}
+
+    def callback(i, record):
+        snapshots[i].append((dict(record), stacked.member(i).state_dict()))
+    history = fit_stack(stacked, X, y, optimizer=template, **per_member, epochs=epochs, seed=3, validation=val,
+                        callback=callback, **extra)
+    assert not history.diverged
+    for i in range(3):
+        _, (solo_history, states, records) = _solo(case, i, device, dtype, X, y, val, epochs)
+        assert len(history[i]) == len(solo_history) == epochs
+        for epoch, ((record, state), solo_record, solo_state) in enumerate(zip(snapshots[i], records, states), 1):
+            for field in FIELDS:
+                assert_close(record[field], solo_record[field], dtype, factor=FACTOR[dtype],
+                             err_msg=f"member {i} epoch {epoch} {field}")
+            for key in solo_state:
+                assert_close(state[key], solo_state[key], dtype, factor=FACTOR[dtype],
+                             err_msg=f"member {i} epoch {epoch} {key}")
+        assert history[i].records == [r for r, _ in snapshots[i]]
+
+
+@pytest.mark.parametrize("loss", ["mse", "binary_cross_entropy"])
+def test_other_losses_train_member_by_member_as_fit(loss):
+    """Losses without a stacked formula run member by member through their own value_and_grad."""
+    rng = np.random.default_rng(6)
+    X = rng.standard_normal((40, 5))
+    y = (X @ rng.standard_normal((5, 2)) > 0).astype(np.float64) if loss != "mse" else X @ rng.standard_normal((5, 2))
+    sizes = [5, 6, 2]
+    stacked = stack_mlp(sizes, [0, 1], dtype="float64")
+    history = fit_stack(stacked, X, y, loss=loss, lr=[0.05, 0.1], l2=[0.0, 1e-3], epochs=3, batch_size=16,
+                        validation=(X[:10], y[:10]))
+    for i, (lr, l2) in enumerate(((0.05, 0.0), (0.1, 1e-3))):
+        model = pn.mlp(sizes, seed=i, dtype="float64")
+        solo = pn.fit(model, X, y, loss=loss, optimizer=pn.SGD(lr), l2=l2, epochs=3, batch_size=16,
+                      validation=(X[:10], y[:10]))
+        for record, solo_record in zip(history[i].records, solo.records):
+            for field in solo_record:
+                if field not in ("epoch", "seconds"):
+                    assert_close(record[field], solo_record[field], "float64", factor=FACTOR["float64"], err_msg=field)
+        for key, value in model.state_dict().items():
+            assert_close(stacked.member(i).state_dict()[key], value, "float64", factor=FACTOR["float64"])
+
+
+def test_the_optimizer_state_of_a_member_is_its_solo_fits(device):
+    require_dtype(device, "float64")
+    X, y, val = _data("float64")
+    for case in ("sgd", "adamw"):
+        template, per_member, _, extra = CASES[case]
+        stacked = stack_mlp(SIZES, SEEDS, dtype="float64", dropout=DROPOUT).to(device)
+        history = fit_stack(stacked, X, y, optimizer=template, **per_member, epochs=2, seed=3, **extra)
+        for i in range(3):
+            model = pn.mlp(SIZES, seed=SEEDS[i], dtype="float64", dropout=DROPOUT[i])
+            solo = CASES[case][2](_settings(case, i))
+            pn.fit(model, X, y, optimizer=solo, l2=_settings(case, i).get("l2", 0.0), epochs=2, seed=3,
+                   device=device, **{k: v for k, v in extra.items() if k != "member_seeds"})
+            mine = history.optimizer.member(i)
+            assert type(mine) is type(solo) and mine.steps == solo.steps and mine.to_config() == solo.to_config()
+            filled = {key for key, buffers in solo.state.items() if buffers}  # plain SGD keeps none
+            assert sorted(mine.state) == sorted(filled)
+            for key in filled:
+                for a, b in zip(mine.state[key], solo.state[key]):
+                    assert_close(a, device.to_numpy(b), "float64", factor=FACTOR["float64"], err_msg=f"{case} {key}")
+
+
+@pytest.mark.parametrize("case", ["sgd", "nesterov", "full_batch"])
+def test_in_place_and_functional_updates_agree_bit_for_bit(monkeypatch, case):
+    """Where arrays cannot change in place (JAX), the stack updates through new arrays: the same numbers as in
+    place (on the generic kernels: NumPy's fast ones fold plain SGD into the GEMMs, equal to rounding)."""
+    X, y, val = _data("float64")
+    dev = pn.device("numpy", kernels="generic")
+    results = []
+    for mutable in (True, False):
+        monkeypatch.setattr(dev.backend, "mutable", mutable)
+        stacked = stack_mlp(SIZES, SEEDS, dtype="float64", dropout=DROPOUT).to(dev)
+        template, per_member, _, extra = CASES[case]
+        per_member = {**per_member, "l2": [0.0, 1e-3, 1e-2]}
+        fit_stack(stacked, X, y, optimizer=template, **per_member, epochs=3, **extra)
+        results.append(stacked.state_dict())
+    for key in results[0]:
+        np.testing.assert_array_equal(results[0][key], results[1][key], err_msg=key)
+
+
+def test_a_diverging_member_stops_alone_and_is_named(device):
+    require_dtype(device, "float64")
+    X, y, val = _data("float64")
+    stacked = stack_mlp(SIZES, SEEDS, dtype="float64").to(device)
+    lrs = [0.1, 1e30, 0.3]
+    with np.errstate(all="ignore"):
+        history = fit_stack(stacked, X, y, lr=lrs, epochs=6, batch_size=20, seed=3, validation=val, log_every=2,
+                            names=["calm", "wild", "brisk"])
+    assert sorted(history.diverged) == [1]
+    bad = history.diverged[1]
+    assert bad["message"].startswith("wild: the training loss became") and "1e+30" in bad["message"]
+    assert len(history[1]) == bad["epoch"] - 1 and len(history[0]) == len(history[2]) == 6
+    for i in (0, 2):  # the others are their solo fits, untouched by the NaNs beside them
+        model = pn.mlp(SIZES, seed=SEEDS[i], dtype="float64")
+        solo = pn.fit(model, X, y, optimizer=pn.SGD(lrs[i]), epochs=6, batch_size=20, seed=3, validation=val,
+                      device=device)
+        for record, solo_record in zip(history[i].records, solo.records):
+            for field in FIELDS:
+                assert_close(record[field], solo_record[field], "float64", factor=FACTOR["float64"])
+        member = stacked.member(i).state_dict()
+        for key, value in model.state_dict().items():
+            assert_close(member[key], value, "float64", factor=FACTOR["float64"], err_msg=key)
+    with np.errstate(all="ignore"), pytest.raises(pn.DivergenceError):  # what the member does alone
+        pn.fit(pn.mlp(SIZES, seed=1, dtype="float64"), X, y, optimizer=pn.SGD(1e30), epochs=6, batch_size=20,
+               seed=3, device=device)
+    assert np.all(np.isfinite(stacked.state_dict()["0.weight"]))  # the stopped member holds zeros, not NaNs
+
+
+def test_training_stops_when_every_member_has_diverged():
+    X, y, _ = _data("float64")
+    stacked = stack_mlp(SIZES, [0, 1], dtype="float64")
+    steps, forward = [], stacked.forward
+    stacked.forward = lambda x: steps.append(1) or forward(x)
+    with np.errstate(all="ignore"):
+        history = fit_stack(stacked, X, y, lr=[1e30, 1e31], epochs=50, batch_size=None)
+    assert sorted(history.diverged) == [0, 1]
+    assert len(steps) == max(d["epoch"] for d in history.diverged.values()) < 50
+
+
+def test_predictions_of_members_and_of_the_ensemble(device):
+    X, y, val = _data("float32")
+    stacked = stack_mlp(SIZES, SEEDS, dropout=0.2).to(device)
+    fit_stack(stacked, X, y, lr=[0.1, 0.2, 0.3], epochs=2, batch_size=20)
+    probabilities = sw.predict_proba_stack(stacked, val[0])
+    labels = sw.predict_stack(stacked, val[0])
+    assert probabilities.shape == (3, 25, 3) and labels.shape == (3, 25) and labels.dtype == np.int64
+    for i in range(3):
+        model = stacked.member(i)
+        assert_close(probabilities[i], pn.predict_proba(model, val[0]), "float32", factor=10)
+        np.testing.assert_array_equal(labels[i], pn.predict(model, val[0]))
+    mean = sw.predict_proba_stack(stacked, val[0], average=True)
+    assert_close(mean, probabilities.mean(axis=0), "float32")
+    np.testing.assert_array_equal(sw.predict_stack(stacked, val[0], average=True), np.argmax(mean, axis=1))
+    scores = sw.evaluate_stack(stacked, *val, l2=[0.0, 1e-3, 0.0])
+    for i, score in enumerate(scores):
+        solo = pn.evaluate(stacked.member(i), *val, l2=[0.0, 1e-3, 0.0][i], return_dict=True)
+        assert score.keys() == solo.keys()
+        for key in solo:
+            assert_close(score[key], solo[key], "float32", factor=10, err_msg=key)
+
+
+def test_bad_settings_are_one_clear_error():
+    X, y, _ = _data("float32")
+    stacked = stack_mlp(SIZES, SEEDS)
+    with pytest.raises(pn.InputError, match="lr has 2 values for 3 members"):
+        fit_stack(stacked, X, y, lr=[0.1, 0.2])
+    with pytest.raises(pn.InputError, match=r"lr must be a number in \(0, inf\)"):
+        fit_stack(stacked, X, y, lr=[0.1, -1.0, 0.2])
+    with pytest.raises(pn.InputError, match=r"momentum must be a number in \[0, 1\)"):
+        fit_stack(stacked, X, y, momentum=[0.1, 1.0, 0.2])
+    with pytest.raises(pn.InputError, match="momentum is SGD's"):
+        fit_stack(stacked, X, y, optimizer=pn.Adam(), momentum=0.9)
+    with pytest.raises(pn.InputError, match="weight_decay is AdamW's"):
+        fit_stack(stacked, X, y, weight_decay=[0.1, 0.0, 0.0])
+    with pytest.raises(pn.InputError, match="nesterov momentum needs momentum > 0 for every member"):
+        fit_stack(stacked, X, y, optimizer=pn.SGD(0.1, momentum=0.9, nesterov=True), momentum=[0.9, 0.0, 0.9])
+    with pytest.raises(pn.InputError, match="member_seeds must be 3 non-negative integers"):
+        fit_stack(stacked, X, y, member_seeds=[1, 2])
+    with pytest.raises(pn.InputError, match="StackedOptimizer carries its own"):
+        fit_stack(stacked, X, y, optimizer=StackedOptimizer(pn.SGD(0.1), 3), lr=0.3)
+    with pytest.raises(pn.InputError, match="trains a portablenn.stack.Stacked"):
+        fit_stack(pn.mlp(SIZES), X, y)
+
+
+def test_grid_is_every_combination_in_settings_order():
+    members = grid(seed=[0, 1], lr=[0.1, 1.0], hidden=[(4,), (6,)])
+    assert len(members) == 8
+    assert members[0] == {"hidden": (4,), "lr": 0.1, "seed": 0} and members[1] == {"hidden": (4,), "lr": 0.1,
+                                                                                      "seed": 1}
+    assert grid(hidden=(4, 3), lr=0.5) == [{"hidden": (4, 3), "lr": 0.5}]  # one two-layer architecture
+    with pytest.raises(pn.InputError, match="unknown sweep settings"):
+        grid(learning_rate=[0.1])
+
+
+def test_a_sweep_stacks_each_architecture_and_names_what_varies():
+    X, y, val = _data("float64")
+    members = grid(hidden=[(4,), (6,)], lr=[0.1, 0.3], seed=[0, 1])
+    result = sw.sweep(X, y, members, dtype="float64", epochs=2, batch_size=20, validation=val, seed=3)
+    assert len(result.groups) == 2 and [len(g[0]) for g in result.groups] == [4, 4]
+    assert result.notes and "2 architectures (4, 6)" in result.notes[0]
+    assert result.names[0] == "hidden=4 lr=0.1 seed=0"
+    for i in (0, 7):
+        m = result.members[i]
+        model = pn.mlp([5, *m["hidden"], 3], seed=m["seed"], dtype="float64")
+        solo = pn.fit(model, X, y, optimizer=pn.SGD(m["lr"]), epochs=2, batch_size=20, seed=3, validation=val)
+        assert_close(result.final(i, "val_error"), solo.records[-1]["val_error"], "float64")
+        trained = result.model(i).state_dict()
+        for key, value in model.state_dict().items():
+            assert_close(trained[key], value, "float64", factor=FACTOR["float64"], err_msg=key)
+    ranking = result.ranking("val_loss")
+    finals = [result.final(i, "val_loss") for i in ranking]
+    assert finals == sorted(finals)
+    spread = result.spread("val_error")
+    assert len(spread) == 4 and all(len(indices) == 2 for _, indices, _, _ in spread)
+    _, indices, mean, std = spread[0]
+    values = [result.final(i, "val_error") for i in indices]
+    assert math.isclose(mean, np.mean(values)) and math.isclose(std, np.std(values))
+
+
+def test_a_sweep_too_large_for_memory_is_refused_naming_what_fits_or_run_in_chunks(monkeypatch):
+    X, y, val = _data("float64")
+    members = grid(lr=[0.05, 0.1, 0.2, 0.3, 0.4], seed=0)
+    sizes = [5, 100, 3]
+    _, per_member, shared = sw.stack_memory(sizes, 1, 8, 60, 20, 0)
+    limit = shared + 2.5 * per_member  # room for 2 members
+    monkeypatch.setattr(sw, "memory_limit", lambda device: (int(limit), "this test's memory"))
+    with pytest.raises(pn.InputError, match=r"a stack of 5 members .* at most 2 members would fit"):
+        sw.sweep(X, y, members, dtype="float64", epochs=1, batch_size=20)
+    chunked = sw.sweep(X, y, members, dtype="float64", epochs=2, batch_size=20, chunk=True, validation=val)
+    assert [g[0] for g in chunked.groups] == [[0, 1], [2, 3], [4]]
+    assert "trained in chunks of 2" in chunked.notes[-1]
+    monkeypatch.setattr(sw, "memory_limit", lambda device: (None, None))
+    whole = sw.sweep(X, y, members, dtype="float64", epochs=2, batch_size=20, validation=val)
+    for i in range(5):
+        assert_close(chunked.final(i, "val_loss"), whole.final(i, "val_loss"), "float64", factor=FACTOR["float64"])
+    assert sw.largest_stack(sizes, 8, 60, 20, 0, limit=limit) == 2
+
+
+def test_stack_memory_is_one_models_estimate_per_member_plus_the_shared_data():
+    from portablenn.validation import training_memory
+
+    one, _ = training_memory([784, 100, 10], 4, 60000, 100, 1, eval_rows=8192)
+    total, per_member, shared = sw.stack_memory([784, 100, 10], 1, 4, 60000, 100, 1)
+    assert shared == 60000 * (784 + 10) * 4 and total == one and per_member == one - shared
+    total16, _, _ = sw.stack_memory([784, 100, 10], 16, 4, 60000, 100, 1)
+    assert total16 < 16 * one  # the data once, not sixteen times
+
+
+# -- the command line --------------------------------------------------------------------------------------
+def _cli(capsys, *argv):
+    from portablenn.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _table(out):
+    """The member table's rows as lists of cells (header first)."""
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+SMALL = ("sweep", "--epochs", "25", "--log-every", "25", "--quiet")
+
+
+def test_sweep_prints_the_members_sorted_by_validation_error_and_their_spread_over_seeds(capsys):
+    code, out, err = _cli(capsys, *SMALL, "--lr", "0.3,1", "--l2", "1e-4,1e-2", "--seeds", "2")
+    assert code == 0, err
+    assert "sweep: 8 members (2 lr x 2 l2 x 2 seed)" in out and "spiral: 240 train, 60 val" in out
+    rows = _table(out)
+    assert rows[0][:4] == ["#", "lr", "l2", "seed"] and "Val Err" in rows[0]
+    column = rows[0].index("Val Err")
+    errors = [float(r[column]) for r in rows[1:]]
+    assert len(errors) == 8 and errors == sorted(errors)
+    assert sorted(int(r[0]) for r in rows[1:]) == list(range(8))
+    spread = [line for line in out.splitlines() if "over 2 seeds" in line]
+    assert len(spread) == 4 and all("+-" in line for line in spread)
+
+
+def test_the_saved_best_member_is_what_portablenn_train_makes_of_its_settings(capsys, tmp_path):
+    best, log = tmp_path / "best.safetensors", tmp_path / "sweep.jsonl"
+    code, out, err = _cli(capsys, *SMALL, "--lr", "0.5,1", "--l2", "1e-3", "--seed", "0", "--save", str(best),
+                          "--log", str(log), "--dtype", "float64")
+    assert code == 0, err
+    rows = _table(out)
+    winner = rows[1]
+    lr = float(winner[1])
+    assert f"saved {best}" in out
+    code, evaluated, err = _cli(capsys, "eval", "--checkpoint", str(best), "--split", "val")
+    assert code == 0, err
+    assert f"error {float(winner[rows[0].index('Val Err')]):.5f}" in evaluated
+    alone = tmp_path / "alone.safetensors"
+    code, _, err = _cli(capsys, "train", "--epochs", "25", "--lr", f"{lr:g}", "--l2", "1e-3", "--seed", "0",
+                        "--val-fraction", "0.2", "--dtype", "float64", "--quiet", "--save", str(alone))
+    assert code == 0, err
+    mine, theirs = pn.load(best).state_dict(), pn.load(alone).state_dict()
+    for key in theirs:
+        assert_close(mine[key], theirs[key], "float64", factor=FACTOR["float64"], err_msg=key)
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    assert len(records) == 2 * 25 and {r["member"] for r in records} == {0, 1}
+    assert {"name", "lr", "l2", "seed", "epoch", "loss", "val_error"} <= set(records[0])
+    code, _, err = _cli(capsys, *SMALL, "--lr", "0.5,1", "--save", str(best), "--log", str(log))
+    assert code == 0, err  # its own files are replaced (the log appended to) without --overwrite
+
+
+def test_sweep_refuses_to_overwrite_a_file_portablenn_did_not_write(capsys, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    for flag in ("--save", "--log"):
+        code, out, err = _cli(capsys, *SMALL, "--lr", "0.5,1", flag, str(notes))
+        assert code == 2 and err.count("\n") == 1 and flag in err and "--overwrite" in err, err
+        assert "Traceback" not in err and not out.strip().startswith("|")
+    assert notes.read_text() == "my notes\n"
+
+
+@pytest.mark.parametrize("argv, words", [
+    (("--lr", "0.1,abc"), ("--lr: 'abc' is not a number",)),
+    (("--lr", "0.1,-1"), ("--lr: -1 is out of range",)),
+    (("--momentum", "0,1.5"), ("--momentum: 1.5 is out of range",)),
+    (("--dropout", "0.5,1"), ("--dropout: 1 is out of range",)),
+    (("--seed", "0,1.5"), ("--seed: '1.5' is not an integer",)),
+    (("--seed", "0,1", "--seeds", "3"), ("either --seed LIST or --seeds N",)),
+    (("--seeds", "0",), ("--seeds must be a positive number",)),
+    (("--hidden", "10,x"), ("--hidden: 'x' is not an integer",)),
+    (("--lr", "0.1,0.1"), ("lists a value twice",)),
+    (("--weight-decay", "0.1,0.2"), ("--weight-decay is AdamW's",)),
+    (("--optimizer", "adam", "--momentum", "0.9"), ("--momentum 0.9 is SGD's",)),
+    (("--norm", "layer"), ("--norm layer",)),
+])
+def test_bad_list_values_are_one_clear_line_and_exit_code_2(capsys, argv, words):
+    code, out, err = _cli(capsys, *SMALL, *argv)
+    assert code == 2, out + err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("portablenn: error:"), err
+    for word in words:
+        assert word in err, err
+
+
+def test_a_diverging_member_is_reported_by_name_and_the_others_ranked(capsys):
+    code, out, err = _cli(capsys, *SMALL, "--lr", "1,1e30", "--dtype", "float64")
+    assert code == 0, err
+    assert "diverged: lr=1e+30: the training loss became" in out
+    rows = _table(out)
+    assert rows[1][1] == "1" and "diverged at epoch" in rows[2][-1]
+
+
+def test_every_member_diverging_is_a_failed_run(capsys):
+    code, out, err = _cli(capsys, *SMALL, "--lr", "1e30,1e31")
+    assert code == 1 and "every member diverged" in err
+
+
+def test_each_architecture_is_its_own_stack_and_said_so(capsys):
+    code, out, err = _cli(capsys, *SMALL, "--hidden", "20,40", "--lr", "0.5,1")
+    assert code == 0, err
+    assert out.count("stack of 2 members") == 2 and "note: 2 architectures (20, 40)" in out
+    assert _table(out)[0][:3] == ["#", "hidden", "lr"]
+
+
+def test_a_sweep_too_large_for_memory_names_what_fits_or_runs_in_chunks(capsys, monkeypatch):
+    _, per_member, shared = sw.stack_memory([2, 100, 3], 1, 4, 240, 240, 0)
+    monkeypatch.setattr(sw, "memory_limit", lambda device: (int(shared + 3.5 * per_member), "this test's memory"))
+    code, out, err = _cli(capsys, *SMALL, "--lr", "0.3,1", "--l2", "1e-4,1e-3")
+    assert code == 2 and "at most 3 members would fit" in err and "--chunk" in err, err
+    code, out, err = _cli(capsys, *SMALL, "--lr", "0.3,1", "--l2", "1e-4,1e-3", "--chunk")
+    assert code == 0, err
+    assert "trained in chunks of 3" in out and "stack of 3 members" in out and "stack of 1 members" in out
+    assert len(_table(out)) == 5
+
+
+def test_plots_draw_the_curves_and_the_heat_map(capsys, tmp_path):
+    pytest.importorskip("matplotlib")
+    code, out, err = _cli(capsys, *SMALL, "--lr", "0.3,1", "--l2", "1e-4,1e-3", "--plot", str(tmp_path))
+    assert code == 0, err
+    for name in ("sweep_curves.png", "sweep_heatmap.png"):
+        assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_save_all_writes_every_member_and_the_ensemble_is_reported(capsys, tmp_path):
+    code, out, err = _cli(capsys, *SMALL, "--lr", "1", "--seeds", "3", "--save-all", str(tmp_path / "all"),
+                          "--ensemble")
+    assert code == 0, err
+    files = sorted(p.name for p in (tmp_path / "all").iterdir())
+    assert files == ["member-0.safetensors", "member-1.safetensors", "member-2.safetensors"]
+    assert "ensemble of 3 seeds (all): val error" in out
+    assert pn.load(tmp_path / "all" / "member-2.safetensors").config["sizes"] == [2, 100, 3]
