@@ -16,7 +16,7 @@ import numpy as np
 from . import backend
 from .counter_rng import MASK, draw_key, element_bits, lowbias32
 from .dropout import Dropout
-from .layers import Linear, Module, Sequential
+from .layers import Linear, Module, ReLU, Sequential
 from .registry import ACTIVATIONS, LAYERS
 
 __all__ = ["Stacked", "StackedLinear", "StackedDropout", "StackError", "architecture_key"]
@@ -71,7 +71,18 @@ class StackedLinear(Module):
 
     def forward(self, x):  # (batch, in) or (M, batch, in) -> (M, batch, out)
         self._x = x  # cached for backward
-        y = self.xp.matmul(x, self.params["weight"])
+        wide = self.side_by_side(self.params["weight"]) if x.ndim == 2 else None
+        if wide is not None:  # every member's product as one GEMM (batch, in) @ (in, M * out)
+            y = self.kernels.matmul(x, wide, self._buffer("out", (x.shape[0], wide.shape[1]), x.dtype)
+                                    if self.reuse else None)
+            if "bias" in self.params:  # (M, 1, out) is (1, M * out) in memory
+                y += self.xp.reshape(self.params["bias"], (1, -1))
+            return self.xp.permute_dims(self.xp.reshape(y, (x.shape[0], self.members, -1)), (1, 0, 2))
+        if self.reuse and getattr(self.kernels, "matmul_into", None) is not None:
+            y = self.kernels.matmul_into(x, self.params["weight"], self._buffer("out", (self.members, x.shape[-2],
+                                                                                        self.out_features), x.dtype))
+        else:
+            y = self.xp.matmul(x, self.params["weight"])
         if "bias" not in self.params:
             return y
         if self.device.backend.mutable:  # into the fresh product, as Kernels.linear adds it
@@ -80,13 +91,62 @@ class StackedLinear(Module):
         return y + self.params["bias"]
 
     def backward(self, grad_output, input_grad=True):  # (M, batch, out) -> (M, batch, in)
-        xp, weight = self.xp, self.params["weight"]
-        grad_input = xp.matmul(grad_output, xp.matrix_transpose(weight)) if input_grad else None
-        x = self._x
+        xp, x = self.xp, self._x
+        grad_input = self.input_gradient(grad_output) if input_grad else None
+        wide = self.side_by_side(self.params["weight"]) if x.ndim == 2 else None
+        if wide is not None:  # the weight gradient as one GEMM x.T @ (batch, M * out), laid out as the weight
+            rows = self.rows_side_by_side(grad_output)
+            gw = self.kernels.matmul(x.T, rows)
+            self.grads["weight"] = xp.permute_dims(xp.reshape(gw, (x.shape[1], self.members, -1)), (1, 0, 2))
+            if "bias" in self.params:
+                self.grads["bias"] = xp.reshape(xp.sum(rows, axis=0), tuple(self.params["bias"].shape))
+            return grad_input
         self.grads["weight"] = xp.matmul(x.T if x.ndim == 2 else xp.matrix_transpose(x), grad_output)
         if "bias" in self.params:  # (1, batch) @ (M, batch, out): the rows summed by one batched GEMV
             self.grads["bias"] = xp.matmul(self._ones(grad_output.shape[1], grad_output.dtype), grad_output)
         return grad_input
+
+    def input_gradient(self, grad_output):  # (M, batch, out) -> (M, batch, in)
+        """``grad_output @ W^T`` per member, laid out in memory as the cached input where the kernels can
+        (NumPy's ``matmul_like``: the previous layer then reads it side by side, without a copy)."""
+        xp, x = self.xp, self._x
+        weight_t = xp.matrix_transpose(self.params["weight"])
+        if x.ndim == 3 and self.side_by_side(x) is not None:
+            return self.kernels.matmul_like(grad_output, weight_t, x)
+        if self.reuse_grad and getattr(self.kernels, "matmul_into", None) is not None and x.ndim == 3:
+            return self.kernels.matmul_into(grad_output, weight_t, self._buffer("grad", tuple(x.shape), x.dtype))
+        return xp.matmul(grad_output, weight_t)
+
+    def _buffer(self, name, shape, dtype):
+        """An array kept from call to call for ``name`` and this shape (``reuse``: a hidden layer of a stack)."""
+        key = (name, shape, dtype)
+        if key not in self._buffers:
+            with self.device.activate():
+                self._buffers[key] = self.xp.empty(shape, dtype=dtype, device=self.device.native)
+        return self._buffers[key]
+
+    # -- side by side: a stack's first layer on NumPy's kernels (``NumpyKernels.side_by_side``) ----------------
+    def side_by_side(self, a):
+        """``(M, rows, cols)`` laid out as ``(rows, M, cols)`` -> its ``(rows, M * cols)`` view, where the kernels
+        offer such views and ``a`` is laid out so; else None (the broadcast ``matmul`` runs: the generic twin)."""
+        side = getattr(self.kernels, "side_by_side", None)
+        return None if side is None else side(a)
+
+    def rows_side_by_side(self, g):
+        """``(M, batch, out)`` -> ``(batch, M * out)``: a view where ``g`` is laid out so, else a copy."""
+        rows = self.side_by_side(g)
+        if rows is None:
+            rows = self.xp.reshape(self.xp.permute_dims(g, (1, 0, 2)), (g.shape[1], -1))
+        return rows
+
+    def lay_out(self):
+        """Keep the weight laid out as ``(in, M, out)`` (still an ``(M, in, out)`` array to every reader), where
+        the kernels offer it and arrays change in place: the first layer's ``x @ W`` for every member is then
+        one GEMM, and so is its update. Called by ``Stacked`` for its first layer."""
+        lay = getattr(self.kernels, "lay_side_by_side", None)
+        weight = self.params["weight"]
+        if lay is not None and self.device.backend.mutable and self.side_by_side(weight) is None:
+            self.params["weight"] = lay(weight)
 
     def _ones(self, rows, dtype):
         key = (rows, dtype)
@@ -95,9 +155,14 @@ class StackedLinear(Module):
                 self._ones_cache[key] = self.xp.ones((1, rows), dtype=dtype, device=self.device.native)
         return self._ones_cache[key]
 
+    # Set by Stacked where arrays change in place: a hidden layer's output (``reuse``) and a layer's input gradient
+    # inside the stack (``reuse_grad``) go into arrays kept from step to step (each is read again only within
+    # the same forward and backward).
+    reuse = reuse_grad = False
+
     def _bind(self, device):
         super()._bind(device)
-        self._ones_cache = {}
+        self._ones_cache, self._buffers = {}, {}
 
     def member(self, i):
         """Member ``i``'s ``{"weight": (in, out), "bias": (out,)}`` as host arrays."""
@@ -249,15 +314,37 @@ class Stacked(Module):
 
     # -- the math ------------------------------------------------------------------------------------
     def forward(self, x):  # (batch, in) or (M, batch, in) -> (M, batch, out)
-        for layer in self.layers:
-            x = layer.forward(x)
+        for i, layer in enumerate(self.layers):
+            if i in self._in_place:  # a ReLU after a StackedLinear: on its fresh product, in place
+                x = layer._out = layer.kernels.relu_(x)
+            else:
+                x = layer.forward(x)
         return x
 
     def backward(self, grad_output, input_grad=False):  # (M, batch, out) -> (M, batch, in)
         """Backpropagate through every layer, filling each one's ``grads`` (``(M, ...)`` like its params)."""
         for i in range(len(self.layers) - 1, -1, -1):
-            grad_output = self.layers[i].backward(grad_output, input_grad or i > 0)
+            grad_output = self.layer_backward(i, grad_output, input_grad or i > 0)
         return grad_output
+
+    def layer_backward(self, i, grad_output, input_grad=True):
+        """``layers[i].backward``; a ReLU fed by a later layer of the stack changes that layer's gradient in place."""
+        layer = self.layers[i]
+        if input_grad and i in self._in_place and i < self._last_linear:  # a gradient the stack made, not the caller's
+            return layer.kernels.relu_backward_(grad_output, layer._out)
+        return layer.backward(grad_output, input_grad)
+
+    def _plan(self):
+        """Which layers work in place (arrays change in place and the kernels offer it: NumPy's)."""
+        kernels, mutable = self.device.kernels, self.device.backend.mutable
+        inplace = mutable and getattr(kernels, "relu_", None) is not None
+        self._in_place = {i for i, layer in enumerate(self.layers) if inplace and type(layer) is ReLU and i > 0
+                          and isinstance(self.layers[i - 1], StackedLinear)}
+        linears = [i for i, layer in enumerate(self.layers) if isinstance(layer, StackedLinear)]
+        self._last_linear = linears[-1] if linears else -1
+        for i in linears:
+            self.layers[i].reuse = mutable and i != linears[-1]
+            self.layers[i].reuse_grad = mutable and i > 0
 
     # -- what a model offers ---------------------------------------------------------------------------
     def __len__(self):
@@ -294,7 +381,15 @@ class Stacked(Module):
             layer.grads = {}
             layer._bind(dev)
         self.dtype, self._placed = dtype, True
+        self._plan()
+        self.lay_out()
         return self
+
+    def lay_out(self):
+        """Lay the first layer's weight side by side where the device's kernels can use it
+        (``StackedLinear.lay_out``); called again by whoever replaces the parameters with new arrays."""
+        if self.layers and isinstance(self.layers[0], StackedLinear):
+            self.layers[0].lay_out()
 
     def state_dict(self):
         """Host copies of every parameter (member axis first) and buffer, keyed as a Sequential's."""

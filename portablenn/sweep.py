@@ -153,7 +153,8 @@ class StackedOptimizer:
 
     def buffers(self, key, param):
         if key not in self.state:
-            self.state[key] = tuple(self.model.device.zeros(param.shape, param.dtype) for _ in range(self.slots))
+            # zeros laid out in memory as the parameter (a side-by-side weight keeps its layout through the rule)
+            self.state[key] = tuple(self.model.xp.zeros_like(param) for _ in range(self.slots))
         return self.state[key]
 
     def step(self):
@@ -207,10 +208,23 @@ class StackedOptimizer:
         for j in range(len(layers) - 1, -1, -1):
             layer = layers[j]
             if "weight" not in layer.params:
-                grad = layer.backward(grad, j > 0)
+                grad = model.layer_backward(j, grad, j > 0)
                 continue
             weight, x = layer.params["weight"], layer._x
-            grad_input = xp.matmul(grad, xp.matrix_transpose(weight)) if j > 0 else None  # before the update
+            grad_input = layer.input_gradient(grad) if j > 0 else None  # before the update
+            wide = layer.side_by_side(weight) if x.ndim == 2 else None
+            if wide is not None:  # the weights side by side (in, M * out): every member's update as one GEMM
+                rows = layer.rows_side_by_side(grad)
+                beta = self._keep[0]
+                if any(k != beta for k in self._keep):  # the decays differ: one pass, then the GEMM adds
+                    weight *= a["keep"]
+                    beta = 1.0
+                kernels.matmul_update_(wide, x.T, rows, -1.0, beta)
+                if "bias" in layer.params:
+                    bias = xp.reshape(layer.params["bias"], (1, -1))  # a view of (M, 1, out)
+                    bias -= xp.sum(rows, axis=0)  # down the columns: no BLAS GEMV (threads) for a vector
+                grad = grad_input
+                continue
             if weight[0].size >= least:
                 for i in range(self.members):
                     kernels.matmul_update_(weight[i], x.T if x.ndim == 2 else x[i].T, grad[i], -1.0, self._keep[i])
@@ -261,6 +275,7 @@ class StackedOptimizer:
         self._arrays["lr"] = xp.where(mask, self._arrays["lr"], 0.0)
         self._live = self._live & np.asarray(active, dtype=bool)
         self._set_keep()
+        model.lay_out()  # the new weight arrays side by side again, where the kernels use that layout
 
     def member(self, i):
         """Member ``i``'s ordinary optimizer (its class, settings, step count and a copy of its state, keyed
@@ -285,17 +300,21 @@ class StackedOptimizer:
 
 
 # -- the loss, per member -------------------------------------------------------------------------------
-def _stacked_loss(loss, members, per_member_targets):
+def _stacked_loss(loss, members, per_member_targets, kernels=None):
     """``value_and_grad(xp, outputs (M, batch, out), targets, scale) -> (grad, loss sums (M,), metric sums (M,))``.
 
-    Softmax cross-entropy over the member axis directly (its formula in ``SoftmaxCrossEntropy.value_and_grad``);
-    any other loss member by member through its own ``value_and_grad``.
+    Softmax cross-entropy over the member axis directly (its formula in ``SoftmaxCrossEntropy.value_and_grad``;
+    the twin ``kernels.stacked_softmax_xent`` where ``kernels`` offer one: NumPy's); any other loss member by
+    member through its own ``value_and_grad``.
     """
     if type(loss) is SoftmaxCrossEntropy:
         weighted = loss.class_weight is not None
 
         def softmax_xent(xp, logits, targets, scale):
             labels, target = targets  # (batch,) and (batch, classes), or each with the member axis first
+            fast = getattr(kernels, "stacked_softmax_xent", None) if kernels is not None else None
+            if fast is not None and not weighted:  # NumPy's twin of what follows
+                return fast(logits, labels, target, scale)
             top, predicted = _row_max(xp, logits)
             shifted = logits - top
             exp = xp.exp(shifted)
@@ -339,42 +358,20 @@ def _row_max(xp, logits):
 def _penalty(model, l2_array):
     """``0.5 l2 sum(W ** 2)`` per member, ``(M,)``: the L2 term of each member's loss."""
     xp, total = model.xp, None
+    fast = getattr(model.device.kernels, "sq_sum_members", None)  # NumPy's: one pass, no copy
     for _, layer, name in model.named_parameters():
         if name in layer.decayed:
             w = layer.params[name]
-            flat = xp.reshape(w, (w.shape[0], 1, -1))  # each member's sum of squares as one batched dot
-            term = xp.reshape(xp.matmul(flat, xp.matrix_transpose(flat)), (-1,))
+            if fast is not None:
+                term = fast(w)
+            else:
+                flat = xp.reshape(w, (w.shape[0], 1, -1))  # each member's sum of squares as one batched dot
+                term = xp.reshape(xp.matmul(flat, xp.matrix_transpose(flat)), (-1,))
             total = term if total is None else total + term
     return 0.5 * xp.reshape(l2_array, (-1,)) * total
 
 
 # -- training -------------------------------------------------------------------------------------------
-_HEAP_PAD = 64 << 20  # bytes of freed heap glibc keeps (M_TOP_PAD) while NumPy trains a stack
-_heap_retained = []
-
-
-def _retain_heap():
-    """Ask glibc to keep 64 MiB of freed memory at the top of the heap (``mallopt(M_TOP_PAD)``), once per process.
-
-    A stack's temporaries are M times one model's, a few MB each, allocated and freed at every step; by
-    default glibc hands such memory back to the OS as soon as it is freed, and every new array then
-    page-faults it in again: measured on the spiral's 16-member stack, half of the step's time. One model's
-    arrays are small enough to stay in the heap. Process-wide and harmless elsewhere (the memory stays
-    reusable by the process); a no-op where the C library is not glibc.
-    """
-    if _heap_retained:
-        return
-    _heap_retained.append(True)
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None)
-        libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-        libc.mallopt(-2, _HEAP_PAD)  # M_TOP_PAD
-    except (OSError, AttributeError, TypeError):
-        pass
-
-
 class StackHistory:
     """What ``fit_stack`` returns: one ``History`` per member, and the members that diverged.
 
@@ -468,12 +465,11 @@ def fit_stack(stacked, X, y, *, optimizer=None, lr=None, l2=0.0, momentum=None, 
     val = DeviceData(dev, validation[0], validation[1], stacked, loss, "validation X") if validation else None
     batch = check_batch_size(batch_size, data.n)
     opt.bind(stacked)
-    if dev.library == "numpy":
-        _retain_heap()
+    dev.backend.reserve_heap(dev)  # a stack's temporaries are M times one model's: NumPy keeps freed heap
     shuffled = bool(shuffle) and batch < data.n
     own_orders = shuffled and member_seeds is not None
-    value = _stacked_loss(loss, M, own_orders)
-    value_eval = _stacked_loss(loss, M, False)
+    value = _stacked_loss(loss, M, own_orders, dev.kernels)
+    value_eval = _stacked_loss(loss, M, False, dev.kernels)
     l2_on = any(opt.l2)
     fused = opt.fuses_sgd
     starts = range(0, data.n, batch)

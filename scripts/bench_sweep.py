@@ -3,6 +3,8 @@
     python scripts/bench_sweep.py                 # both workloads, 3 rounds, with scikit-learn's yardstick
     python scripts/bench_sweep.py --rounds 5 --only spiral
     python scripts/bench_sweep.py --no-sklearn
+    python scripts/bench_sweep.py --compare /tmp/before   # also another tree's stacked fit, e.g. from
+                                                          # `git archive HEAD portablenn | tar -x -C /tmp/before`
 
 Workloads (16 members each: a 4 x 4 grid of learning rate and L2 strength, seed 0, float32, CPU):
   - spiral: 2-100-3 with biases, the CS231n spiral (300 points), full batch, 1000 steps
@@ -57,6 +59,23 @@ def stacked(w):
                  shuffle=w["shuffle"], log_every=w["epochs"])
 
 
+def other_tree(root, name):
+    """The stacked fit of the portablenn under ``root`` (an earlier version), timed in a fresh process."""
+    import subprocess
+
+    root = os.path.abspath(root)
+    code = (f"import sys, time; sys.path.insert(0, {root!r}); import portablenn; "  # that tree's, before ours
+            f"sys.path.insert(1, {os.path.dirname(os.path.abspath(__file__))!r}); import numpy as np, bench_sweep as b; "
+            f"assert portablenn.__file__.startswith({root!r}), portablenn.__file__; "
+            f"w = b.workloads({DATA_DIR[0]!r})[{name!r}]; "
+            "t = time.perf_counter(); np.seterr(all='ignore'); b.stacked(w); print(time.perf_counter() - t)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return float(out.split()[-1])
+
+
+DATA_DIR = [None]
+
+
 def one_by_one(w):
     for lr, l2 in w["grid"]:
         model = pn.mlp(w["sizes"], seed=0, bias=w["bias"], init=w["init"])
@@ -89,9 +108,14 @@ def main():
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", help="spiral or mnist")
     parser.add_argument("--no-sklearn", action="store_true")
+    parser.add_argument("--compare", metavar="DIR", help="also time the stacked fit of the portablenn under DIR "
+                        "(in a fresh process each round: its time excludes that process's start)")
     parser.add_argument("--data-dir", default=os.environ.get("PORTABLENN_DATA", "/work/shared/data/mnist"))
     args = parser.parse_args()
+    DATA_DIR[0] = args.data_dir
     variants = {"stacked": stacked, "one by one": one_by_one}
+    if args.compare:
+        variants[f"stacked ({args.compare})"] = None
     if not args.no_sklearn:
         try:
             import sklearn  # noqa: F401
@@ -108,6 +132,9 @@ def main():
         for r in range(args.rounds):
             order = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
             for v in order:
+                if variants[v] is None:  # another tree's, timed inside its own process
+                    times[v].append(other_tree(args.compare, name))
+                    continue
                 began = time.perf_counter()
                 with np.errstate(all="ignore"):
                     variants[v](w)
@@ -120,6 +147,11 @@ def main():
         ratios = [s / o for s, o in zip(times["stacked"], times["one by one"])]
         print(f"  stacked / one by one: {best['stacked'] / best['one by one']:.2f}x of the minima "
               f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})")
+        if args.compare:
+            other = f"stacked ({args.compare})"
+            ratios = [s / o for s, o in zip(times[other], times["one by one"])]
+            print(f"  {other} / one by one: {best[other] / best['one by one']:.2f}x of the minima "
+                  f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})")
         if "sklearn GridSearchCV" in best:
             print(f"  stacked / GridSearchCV: {best['stacked'] / best['sklearn GridSearchCV']:.2f}x")
 

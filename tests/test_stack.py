@@ -29,20 +29,35 @@ def test_parameters_carry_the_member_axis_in_the_seeds_layout():
     assert [type(layer).__name__ for layer in stacked.layers] == ["StackedLinear", "ReLU", "StackedLinear"]
 
 
-def test_forward_is_each_members_forward_on_every_device(device, dtype):
+def _side_by_side(stacked):
+    """Whether the first layer's weight is laid out (in, M, out): NumPy's fast kernels, 32 inputs or more."""
+    first = stacked.layers[0]
+    return first.side_by_side(first.params["weight"]) is not None
+
+
+# (inputs, activation): 40 inputs lay the first weight side by side on NumPy's kernels (one GEMM for every
+# member, ReLU in place, the hidden layer's arrays reused); 4 keep the broadcast matmul everywhere
+WIDTHS = [(4, "tanh"), (40, "relu")]
+
+
+@pytest.mark.parametrize("features, activation", WIDTHS)
+def test_forward_is_each_members_forward_on_every_device(device, dtype, features, activation):
     require_dtype(device, dtype)
     rng = np.random.default_rng(0)
-    models = _members([4, 6, 5, 3], [3, 4], dtype=dtype, activation="tanh")
+    models = _members([features, 6, 5, 3], [3, 4], dtype=dtype, activation=activation)
     states = [m.state_dict() for m in models]
     stacked = Stacked(models).to(device)
-    X = rng.standard_normal((7, 4)).astype(dtype)
-    shared = device.to_numpy(stacked.forward(device.asarray(X)))
+    assert _side_by_side(stacked) == (features >= 32 and hasattr(device.kernels, "side_by_side"))
+    X = rng.standard_normal((7, features)).astype(dtype)
+    shared = device.to_numpy(stacked.forward(device.asarray(X))).copy()
     assert shared.shape == (2, 7, 3)
-    own_rows = rng.standard_normal((2, 7, 4)).astype(dtype)  # each member its own rows
+    own_rows = rng.standard_normal((2, 7, features)).astype(dtype)  # each member its own rows
     separate = device.to_numpy(stacked.forward(device.asarray(own_rows)))
     for i, state in enumerate(states):
-        assert_close(shared[i], host_forward(state, X, "tanh"), dtype, factor=10)
-        assert_close(separate[i], host_forward(state, own_rows[i], "tanh"), dtype, factor=10)
+        assert_close(shared[i], host_forward(state, X, activation), dtype, factor=10)
+        assert_close(separate[i], host_forward(state, own_rows[i], activation), dtype, factor=10)
+    np.testing.assert_array_equal(stacked.state_dict()["0.weight"], np.stack([s["0.weight"] for s in states]))
+    assert_state_close(stacked.member(1).state_dict(), states[1], dtype)
 
 
 def test_backward_matches_central_differences():
@@ -65,12 +80,13 @@ def test_backward_matches_central_differences():
         fd_close(layer.grads[name], numeric, err_msg=key)
 
 
-def test_backward_of_each_member_is_its_own_models_backward(device):
+@pytest.mark.parametrize("features", [3, 40])
+def test_backward_of_each_member_is_its_own_models_backward(device, features):
     require_dtype(device, "float64")
     rng = np.random.default_rng(2)
-    models = _members([3, 4, 2], [5, 6])
+    models = _members([features, 4, 2], [5, 6])
     stacked = Stacked(models).to(device)
-    X, R = rng.standard_normal((5, 3)), rng.standard_normal((2, 5, 2))
+    X, R = rng.standard_normal((5, features)), rng.standard_normal((2, 5, 2))
     stacked.forward(device.asarray(X))
     stacked.backward(device.asarray(R))
     for i, model in enumerate(models):

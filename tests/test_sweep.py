@@ -8,7 +8,7 @@ import pytest
 
 import portablenn as pn
 from _support import classification_data, fit_with_snapshots, require_dtype
-from _tolerances import assert_close
+from _tolerances import assert_close, assert_state_close
 from portablenn import sweep as sw
 from portablenn.sweep import StackedOptimizer, fit_stack, grid, stack_mlp
 
@@ -84,6 +84,40 @@ def test_every_member_trains_as_fit_trains_it_alone(device, dtype, case):
                 assert_close(state[key], solo_state[key], dtype, factor=FACTOR[dtype],
                              err_msg=f"member {i} epoch {epoch} {key}")
         assert history[i].records == [r for r, _ in snapshots[i]]
+
+
+@pytest.mark.parametrize("kernels", ["fast", "generic"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_wide_first_layer_side_by_side_trains_as_fit(case, kernels):
+    """40 inputs: on NumPy's kernels the first weight lies (in, M, out) and every member's product and update is
+    one GEMM (the hidden layer's ReLU in place, its arrays reused from step to step); each member still trains
+    as its solo fit, epoch by epoch, float64, and the layout survives every update rule (generic kernels: the twin).
+    """
+    device = pn.device("numpy", kernels=kernels)
+    sizes = [40, 8, 3]
+    X, y = classification_data(n=60, features=40, classes=3, seed=4)
+    Xv, yv = classification_data(n=25, features=40, classes=3, seed=5)
+    template, per_member, make, extra = CASES[case]
+    per_member = {**per_member, "l2": [1e-3, 1e-2, 0.0]} if case != "adamw" else per_member
+    stacked = stack_mlp(sizes, SEEDS, dtype="float64").to(device)
+    snapshots = {i: [] for i in range(3)}
+    history = fit_stack(stacked, X, y, optimizer=template, **per_member, epochs=3, seed=3, validation=(Xv, yv),
+                        callback=lambda i, r: snapshots[i].append((dict(r), stacked.member(i).state_dict())), **extra)
+    assert not history.diverged
+    first = stacked.layers[0]
+    assert (first.side_by_side(first.params["weight"]) is not None) == (kernels == "fast")
+    for i in range(3):
+        s = {key: values[i] for key, values in per_member.items()}
+        model = pn.mlp(sizes, seed=SEEDS[i], dtype="float64")
+        order = extra.get("member_seeds", [3] * 3)[i]
+        _, states, records = fit_with_snapshots(model, X, y, optimizer=make(s), l2=s.get("l2", 0.0), epochs=3,
+                                                seed=order, device=device, validation=(Xv, yv),
+                                                **{k: v for k, v in extra.items() if k != "member_seeds"})
+        for epoch, ((record, state), solo_record, solo_state) in enumerate(zip(snapshots[i], records, states), 1):
+            for field in FIELDS:
+                assert_close(record[field], solo_record[field], "float64", factor=FACTOR["float64"],
+                             err_msg=f"member {i} epoch {epoch} {field}")
+            assert_state_close(state, solo_state, "float64", factor=FACTOR["float64"], err_msg=f"member {i}")
 
 
 @pytest.mark.parametrize("loss", ["mse", "binary_cross_entropy"])

@@ -50,6 +50,11 @@ class Backend:
     def synchronize(self, dev):
         """Wait for the work queued on ``dev``."""
 
+    def reserve_heap(self, dev):
+        """Prepare ``dev``'s allocator for a training loop that makes and frees arrays of a few MB at every step
+        (a stacked sweep, ``portablenn.sweep``). By default nothing: a library's own memory pool (CuPy's, torch's)
+        already keeps freed blocks."""
+
     def compile(self, step, dev):
         """``step`` (a callable of no arguments with fixed shapes and buffers that never reads data back to
         the host: ``static_step.StaticStep``) as the function to call once per minibatch. A backend may record

@@ -37,6 +37,28 @@ class NumpyBackend(Backend):
     def to_host(self, array):
         return np.asarray(array)
 
+    heap_pad = 64 << 20  # bytes of freed heap glibc keeps at its top (M_TOP_PAD) once ``reserve_heap`` ran
+
+    def reserve_heap(self, dev):
+        """Ask glibc to keep 64 MiB of freed memory at the top of the heap (``mallopt(M_TOP_PAD)``), once per process.
+
+        By default glibc hands freed memory of a few MB back to the OS at once, and every new array of that
+        size then page-faults it in again: measured on the spiral's 16-member stack, half of the step's time.
+        Process-wide and harmless elsewhere (the memory stays reusable by the process); a no-op where the C
+        library is not glibc.
+        """
+        if getattr(NumpyBackend, "_heap_reserved", False):
+            return
+        NumpyBackend._heap_reserved = True
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None)
+            libc.mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+            libc.mallopt(-2, self.heap_pad)  # M_TOP_PAD
+        except (OSError, AttributeError, TypeError):
+            pass
+
 
 register(NumpyBackend())
 
@@ -76,6 +98,8 @@ class NumpyKernels(Kernels):
         return np.matmul(ones, g, out=out)
 
     def relu(self, x):
+        if not x.flags.c_contiguous:  # a strided view (a stack's side-by-side layer): keep its layout
+            return np.maximum(x, x.dtype.type(0))
         # against an array of zeros: NumPy's maximum with a scalar operand takes a slow unvectorised loop
         return np.maximum(x, self._constant(np.zeros, x.shape, x.dtype))
 
@@ -103,6 +127,74 @@ class NumpyKernels(Kernels):
         np.subtract(exp, onehot, out=exp)
         np.multiply(exp, dtype.type(scale), out=exp)
         return exp, dtype.type(loss_sum), dtype.type(wrong)
+
+    # -- a stack's layers (portablenn.stack), NumPy-only layouts; the generic twin is the broadcast matmul --
+    def side_by_side(self, a):
+        """``(M, rows, cols)`` laid out in memory as ``(rows, M, cols)`` -> its ``(rows, M * cols)`` view; None for
+        another layout. A stack's first layer keeps its weight so: one GEMM ``x @ W`` does every member's work."""
+        if a.ndim != 3 or not a.transpose(1, 0, 2).flags.c_contiguous:
+            return None
+        return a.transpose(1, 0, 2).reshape(a.shape[1], -1)
+
+    # below this many rows (a first layer's inputs) the side-by-side GEMM saves nothing: the product is
+    # bound by writing its output, and the activations' strided layout costs the backward a slower GEMM
+    side_by_side_min_rows = 32
+
+    def lay_side_by_side(self, a):
+        """A copy of ``(M, rows, cols)`` laid out as ``(rows, M, cols)`` (``side_by_side`` gives its 2-D view);
+        ``a`` itself where it has fewer than ``side_by_side_min_rows`` rows."""
+        if a.shape[1] < self.side_by_side_min_rows:
+            return a
+        return np.ascontiguousarray(a.transpose(1, 0, 2)).transpose(1, 0, 2)
+
+    def matmul_like(self, a, b, like):
+        """``a @ b`` written into a new array laid out as ``like`` (of the result's shape): a stack's input
+        gradient in its input's layout, so the next layer's weight GEMM reads it without a copy."""
+        out = np.empty_like(like)
+        return np.matmul(a, b, out=out)
+
+    def matmul_into(self, a, b, out):
+        """``a @ b`` (broadcast over a leading member axis) written into ``out``, an array the caller reuses
+        from step to step: a fresh array of a few MB costs a pass of page faults and cache misses."""
+        return np.matmul(a, b, out=out)
+
+    def stacked_softmax_xent(self, logits, labels, onehot, scale):
+        """``softmax_xent`` for a stack: logits ``(M, batch, classes)``, the targets shared ``(batch,)`` and
+        ``(batch, classes)`` or each member's ``(M, batch)``, ``(M, batch, classes)`` -> ``(grad, loss sums (M,),
+        wrong (M,))``. The logits are copied class-major, ``(classes, M batch)``: each row's maximum is then a
+        pass per class and every broadcast runs along contiguous rows (NumPy's reductions and broadcasts along
+        a short last axis are several times slower); the sums go through GEMV and ``einsum``."""
+        dtype, (M, n, classes) = logits.dtype, logits.shape
+        cols = np.ascontiguousarray(logits.reshape(M * n, classes).T)  # (classes, M n)
+        top, predicted = cols[0].copy(), np.zeros(M * n, dtype=np.intp)
+        for c in range(1, classes):  # strictly larger: the first of equal values wins, as argmax
+            np.copyto(predicted, c, where=cols[c] > top)
+            np.maximum(top, cols[c], out=top)
+        shifted = np.subtract(cols, top, out=cols)
+        members = shifted.reshape(classes, M, n)
+        picked = np.einsum("cmb,mbc->m" if onehot.ndim == 3 else "cmb,bc->m", members, onehot)
+        exp = np.exp(shifted, out=shifted)
+        total = self._constant(np.ones, classes, dtype) @ exp  # (M batch,)
+        loss_sums = np.log(total).reshape(M, n).sum(axis=1) - picked
+        wrong = np.count_nonzero(predicted.reshape(M, n) != labels, axis=1).astype(dtype)
+        np.divide(exp, total, out=exp)
+        grad = np.subtract(exp.T.reshape(M, n, classes), onehot)  # back to (M, batch, classes), C-ordered
+        np.multiply(grad, dtype.type(scale), out=grad)
+        return grad, loss_sums.astype(dtype, copy=False), wrong
+
+    def sq_sum_members(self, w):
+        """``(M, ...)`` -> ``(M,)``: each member's sum of squares in one pass over ``w`` as it lies in memory (a
+        side-by-side weight is not copied, as a reshape to ``(M, -1)`` would copy it)."""
+        letters = "abcdefgh"[:w.ndim - 1]
+        return np.einsum(f"m{letters},m{letters}->m", w, w)
+
+    def relu_(self, x):
+        """``relu`` in place (``x`` is the caller's fresh product)."""
+        return np.maximum(x, x.dtype.type(0), out=x)
+
+    def relu_backward_(self, grad_output, output):
+        """``relu_backward`` in place: ``grad_output`` (the caller's own array) zeroed where the unit was off."""
+        return np.multiply(grad_output, output > 0, out=grad_output)
 
     def sq_sum(self, w):
         flat = w.reshape(-1)
