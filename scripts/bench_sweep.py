@@ -3,6 +3,7 @@
     python scripts/bench_sweep.py                 # both workloads, 3 rounds, with scikit-learn's yardstick
     python scripts/bench_sweep.py --rounds 5 --only spiral
     python scripts/bench_sweep.py --no-sklearn
+    python scripts/bench_sweep.py --stack-vs-one --device cuda --members 64   # the GPU figure (gpu_check.sh)
     python scripts/bench_sweep.py --compare /tmp/before   # also another tree's stacked fit, e.g. from
                                                           # `git archive HEAD portablenn | tar -x -C /tmp/before`
 
@@ -103,8 +104,50 @@ def sklearn_grid(w):
         search.fit(w["X"], w["y"])
 
 
+def stack_vs_one(spec, members, rounds, rows):
+    """One in-order epoch (784-100-10 without biases, batch 100, SGD, float32, synthetic rows of MNIST's shape)
+    of a stack of ``members`` against one model, on ``spec``, the data resident there: the issue's GPU check
+    (64 members should cost well under 8x one model's epoch). Prints the minima and their ratio."""
+    rng = np.random.default_rng(0)
+    X, y = rng.random((rows, 784), dtype=np.float32), rng.integers(0, 10, rows)
+    dev = pn.device(spec)
+    Xd, yd = dev.asarray(X), dev.asarray(y)
+    lrs = [float(v) for v in np.geomspace(0.05, 0.4, members)]
+
+    def stack():
+        s = pn.stack_mlp([784, 100, 10], [0] * members, bias=False, init="cmu")
+        pn.fit_stack(s, Xd, yd, lr=lrs, epochs=1, batch_size=100, shuffle=False, device=dev, log_every=1)
+        dev.synchronize()
+
+    def one():
+        model = pn.mlp([784, 100, 10], seed=0, bias=False, init="cmu")
+        pn.fit(model, Xd, yd, optimizer=pn.SGD(0.2), epochs=1, batch_size=100, shuffle=False, device=dev)
+        dev.synchronize()
+
+    variants, times = {f"stack of {members}": stack, "one model": one}, {}
+    for fn in variants.values():  # warm-up: kernels, allocator, the self-test of a GPU's kernels
+        fn()
+    for r in range(rounds):
+        for name in list(variants)[r % 2:] + list(variants)[:r % 2]:
+            began = time.perf_counter()
+            variants[name]()
+            times.setdefault(name, []).append(time.perf_counter() - began)
+    best = {name: min(t) for name, t in times.items()}
+    for name, t in times.items():
+        print(f"  {name:14s} {best[name] * 1e3:9.1f} ms   (rounds: {', '.join(f'{v * 1e3:.1f}' for v in t)})")
+    ratio = best[f"stack of {members}"] / best["one model"]
+    print(f"stack-vs-one on {dev.name}: {members} members {ratio:.2f}x one model's epoch ({rows} rows, minima of "
+          f"{rounds} rounds; target well under {members / 8:g}x)")
+    return ratio
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--stack-vs-one", action="store_true", help="only: one epoch of a stack of --members against "
+                        "one model on --device (the GPU check's figure)")
+    parser.add_argument("--device", default="cpu", help="--stack-vs-one's device")
+    parser.add_argument("--members", type=int, default=64, help="--stack-vs-one's stack size")
+    parser.add_argument("--rows", type=int, default=60000, help="--stack-vs-one's rows")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", help="spiral or mnist")
     parser.add_argument("--no-sklearn", action="store_true")
@@ -112,6 +155,9 @@ def main():
                         "(in a fresh process each round: its time excludes that process's start)")
     parser.add_argument("--data-dir", default=os.environ.get("PORTABLENN_DATA", "/work/shared/data/mnist"))
     args = parser.parse_args()
+    if args.stack_vs_one:
+        stack_vs_one(args.device, args.members, args.rounds, args.rows)
+        return
     DATA_DIR[0] = args.data_dir
     variants = {"stacked": stacked, "one by one": one_by_one}
     if args.compare:

@@ -509,11 +509,24 @@ def bench(args):
               f"CuPy loop {ms('hand-written CuPy')}, torch eager {ms('PyTorch CUDA eager, manual gradients')}"
               f"{'; ' + targets if targets else ''}")
     jax_failed, jax_detail = jax_bench(args)
-    detail += f"; {jax_detail}"
+    detail += f"; {jax_detail}; {stack_bench(args)}"
     if failed or missing or code not in (0, 1) or jax_failed:
         return result(FAIL, "; ".join(failed + [f"no row {m}" for m in missing] + [f"exit {code}"] + jax_failed)
                       + "; " + detail)
     return result(PASS, detail)
+
+
+def stack_bench(args):
+    """bench_sweep.py --stack-vs-one: one epoch of 64 stacked MNIST-shaped members against one model on the GPU
+    (4 small ones when rehearsing), in what is left of the stage's budget; a note for the detail line."""
+    budget = left(40)
+    if budget < 10:
+        return "stack of 64: no time left in the stage"
+    size = ["--members", "4", "--rows", "2000"] if args.device == "cpu" else ["--members", "64", "--rows", "60000"]
+    code, out = run([PY, os.path.join(REPO, "scripts", "bench_sweep.py"), "--stack-vs-one", "--device", args.device,
+                     "--rounds", "2", *size], budget)
+    found = re.search(r"^stack-vs-one on .*$", out, re.M)
+    return found.group(0) if found and code == 0 else f"stack-vs-one: exit {code} ({last_line(out, 120)})"
 
 
 def jax_bench(args):
