@@ -16,6 +16,7 @@ writes JSON (``--json``).
     python scripts/bench.py --quick         # fewer repetitions
     python scripts/bench.py --only wide     # one section (or several: --only mnist,spiral; also memory, jax)
     python scripts/bench.py --only jax --jax-device jax:cuda   # the compiled JAX step (scripts/_jax_bench.py)
+    python scripts/bench.py --only sweep    # 16 members stacked vs 16 fits vs GridSearchCV (scripts/bench_sweep.py)
     python scripts/bench.py --gpu-epoch     # only the GPU MNIST epoch, against PyTorch CUDA eager (gpu_check.sh)
     python scripts/bench.py --gpu-epoch --device cpu --rows 6000 --rounds 2   # its rehearsal on the CPU
 
@@ -473,7 +474,7 @@ def table(title, times, reference, unit=1e3, unit_name="ms", per=1, failed=None,
     return rows
 
 
-SECTIONS = ("mnist", "spiral", "wide", "memory", "jax")
+SECTIONS = ("mnist", "spiral", "wide", "memory", "jax", "sweep")
 
 
 def sections_arg(text):
@@ -603,6 +604,10 @@ def main(argv=None):
                             interleave(spiral, repeat, spiral_failed), "hand-written NumPy CS231n loop (reference)",
                             unit=1e6, unit_name="us/step", per=steps, failed=spiral_failed)
     wide_rows, wide_check, wide_failed = wide_section(repeat) if "wide" in args.only else ([], {}, {})
+    if "sweep" in args.only:  # its own table: the stacked fit, the fits one by one, scikit-learn's GridSearchCV
+        import bench_sweep
+
+        bench_sweep.main(["--rounds", str(min(repeat, 3))])
     jax_rows, jax_failed = {}, {}
     if "jax" in args.only:
         jax_rows, jax_failed = jax_rows_or_reason(repeat, args.jax_device, args.rows)

@@ -141,7 +141,7 @@ def stack_vs_one(spec, members, rounds, rows):
     return ratio
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--stack-vs-one", action="store_true", help="only: one epoch of a stack of --members against "
                         "one model on --device (the GPU check's figure)")
@@ -154,7 +154,7 @@ def main():
     parser.add_argument("--compare", metavar="DIR", help="also time the stacked fit of the portablenn under DIR "
                         "(in a fresh process each round: its time excludes that process's start)")
     parser.add_argument("--data-dir", default=os.environ.get("PORTABLENN_DATA", "/work/shared/data/mnist"))
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.stack_vs_one:
         stack_vs_one(args.device, args.members, args.rounds, args.rows)
         return
