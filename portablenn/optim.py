@@ -101,6 +101,11 @@ class Optimizer(Configurable):
 
     config_keys = ("lr",)  # the registry's config protocol (Configurable)
 
+    def __getstate__(self):  # a pickled or copied optimizer leaves behind what fit keeps for its next call
+        state = dict(self.__dict__)
+        state.pop("_pure_step", None)
+        return state
+
 
 @register_optimizer(name="sgd")
 class SGD(Optimizer):

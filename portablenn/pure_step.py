@@ -20,7 +20,25 @@ a callback that rebinds a parameter between steps is seen; its arrays are donate
 does not compile runs it eagerly.
 """
 
-__all__ = ["PureStep"]
+__all__ = ["PureStep", "pure_step"]
+
+
+def pure_step(dev, data, batch, steps, train_step, model, optimizer, dtype, loss, l2, clip_norm):
+    """The ``PureStep`` of a fit: the one of ``optimizer``'s previous fit of ``model``, with its compiled functions,
+    where nothing its trace reads has changed (device, minibatch size and count, dtype, the model's layers, the
+    loss, L2, clipping, the optimizer's class and settings other than ``lr``, which comes in through ``hyper``);
+    else a new one, kept on the optimizer for the next fit (``MLPClassifier.partial_fit`` calls ``fit`` per
+    call: compiling is then paid once, not every call)."""
+    settings = sorted((k, repr(v)) for k, v in optimizer.to_config().items() if k != "lr")
+    key = (dev, batch, steps, str(dtype), repr(model), type(loss), repr(loss), float(l2), clip_norm,
+           type(optimizer), tuple(settings))
+    held = getattr(optimizer, "_pure_step", None)
+    if held is not None and held[0] == key and held[1]._model is model:
+        held[1].adopt(data)
+        return held[1]
+    step = PureStep(dev, data, batch, steps, train_step, model, optimizer, dtype)
+    optimizer._pure_step = (key, step)
+    return step
 
 
 class PureStep:
@@ -47,16 +65,24 @@ class PureStep:
         self._train_step, self._model, self._optimizer, self._dtype = train_step, model, optimizer, dtype
         self._params = model.named_parameters()  # (key, layer, name)
         self._buffers = [(layer, name) for layer in model.layers for name in layer.buffers]
+        self.adopt(data)
+        self._run = dev.backend.compile_pure(self._pure, dev, donate_argnums=(0, 1), static_argnames=("rows",))
+
+    def adopt(self, data):
+        """Start a fit on ``data``: the optimizer's state made, and the model's and optimizer's arrays copied once
+        (the compiled function donates, frees, the state it is given: while fit runs they hold arrays of their
+        own, never a caller's)."""
+        xp, optimizer = self.dev.xp, self._optimizer
+        self.data, self.sums, self.order = data, None, None
         for key, layer, name in self._params:  # the optimizer's state exists before the function is compiled
-            optimizer.buffers(key, layer.params[name], dev)
-        xp = dev.xp
-        # copies, once: the compiled function donates (frees) the state it is given, so while fit runs the model
-        # and optimizer hold arrays of their own, never a caller's
+            optimizer.buffers(key, layer.params[name], self.dev)
         self._rebind(([xp.asarray(layer.params[name], copy=True) for _, layer, name in self._params],
                       [tuple(xp.asarray(s, copy=True) for s in optimizer.state[key]) for key, _, _ in self._params],
                       [xp.asarray(layer.buffers[name], copy=True) for layer, name in self._buffers]))
-        self._run = dev.backend.compile_pure(self._pure, dev, donate_argnums=(0, 1), static_argnames=("rows",))
-        self.sums = self.order = None
+
+    def close(self):
+        """The fit ended: let go of its data (the compiled functions stay, for the optimizer's next fit)."""
+        self.data = self.sums = self.order = None
 
     def start_epoch(self, order=None):
         """Zero the epoch's sums; ``order`` is its row permutation (a device index array) or None."""

@@ -16,7 +16,7 @@ from .losses import SoftmaxCrossEntropy, get_loss, l2_penalty, weight_matrices
 from .schedules import Schedule
 from .reducer import _COMM_ADAPTERS, FlatGradients, Reducer, comm_reducer, register_comm_adapter  # noqa: F401
 from .split import validation_split
-from .pure_step import PureStep
+from .pure_step import pure_step
 from .static_step import StaticStep
 from .step import loss_function, make_step
 from .validation import InputError, check_batch_size, check_epochs, check_features, check_l2
@@ -215,7 +215,7 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
         shuffled = bool(shuffle) and batch < data.n
         static = None  # the recorded step (graph=True), or the pure one that immutable arrays need
         if functional:
-            static = PureStep(dev, data, batch, steps, train_step, model, optimizer, model.dtype)
+            static = pure_step(dev, data, batch, steps, train_step, model, optimizer, model.dtype, loss, l2, clip_norm)
         elif graph:
             static = StaticStep(dev, data, batch, shuffled, train_step, optimizer, model.dtype)
         try:
@@ -286,7 +286,7 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
             model.train(was_training)
             for layer in offset:
                 layer.row_offset = 0
-            if static is not None and not functional:
+            if static is not None:
                 static.close()
     return history
 

@@ -162,3 +162,25 @@ def test_the_cli_trains_saves_and_resumes_bit_for_bit(tmp_path, capsys, spec):
     assert sorted(straight) == sorted(resumed)
     for key in straight:
         np.testing.assert_array_equal(resumed[key], straight[key], err_msg=key)
+
+
+def test_the_next_fit_of_the_same_model_and_optimizer_reuses_the_compiled_step(monkeypatch):
+    """``fit`` again with the same model and optimizer (``partial_fit``, an epoch at a time) traces nothing anew
+    and trains bit for bit as one fit; a setting the trace reads (momentum) compiles afresh."""
+    traced = []
+    pure = pure_step.PureStep._pure
+    monkeypatch.setattr(pure_step.PureStep, "_pure", lambda self, *a, **k: traced.append(k["rows"]) or pure(self, *a, **k))
+    X, y = classification_data(n=50, features=5, classes=3, seed=3)
+    kw = dict(batch_size=16, device="jax:cpu", seed=2, l2=1e-3)
+    straight = pn.mlp([5, 12, 3], seed=4)
+    pn.fit(straight, X, y, optimizer=pn.SGD(0.1, momentum=0.9), epochs=3, **kw)
+    assert sorted(traced) == [2, 16]
+    model, optimizer = pn.mlp([5, 12, 3], seed=4), pn.SGD(0.1, momentum=0.9)
+    for epoch in range(1, 4):
+        pn.fit(model, X, y, optimizer=optimizer, epochs=epoch, initial_epoch=epoch - 1, **kw)
+    assert sorted(traced) == [2, 2, 16, 16]  # the second model's first fit compiled; its next two did not
+    for key, value in straight.state_dict().items():
+        np.testing.assert_array_equal(model.state_dict()[key], value, err_msg=key)
+    optimizer.momentum = 0.5  # read while tracing: a new compilation
+    pn.fit(model, X, y, optimizer=optimizer, epochs=4, initial_epoch=3, **kw)
+    assert sorted(traced) == [2, 2, 2, 16, 16, 16]
