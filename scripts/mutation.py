@@ -646,6 +646,9 @@ MUTANTS = [
      "        if False:\n            positions"),
     ("pure-steps-count", "pure_step.py", "        optimizer.steps += 1\n        self._rebind(state)",
      "        self._rebind(state)"),
+    ("pure-reuse-ignores-settings", "pure_step.py", "           type(optimizer), tuple(settings))",
+     "           type(optimizer), ())"),
+    ("pure-reuse-no-adopt", "pure_step.py", "        held[1].adopt(data)\n", "        pass\n"),
     ("jax-dtype-x64", "backends/jax.py", "jax.config.update(\"jax_enable_x64\", True)", "pass"),
 ]
 
