@@ -924,6 +924,22 @@ def test_dropout_trains_with_masks_and_predicts_without():
     assert [type(layer).__name__ for layer in again.model_.layers] == names
 
 
+def test_random_state_seeds_the_dropout_masks():
+    """Two random states draw different masks (their Dropout layers' seeds differ, derived as ``mlp`` derives
+    them); the same one draws the same, so a refit trains bit for bit as the first fit."""
+    X, y = _spiral()
+    params = dict(hidden_layer_sizes=(16, 16), max_iter=3, device="cpu", dropout=0.3)
+
+    def seeds(clf):
+        return [layer.seed for layer in clf.model_.layers if type(layer).__name__ == "Dropout"]
+
+    one, two = MLPClassifier(**params, random_state=1).fit(X, y), MLPClassifier(**params, random_state=2).fit(X, y)
+    assert len(seeds(one)) == 2 and len(set(seeds(one))) == 2 and set(seeds(one)).isdisjoint(seeds(two))
+    again = MLPClassifier(**params, random_state=1).fit(X, y)
+    assert seeds(again) == seeds(one)
+    np.testing.assert_array_equal(again.coefs_[0], one.coefs_[0])
+
+
 @pytest.mark.parametrize("params, message", [
     ({"learning_rate": "optimal"}, "learning_rate"),
     ({"power_t": -0.5}, "power_t"),
