@@ -71,10 +71,20 @@ class StackedLinear(Module):
 
     def forward(self, x):  # (batch, in) or (M, batch, in) -> (M, batch, out)
         self._x = x  # cached for backward
+        joint = self.joint() if x.ndim == 2 else None
+        if joint is not None:  # the bias as the weight's last row: [x, 1] @ joint (NumPy's join_bias)
+            self._xa = xa = self._with_ones(x)
+            if self.reuse:
+                return self.kernels.matmul_into(xa, joint, self._buffer("out", (self.members, x.shape[0],
+                                                                                self.out_features), x.dtype))
+            return self.xp.matmul(xa, joint)
         wide = self.side_by_side(self.params["weight"]) if x.ndim == 2 else None
         if wide is not None:  # every member's product as one GEMM (batch, in) @ (in, M * out)
             y = self.kernels.matmul(x, wide, self._buffer("out", (x.shape[0], wide.shape[1]), x.dtype)
                                     if self.reuse else None)
+            if self._scale is not None:  # the weight held as scale * V (decay_lazily): x @ W = (x @ V) * scale
+                members = self.xp.reshape(y, (x.shape[0], self.members, -1))
+                members *= self._scale[1]
             if "bias" in self.params:  # (M, 1, out) is (1, M * out) in memory
                 y += self.xp.reshape(self.params["bias"], (1, -1))
             return self.xp.permute_dims(self.xp.reshape(y, (x.shape[0], self.members, -1)), (1, 0, 2))
@@ -93,6 +103,11 @@ class StackedLinear(Module):
     def backward(self, grad_output, input_grad=True):  # (M, batch, out) -> (M, batch, in)
         xp, x = self.xp, self._x
         grad_input = self.input_gradient(grad_output) if input_grad else None
+        joint = self.joint() if x.ndim == 2 else None
+        if joint is not None:  # both gradients as one batched GEMM [x, 1].T @ g: (M, in + 1, out)
+            g = xp.matmul(self._xa.T, grad_output)
+            self.grads["weight"], self.grads["bias"] = g[:, :-1, :], g[:, -1:, :]
+            return grad_input
         wide = self.side_by_side(self.params["weight"]) if x.ndim == 2 else None
         if wide is not None:  # the weight gradient as one GEMM x.T @ (batch, M * out), laid out as the weight
             rows = self.rows_side_by_side(grad_output)
@@ -146,7 +161,64 @@ class StackedLinear(Module):
         lay = getattr(self.kernels, "lay_side_by_side", None)
         weight = self.params["weight"]
         if lay is not None and self.device.backend.mutable and self.side_by_side(weight) is None:
-            self.params["weight"] = lay(weight)
+            self.params["weight"] = weight = lay(weight)
+        join = getattr(self.kernels, "join_bias", None)
+        if (join is not None and "bias" in self.params and self.device.backend.mutable and self.joint() is None
+                and self.side_by_side(weight) is None and self.in_features < self.kernels.side_by_side_min_rows):
+            self._joint = join(weight, self.params["bias"])
+            self.params["weight"], self.params["bias"] = self._joint[1:]
+
+    # -- the decay as a per-member scale: the fused SGD step of a side-by-side weight (portablenn.sweep) --------
+    # W = (1 - lr l2) W - x.T @ g with a different factor per member costs a pass over the whole weight, as long
+    # as one model's GEMMs on MNIST's 784 x 100 x 16. Held as W = scale * V instead, the step is V -= x.T @ (g /
+    # scale') with scale' = (1 - lr l2) scale: the pass goes over the (batch, M * out) gradient, not the weight.
+    # Only while a fused SGD step runs: ``materialize`` gives the weight back (at every metric read and at the
+    # end of the fit), so nothing else ever sees V.
+    lazy_min_scale = 2.0 ** -20  # a smaller scale is folded into the weight (one pass), so V never grows past 1e6 W
+
+    def decay_lazily(self, keep, keep_host, rows):
+        """Scale member ``i``'s weight by ``keep[i]`` (device ``(M, 1)``, and its host copy) without touching it;
+        returns ``rows`` ``(batch, M * out)`` divided by each member's new scale (the GEMM's operand)."""
+        xp = self.xp
+        if self._scale is not None and self._scale[0].min() * min(keep_host) < self.lazy_min_scale:
+            self.materialize()
+        if self._scale is None:
+            self._scale = [np.array(keep_host, dtype=np.float64), keep + 0.0]
+        else:
+            self._scale[0] *= keep_host
+            self._scale[1] *= keep
+        scaled = xp.reshape(rows, (rows.shape[0], self.members, -1)) / self._scale[1]
+        return xp.reshape(scaled, tuple(rows.shape))
+
+    def materialize(self):
+        """Fold a lazy scale into the weight (``decay_lazily``): the parameter is the member's weight again."""
+        if self._scale is not None:
+            weight = self.side_by_side(self.params["weight"])
+            members = self.xp.reshape(weight, (weight.shape[0], self.members, -1))
+            members *= self._scale[1]
+            self._scale = None
+
+    def sq_sum_scale(self):
+        """``(M,)`` factors of the weight's sums of squares while a lazy scale is held (else None)."""
+        return None if self._scale is None else self.xp.reshape(self._scale[1], (-1,)) ** 2
+
+    def joint(self):
+        """The ``(M, in + 1, out)`` array whose views are the weight and the bias (``lay_out``; NumPy's
+        ``join_bias``), or None: not joined, or the parameters since replaced by other arrays."""
+        joint = self._joint
+        if joint is None or self.params.get("weight") is not joint[1] or self.params.get("bias") is not joint[2]:
+            return None
+        return joint[0]
+
+    def _with_ones(self, x):
+        """``(batch, in)`` -> ``[x, 1]`` ``(batch, in + 1)``, in an array kept per shape (its ones written once)."""
+        key = ("ones column", tuple(x.shape), x.dtype)
+        if key not in self._buffers:
+            with self.device.activate():
+                self._buffers[key] = self.xp.ones((x.shape[0], x.shape[1] + 1), dtype=x.dtype, device=self.device.native)
+        xa = self._buffers[key]
+        xa[:, :-1] = x
+        return xa
 
     def _ones(self, rows, dtype):
         key = (rows, dtype)
@@ -162,7 +234,7 @@ class StackedLinear(Module):
 
     def _bind(self, device):
         super()._bind(device)
-        self._ones_cache, self._buffers = {}, {}
+        self._ones_cache, self._buffers, self._joint, self._scale = {}, {}, None, None
 
     def member(self, i):
         """Member ``i``'s ``{"weight": (in, out), "bias": (out,)}`` as host arrays."""
@@ -384,6 +456,12 @@ class Stacked(Module):
         self._plan()
         self.lay_out()
         return self
+
+    def materialize(self):
+        """Every layer's parameters as the members' own again (``StackedLinear.materialize``)."""
+        for layer in self.layers:
+            if isinstance(layer, StackedLinear):
+                layer.materialize()
 
     def lay_out(self):
         """Lay the first layer's weight side by side where the device's kernels can use it

@@ -24,7 +24,7 @@ from .losses import SoftmaxCrossEntropy, get_loss
 from .models import mlp
 from .optim import SGD, Adam, AdamW, Optimizer
 from .registry import OPTIMIZERS
-from .stack import Stacked
+from .stack import Stacked, StackedLinear
 from .validation import InputError, available_memory, check_batch_size, check_epochs, format_bytes, training_memory
 
 __all__ = ["StackedOptimizer", "StackHistory", "SweepResult", "fit_stack", "evaluate_stack", "predict_stack",
@@ -212,17 +212,27 @@ class StackedOptimizer:
                 continue
             weight, x = layer.params["weight"], layer._x
             grad_input = layer.input_gradient(grad) if j > 0 else None  # before the update
+            joint = layer.joint() if x.ndim == 2 else None
+            if joint is not None:  # the bias the weight's last row (StackedLinear.joint): one GEMM for both
+                if any(self.l2):
+                    weight *= a["keep"]  # the weight rows of the joint array only: the bias is not decayed
+                joint -= xp.matmul(layer._xa.T, grad)
+                grad = grad_input
+                continue
             wide = layer.side_by_side(weight) if x.ndim == 2 else None
             if wide is not None:  # the weights side by side (in, M * out): every member's update as one GEMM
                 rows = layer.rows_side_by_side(grad)
-                beta = self._keep[0]
-                if any(k != beta for k in self._keep):  # the decays differ: one pass, then the GEMM adds
-                    weight *= a["keep"]
-                    beta = 1.0
-                kernels.matmul_update_(wide, x.T, rows, -1.0, beta)
                 if "bias" in layer.params:
                     bias = xp.reshape(layer.params["bias"], (1, -1))  # a view of (M, 1, out)
                     bias -= xp.sum(rows, axis=0)  # down the columns: no BLAS GEMV (threads) for a vector
+                beta = self._keep[0]
+                if any(k != beta for k in self._keep):  # the decays differ: each member's as a lazy scale
+                    if min(self._keep) > 0:
+                        rows = layer.decay_lazily(xp.reshape(a["keep"], (-1, 1)), self._keep, rows)
+                    else:  # lr l2 >= 1 somewhere (a weight that flips sign): no scale for that, one pass
+                        weight *= a["keep"]
+                    beta = 1.0
+                kernels.matmul_update_(wide, x.T, rows, -1.0, beta)
                 grad = grad_input
                 continue
             if weight[0].size >= least:
@@ -367,6 +377,9 @@ def _penalty(model, l2_array):
             else:
                 flat = xp.reshape(w, (w.shape[0], 1, -1))  # each member's sum of squares as one batched dot
                 term = xp.reshape(xp.matmul(flat, xp.matrix_transpose(flat)), (-1,))
+            scale = layer.sq_sum_scale() if isinstance(layer, StackedLinear) else None
+            if scale is not None:  # the weight held as scale * V (StackedLinear.decay_lazily)
+                term = term * scale
             total = term if total is None else total + term
     return 0.5 * xp.reshape(l2_array, (-1,)) * total
 
@@ -517,6 +530,7 @@ def fit_stack(stacked, X, y, *, optimizer=None, lr=None, l2=0.0, momentum=None, 
                 rows.append(xp.concat([xp.stack(columns, axis=1), xp.stack(step_losses, axis=1)], axis=1))
                 pending.append((epoch, began))
                 if epoch % log_every == 0 or epoch == epochs:
+                    stacked.materialize()  # the members' own weights, for callbacks and freezing
                     newly = _read(dev, rows, pending, history, active, callback, loss, data, val)
                     rows, pending = [], []
                     if newly:
@@ -526,6 +540,7 @@ def fit_stack(stacked, X, y, *, optimizer=None, lr=None, l2=0.0, momentum=None, 
                     if not active.any():
                         break
         finally:
+            stacked.materialize()
             stacked.train(was_training)
     return history
 

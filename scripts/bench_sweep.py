@@ -12,7 +12,9 @@ Workloads (16 members each: a 4 x 4 grid of learning rate and L2 strength, seed 
             (``portablenn.fit_stack`` once against 16 ``portablenn.fit``); issue target: stacked <= 0.25x
   - mnist:  784-100-10 without biases, batch 100, one epoch in order (60000 rows; synthetic data of that
             shape where MNIST is absent); issue target: stacked <= 0.7x
-Each round times every variant once: the stacked fit, the 16 ordinary fits, and scikit-learn's
+Each round times every variant once: the stacked fit, the 16 ordinary fits, member 0's fit alone and the
+same fit with one hidden unit (the ``floor`` line: the share of a fit's time that grows with the hidden
+layer, which stacking cannot save), and scikit-learn's
 ``GridSearchCV`` over ``MLPClassifier`` (``n_jobs=-1``, one predefined train/validation split, the same grid,
 ``solver="sgd"``, no momentum, the same epochs and batch, trained on four fifths of the rows), the order
 rotating from round to round. The table shows the minima over the rounds (the least disturbed run of
@@ -82,6 +84,27 @@ def one_by_one(w):
         model = pn.mlp(w["sizes"], seed=0, bias=w["bias"], init=w["init"])
         pn.fit(model, w["X"], w["y"], optimizer=pn.SGD(lr), l2=l2, epochs=w["epochs"], batch_size=w["batch"],
                shuffle=w["shuffle"], log_every=w["epochs"])
+
+
+def one_fit(w, hidden=None):
+    """Member 0 alone; with ``hidden`` units in place of the hidden layer's (1: almost no arithmetic left)."""
+    sizes = w["sizes"] if hidden is None else [w["sizes"][0]] + [hidden] * (len(w["sizes"]) - 2) + [w["sizes"][-1]]
+    lr, l2 = w["grid"][0]
+    model = pn.mlp(sizes, seed=0, bias=w["bias"], init=w["init"])
+    pn.fit(model, w["X"], w["y"], optimizer=pn.SGD(lr), l2=l2, epochs=w["epochs"], batch_size=w["batch"],
+           shuffle=w["shuffle"], log_every=w["epochs"])
+
+
+def floor_line(best):
+    """What stacking can save at most: a fit's time less the same fit with one hidden unit is the work that grows
+    with the hidden layer (its GEMMs and passes over the activations), which every member still does in a stack;
+    only the rest (Python, dispatch, the minibatch read, per-step fixed work) is done once for all."""
+    one, unit = best["one fit"], best["one fit, 1 hidden unit"]
+    grows = max(one - unit, 0.0)
+    bound = (MEMBERS * grows + unit) / (MEMBERS * one)
+    return (f"  floor: one fit {one * 1e3:.0f} ms, of which {grows / one:.0%} grows with the hidden layer (the same "
+            f"fit with 1 hidden unit: {unit * 1e3:.0f} ms); a stack that did that work at one model's speed "
+            f"and nothing else would take {bound:.2f}x of one by one")
 
 
 def sklearn_grid(w):
@@ -159,7 +182,8 @@ def main(argv=None):
         stack_vs_one(args.device, args.members, args.rounds, args.rows)
         return
     DATA_DIR[0] = args.data_dir
-    variants = {"stacked": stacked, "one by one": one_by_one}
+    variants = {"stacked": stacked, "one by one": one_by_one, "one fit": one_fit,
+                "one fit, 1 hidden unit": lambda w: one_fit(w, hidden=1)}
     if args.compare:
         variants[f"stacked ({args.compare})"] = None
     if not args.no_sklearn:
@@ -193,6 +217,7 @@ def main(argv=None):
         ratios = [s / o for s, o in zip(times["stacked"], times["one by one"])]
         print(f"  stacked / one by one: {best['stacked'] / best['one by one']:.2f}x of the minima "
               f"(per round: {', '.join(f'{r:.2f}' for r in ratios)})")
+        print(floor_line(best))
         if args.compare:
             other = f"stacked ({args.compare})"
             ratios = [s / o for s, o in zip(times[other], times["one by one"])]

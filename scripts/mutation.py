@@ -54,6 +54,8 @@ TESTS = {
     "validation.py": ["test_train.py", "test_backend.py", "test_fuzz.py", "test_sklearn.py", "test_reliability.py",
                       "test_limits.py", "test_files.py", "test_losses.py"],
     "sklearn.py": ["test_sklearn.py"],
+    "stack.py": ["test_stack.py", "test_sweep.py"],
+    "sweep.py": ["test_sweep.py", "test_stack.py"],
     "checkpoint.py": ["test_checkpoint.py", "test_reliability.py", "test_metadata.py", "test_fuzz.py",
                       "test_limits.py"],
     "outputs.py": ["test_checkpoint.py", "test_reliability.py", "test_outputs.py"],
@@ -650,6 +652,19 @@ MUTANTS = [
      "           type(optimizer), ())"),
     ("pure-reuse-no-adopt", "pure_step.py", "        held[1].adopt(data)\n", "        pass\n"),
     ("jax-dtype-x64", "backends/jax.py", "jax.config.update(\"jax_enable_x64\", True)", "pass"),
+    # a stack's NumPy fast paths (portablenn.stack, the fused SGD step in portablenn.sweep)
+    ("stack-lazy-unscaled", "stack.py", "/ self._scale[1]\n", "/ 1.0\n"),
+    ("stack-lazy-forward", "stack.py", "                members *= self._scale[1]\n            if \"bias\"",
+     "                pass\n            if \"bias\""),
+    ("stack-lazy-no-fold", "stack.py", "self._scale[0].min() * min(keep_host) < self.lazy_min_scale", "False"),
+    ("stack-lazy-penalty", "sweep.py", "                term = term * scale\n", "                term = term\n"),
+    ("stack-lazy-unread", "sweep.py", "                    stacked.materialize()  # the members'",
+     "                    pass  # the members'"),
+    ("stack-joint-bias-grad", "stack.py", "g[:, :-1, :], g[:, -1:, :]", "g[:, :-1, :], 0 * g[:, -1:, :]"),
+    ("stack-joint-decays-bias", "sweep.py", "                    weight *= a[\"keep\"]  # the weight rows",
+     "                    joint *= a[\"keep\"]  # the weight rows"),
+    ("stack-joint-unused", "stack.py", "            self.params[\"weight\"], self.params[\"bias\"] = self._joint[1:]\n",
+     "            self._joint = None\n"),
 ]
 
 

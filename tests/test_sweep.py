@@ -120,6 +120,43 @@ def test_a_wide_first_layer_side_by_side_trains_as_fit(case, kernels):
             assert_state_close(state, solo_state, "float64", factor=FACTOR["float64"], err_msg=f"member {i}")
 
 
+def test_a_narrow_first_layer_holds_its_bias_as_the_weights_last_row_on_numpy():
+    """Fewer inputs than NumPy's side-by-side threshold (the spiral's 2): weight and bias are views of one
+    (M, in + 1, out) array, so [x, 1] @ joint is the product with the bias and one GEMM gives both gradients;
+    the fused step updates it in place (the members' training equals fit's: the tests above). The generic
+    kernels keep the two arrays (the twin)."""
+    X, y, _ = _data("float64")
+    stacked = stack_mlp(SIZES, SEEDS, dtype="float64").to("cpu")
+    first = stacked.layers[0]
+    joint = first.joint()
+    assert joint is not None and joint.shape == (3, SIZES[0] + 1, SIZES[1])
+    assert np.shares_memory(first.params["weight"], joint) and np.shares_memory(first.params["bias"], joint)
+    fit_stack(stacked, X, y, lr=[0.05, 0.2, 0.1], l2=[0.0, 1e-2, 1e-3], epochs=2, batch_size=16)
+    assert first.joint() is joint
+    generic = stack_mlp(SIZES, SEEDS, dtype="float64").to(pn.device("numpy", kernels="generic"))
+    assert generic.layers[0].joint() is None
+
+
+def test_a_decay_held_as_a_scale_is_folded_back_before_it_underflows():
+    """A side-by-side first layer whose members decay by different factors holds W = scale * V during the fused
+    SGD step (StackedLinear.decay_lazily). With lr l2 = 0.5 the scale halves every step: float32 would reach 0
+    after ~150 steps; folded into the weight past 2**-20, 200 full-batch steps still train as fit does."""
+    X, y = classification_data(n=60, features=40, classes=3, seed=4)
+    X = X.astype("float32")
+    sizes, lrs, l2s = [40, 8, 3], [1.0, 1.0, 0.5], [0.5, 0.25, 0.0]
+    stacked = stack_mlp(sizes, SEEDS, dtype="float32").to("cpu")
+    history = fit_stack(stacked, X, y, lr=lrs, l2=l2s, epochs=200, batch_size=None, log_every=200)
+    assert not history.diverged
+    first = stacked.layers[0]
+    assert first.side_by_side(first.params["weight"]) is not None and first._scale is None
+    for i in range(3):
+        model = pn.mlp(sizes, seed=SEEDS[i], dtype="float32")
+        solo = pn.fit(model, X, y, optimizer=pn.SGD(lrs[i]), l2=l2s[i], epochs=200, batch_size=None, log_every=200)
+        assert_close(history[i].records[-1]["loss"], solo.records[-1]["loss"], "float32", factor=FACTOR["float32"])
+        assert_state_close(stacked.member(i).state_dict(), model.state_dict(), "float32", factor=FACTOR["float32"],
+                           err_msg=f"member {i}")
+
+
 @pytest.mark.parametrize("loss", ["mse", "binary_cross_entropy"])
 def test_other_losses_train_member_by_member_as_fit(loss):
     """Losses without a stacked formula run member by member through their own value_and_grad."""

@@ -147,6 +147,15 @@ class NumpyKernels(Kernels):
             return a
         return np.ascontiguousarray(a.transpose(1, 0, 2)).transpose(1, 0, 2)
 
+    def join_bias(self, weight, bias):
+        """``(joint, weight view, bias view)``: a stack's ``(M, in, out)`` weight and ``(M, 1, out)`` bias copied into
+        one ``(M, in + 1, out)`` array, the bias its last row, and the two views of it that replace them. With
+        a column of ones beside the input, ``[x, 1] @ joint`` is ``x @ W + b`` and ``[x, 1].T @ g`` both gradients:
+        the bias's own pass over the ``(M, batch, out)`` product and its row sums go. For a narrow shared input
+        (the spiral's 2 columns; ``side_by_side_min_rows``), where those passes cost as much as the GEMM."""
+        joint = np.concatenate([weight, bias], axis=1)
+        return joint, joint[:, :-1, :], joint[:, -1:, :]
+
     def matmul_like(self, a, b, like):
         """``a @ b`` written into a new array laid out as ``like`` (of the result's shape): a stack's input
         gradient in its input's layout, so the next layer's weight GEMM reads it without a copy."""
