@@ -24,7 +24,9 @@ from .losses import SoftmaxCrossEntropy, get_loss
 from .models import mlp
 from .optim import SGD, Adam, AdamW, Optimizer
 from .registry import OPTIMIZERS
+from .early_stopping import EarlyStopping
 from .stack import Stacked, StackedLinear
+from .train import check_clip_norm, check_monitors, check_readers
 from .validation import InputError, available_memory, check_batch_size, check_epochs, format_bytes, training_memory
 
 __all__ = ["StackedOptimizer", "StackHistory", "SweepResult", "fit_stack", "evaluate_stack", "predict_stack",
@@ -99,9 +101,8 @@ class StackedOptimizer:
     def __init__(self, template, members, *, lr=None, momentum=None, weight_decay=None, l2=0.0):
         if not isinstance(template, Optimizer) or type(template) not in (SGD, Adam, AdamW):
             raise InputError(f"a stack trains with SGD, Adam or AdamW, not {type(template).__name__}")
-        if template.schedule is not None:
-            raise InputError("a stack trains with a constant learning rate: remove the optimizer's schedule")
         self.template, self.members, self.steps = template, int(members), 0
+        self.schedules = None  # one per member (set_schedule), each a copy of the schedule fit_stack was given
         self.lr = _listed(template.lr if lr is None else lr, members, "lr", _rate)
         self.l2 = _listed(l2, members, "l2", _strength)
         sgd = type(template) is SGD
@@ -142,8 +143,43 @@ class StackedOptimizer:
         self._set_keep()
         self._decays = [(key, layer, name, name in layer.decayed) for key, layer, name in model.named_parameters()]
         self._rule = copy.copy(self.template)  # Adam's rule with lr 1: hyper() gives the per-lr step factor
-        self._rule.lr, self._rule.state, self._rule.model = 1.0, {}, None
+        self._rule.lr, self._rule.state, self._rule.model, self._rule._schedule = 1.0, {}, None, None
+        self._factors = None
         return self
+
+    def set_schedule(self, schedule, steps_per_epoch, epochs, rows):
+        """Give every member its own copy of ``schedule`` (its base lr the member's; ``start``-ed as ``fit``
+        starts one), or none. The schedules already set are kept when ``schedule`` is one of them (a later
+        ``fit_stack`` continues them, as ``fit`` continues an optimizer's)."""
+        if schedule is None:
+            self.schedules = None
+        elif self.schedules is None or all(s is not schedule for s in self.schedules):
+            self.schedules = [copy.deepcopy(schedule) for _ in range(self.members)]
+            for sched, lr in zip(self.schedules, self.lr):
+                sched.base_lr = lr
+        if self.schedules is not None:
+            for sched in self.schedules:
+                sched.start(steps_per_epoch, epochs, rows)
+        self._factors = None
+
+    def _step_lr(self):
+        """The step's learning rates ``(M, 1, 1)``: each member's lr times its schedule's factor for the step
+        (host floats; the product on the device, moved there only when the factors differ between members
+        and changed since the last step: a metric-reading schedule's, after a read). Sets the decay ``keep``."""
+        a = self._arrays
+        if self.schedules is None:
+            return a["lr"]
+        factors = [sched.factor(self.steps) for sched in self.schedules]
+        if factors != self._factors:
+            if all(f == factors[0] for f in factors):  # a step-based schedule: one host scalar
+                lr = a["lr"] * factors[0]
+            else:
+                lr = a["lr"] * self.model.device.asarray(np.asarray(factors).reshape(-1, 1, 1), dtype=self.model.dtype)
+            self._factors, self._lr = factors, lr
+            self._keep = [1.0 - rate * f * l2 if live else 1.0
+                          for rate, f, l2, live in zip(self.lr, factors, self.l2, self._live)]
+            a["keep"] = 1.0 - lr * a["l2"]
+        return self._lr
 
     def _set_keep(self):
         """The weights' decay factors ``1 - lr l2`` of the fused step, on the host and the device (0 lr: stopped)."""
@@ -163,19 +199,20 @@ class StackedOptimizer:
         model, a = self.model, self._arrays
         xp, mutable = model.xp, model.device.backend.mutable
         l2 = any(self.l2)
+        lr = self._step_lr()
         if type(self.template) is SGD:
             for key, layer, name, decays in self._decays:
                 p, g, state = layer.params[name], layer.grads[name], self.buffers(key, layer.params[name])
                 if mutable:
-                    layer.params[name], new_state = self._sgd_(xp, p, g, state, decays and l2)
+                    layer.params[name], new_state = self._sgd_(xp, p, g, state, decays and l2, lr)
                 else:
-                    layer.params[name], new_state = self._sgd(xp, p, g, state, decays and l2)
+                    layer.params[name], new_state = self._sgd(xp, p, g, state, decays and l2, lr)
                 self.state[key] = new_state
             return
         step_factor, eps_hat = self._rule.hyper(self.steps)[:2]  # Adam's bias corrections, for lr 1
-        hyper = (a["lr"] * step_factor, eps_hat)
+        hyper = (lr * step_factor, eps_hat)
         if type(self.template) is AdamW:
-            hyper = hyper + (1.0 - a["lr"] * a["weight_decay"],)
+            hyper = hyper + (1.0 - lr * a["weight_decay"],)
             self._rule.weight_decay = 1.0 if any(self.weight_decay) else 0.0  # members at 0 shrink by 1: a no-op
         for key, layer, name, decays in self._decays:
             p, g = layer.params[name], layer.grads[name]
@@ -187,10 +224,12 @@ class StackedOptimizer:
     @property
     def fuses_sgd(self):
         """Whether a step may fold plain SGD into the backward GEMMs, as ``portablenn.step`` does for one model:
-        SGD without momentum, on kernels that offer the fusion (NumPy's), arrays that change in place."""
+        SGD without momentum, on kernels that offer the fusion (NumPy's), arrays that change in place, and no
+        parameters but the Linear layers' (the fused step updates those only)."""
         model = self.model
         return (type(self.template) is SGD and not any(self.momentum) and model is not None
-                and model.device.backend.mutable and model.device.kernels.fuses_sgd)
+                and model.device.backend.mutable and model.device.kernels.fuses_sgd
+                and all(isinstance(layer, StackedLinear) or not layer.params for layer in model.layers))
 
     def backward_and_sgd(self, grad):
         """Backward with plain SGD inside (``fuses_sgd``): each Linear layer's update without a weight gradient.
@@ -203,7 +242,7 @@ class StackedOptimizer:
         self.steps += 1
         model, a = self.model, self._arrays
         layers, kernels, xp = model.layers, model.device.kernels, model.xp
-        grad = grad * a["lr"]
+        grad = grad * self._step_lr()
         least = getattr(kernels, "blas_update_min", 0)
         for j in range(len(layers) - 1, -1, -1):
             layer = layers[j]
@@ -246,22 +285,22 @@ class StackedOptimizer:
                 layer.params["bias"] -= xp.matmul(layer._ones(grad.shape[1], grad.dtype), grad)
             grad = grad_input
 
-    def _sgd(self, xp, p, g, state, decay):
-        """``SGD.update`` with per-member ``lr``, ``l2`` and ``momentum``: new arrays."""
+    def _sgd(self, xp, p, g, state, decay, lr):
+        """``SGD.update`` with per-member ``lr`` (the step's), ``l2`` and ``momentum``: new arrays."""
         a = self._arrays
         if decay:
             g = g + a["l2"] * p
         if not state:
-            return p - a["lr"] * g, state
-        velocity = a["momentum"] * state[0] + a["lr"] * g  # momentum 0: exactly lr * g, plain SGD's step
-        return p - ((a["lr"] * g + a["momentum"] * velocity) if self.template.nesterov else velocity), (velocity,)
+            return p - lr * g, state
+        velocity = a["momentum"] * state[0] + lr * g  # momentum 0: exactly lr * g, plain SGD's step
+        return p - ((lr * g + a["momentum"] * velocity) if self.template.nesterov else velocity), (velocity,)
 
-    def _sgd_(self, xp, p, g, state, decay):
+    def _sgd_(self, xp, p, g, state, decay, lr):
         """The same in place (the gradient is the step's own array: it may be overwritten)."""
         a = self._arrays
         if decay:
             g += a["l2"] * p
-        g *= a["lr"]
+        g *= lr
         if not state:
             p -= g
             return p, state
@@ -274,17 +313,21 @@ class StackedOptimizer:
             p -= velocity
         return p, state
 
-    def freeze(self, active):
-        """Stop the members where the ``(M,)`` host bool ``active`` is False: their parameters, state and
-        learning rate become zeros (a diverged member's NaNs would otherwise keep flowing)."""
+    def freeze(self, active, zero=None):
+        """Stop the members where the ``(M,)`` host bool ``active`` is False: their optimizer state and learning
+        rate become zeros, so their parameters no longer change; where ``zero`` (default: every stopped member)
+        the parameters too (a diverged member's NaNs would otherwise keep flowing)."""
         model, xp = self.model, self.model.xp
         mask = model.device.asarray(np.asarray(active).reshape(-1, 1, 1))
+        zero = ~np.asarray(active, dtype=bool) if zero is None else np.asarray(zero, dtype=bool)
+        kept = model.device.asarray((~zero).reshape(-1, 1, 1))
         for key, layer, name, _ in self._decays:
-            layer.params[name] = xp.where(mask, layer.params[name], 0.0)
+            layer.params[name] = xp.where(kept, layer.params[name], 0.0)
         self.state = {key: tuple(xp.where(mask, b, 0.0) for b in buffers) for key, buffers in self.state.items()}
         self._arrays["lr"] = xp.where(mask, self._arrays["lr"], 0.0)
         self._live = self._live & np.asarray(active, dtype=bool)
         self._set_keep()
+        self._factors = None
         model.lay_out()  # the new weight arrays side by side again, where the kernels use that layout
 
     def member(self, i):
@@ -298,6 +341,8 @@ class StackedOptimizer:
         else:
             opt = Adam(self.lr[i], template.beta1, template.beta2, template.eps)
         opt.steps, opt.l2 = self.steps, self.l2[i]
+        if self.schedules is not None:
+            opt.schedule = copy.deepcopy(self.schedules[i])
         if self.model is not None and opt.slots:
             dev = self.model.device
             for key, layer, name, _ in self._decays:
@@ -365,18 +410,122 @@ def _row_max(xp, logits):
     return top, xp.reshape(index, tuple(index.shape[:-1]))
 
 
+def _clip(model, clip_norm):
+    """Each member's gradients times ``min(1, clip_norm / (norm + 1e-6))``, ``norm`` the member's global 2-norm
+    (``Step._clip``'s rule per member): on the device."""
+    xp, total = model.xp, None
+    for _, layer, name in model.named_parameters():
+        term = _member_sq_sum(model, layer.grads[name])
+        total = term if total is None else total + term
+    factor = xp.reshape(xp.minimum(clip_norm / (xp.sqrt(total) + 1e-6), 1.0), (-1, 1, 1))
+    for _, layer, name in model.named_parameters():
+        layer.grads[name] = layer.grads[name] * factor
+
+
+def _member_sq_sum(model, w):
+    """``(M, ...)`` -> ``(M,)``: each member's sum of squares (NumPy's ``sq_sum_members``: one pass, no copy)."""
+    fast = getattr(model.device.kernels, "sq_sum_members", None)
+    if fast is not None:
+        return fast(w)
+    flat = model.xp.reshape(w, (w.shape[0], 1, -1))  # each member's sum of squares as one batched dot
+    return model.xp.reshape(model.xp.matmul(flat, model.xp.matrix_transpose(flat)), (-1,))
+
+
+class _Stops:
+    """Early stopping and metric-reading schedules, member by member, for ``fit_stack``.
+
+    ``on_record(i, record)`` (the records' callback) feeds member ``i``'s schedule and its own EarlyStopping's
+    counters; ``read(active)`` after a read keeps device copies of the improved members' weights (with
+    ``restore_best``), stops the members whose rule says so (``active`` False) and returns whether any stopped;
+    ``finish()`` puts back the best weights (or, without ``restore_best``, a stopped member's weights of its
+    stop: a BatchNorm's statistics would otherwise still move)."""
+
+    def __init__(self, stacked, opt, early_stopping, history, callback):
+        self.stacked, self.opt, self.history, self.callback = stacked, opt, history, callback
+        self.template = early_stopping
+        self.rules = None if early_stopping is None else [
+            EarlyStopping(early_stopping.monitor, early_stopping.patience, early_stopping.min_delta,
+                          restore_best=False, mode=early_stopping.mode) for _ in range(stacked.members)]
+        for rule in self.rules or ():
+            rule.start(None, None)
+        self.improved, self.stopping, self.best, self.held = set(), {}, None, None
+
+    def on_record(self, i, record):
+        schedules = self.opt.schedules
+        if schedules is not None and schedules[i].reads_metrics:
+            schedules[i].end_epoch(record)
+            if schedules[i].stop_training:
+                self.stopping.setdefault(i, f"{type(schedules[i]).__name__} ended its training")
+        if self.rules is not None:
+            rule = self.rules[i]
+            before = rule.best_epoch
+            if rule.update(record, None):
+                self.stopping.setdefault(i, f"early stopping: {rule.monitor} did not improve for {rule.patience} "
+                                            "epochs")
+            if rule.best_epoch != before:
+                self.improved.add(i)
+        if self.callback is not None:
+            self.callback(i, record)
+
+    def _stores(self):
+        """``(store, name)`` of every per-member array (parameters and buffers with the member axis first)."""
+        M = self.stacked.members
+        out = []
+        for layer in self.stacked.layers:
+            for store in (layer.params, layer.buffers):
+                out += [(store, name) for name in store if store[name].ndim >= 1 and store[name].shape[0] == M]
+        return out
+
+    def _mask(self, members, ndim):
+        flags = np.zeros(self.stacked.members, dtype=bool)
+        flags[list(members)] = True
+        return self.stacked.device.asarray(flags.reshape((-1,) + (1,) * (ndim - 1)))
+
+    def _keep(self, snapshot, members):
+        """``snapshot`` (a list of arrays, or None) with ``members``' current values."""
+        xp, stores = self.stacked.xp, self._stores()
+        if snapshot is None:
+            return [xp.asarray(store[name], copy=True) for store, name in stores]
+        return [xp.where(self._mask(members, store[name].ndim), store[name], old)
+                for (store, name), old in zip(stores, snapshot)]
+
+    def read(self, active):
+        if self.improved and self.template is not None and self.template.restore_best:
+            self.best = self._keep(self.best, self.improved)
+            self._best_members = getattr(self, "_best_members", set()) | self.improved
+        self.improved = set()
+        stopping = {i: why for i, why in self.stopping.items() if active[i] and i not in self.history.diverged}
+        self.stopping = {}
+        if not stopping:
+            return False
+        self.held = self._keep(self.held, stopping)
+        for i, why in stopping.items():
+            active[i] = False
+            rule = self.rules[i] if self.rules is not None else None
+            self.history.stopped[i] = {"epoch": self.history.histories[i].records[-1]["epoch"], "reason": why,
+                                       "best_epoch": getattr(rule, "best_epoch", None), "best": getattr(rule, "best", None)}
+        return True
+
+    def finish(self):
+        """The best weights back (``restore_best``; the diverged members' stay zero), or the stopped members'."""
+        restore = set(getattr(self, "_best_members", set())) - set(self.history.diverged) if self.best else set()
+        stopped = set(self.history.stopped) - restore
+        xp = self.stacked.xp
+        for snapshot, members in ((self.held, stopped), (self.best, restore)):
+            if snapshot is None or not members:
+                continue
+            for (store, name), value in zip(self._stores(), snapshot):
+                store[name] = xp.where(self._mask(members, value.ndim), value, store[name])
+        if restore or stopped:
+            self.stacked.lay_out()
+
+
 def _penalty(model, l2_array):
     """``0.5 l2 sum(W ** 2)`` per member, ``(M,)``: the L2 term of each member's loss."""
     xp, total = model.xp, None
-    fast = getattr(model.device.kernels, "sq_sum_members", None)  # NumPy's: one pass, no copy
     for _, layer, name in model.named_parameters():
         if name in layer.decayed:
-            w = layer.params[name]
-            if fast is not None:
-                term = fast(w)
-            else:
-                flat = xp.reshape(w, (w.shape[0], 1, -1))  # each member's sum of squares as one batched dot
-                term = xp.reshape(xp.matmul(flat, xp.matrix_transpose(flat)), (-1,))
+            term = _member_sq_sum(model, layer.params[name])
             scale = layer.sq_sum_scale() if isinstance(layer, StackedLinear) else None
             if scale is not None:  # the weight held as scale * V (StackedLinear.decay_lazily)
                 term = term * scale
@@ -394,6 +543,12 @@ class StackHistory:
         Member ``i``'s epochs, as ``fit`` would record them (a diverged member's end before its bad epoch).
     diverged : dict of int -> dict
         ``{i: {"epoch", "step", "loss", "message"}}`` for every member whose loss became NaN or infinite.
+    stopped : dict of int -> dict
+        ``{i: {"epoch", "best_epoch", "best", "reason"}}`` for every member that early stopping (or a schedule
+        that ends training) stopped before the last epoch.
+    early_stopping : list of EarlyStopping or None
+        With early stopping, member ``i``'s rule and its counters (``best``, ``best_epoch``, ``stopped_epoch``;
+        ``state_dict`` for a checkpoint).
     optimizer : StackedOptimizer
     names : list of str
     """
@@ -401,7 +556,8 @@ class StackHistory:
     def __init__(self, names, optimizer):
         self.names, self.optimizer = list(names), optimizer
         self.histories = [History() for _ in names]
-        self.diverged = {}
+        self.diverged, self.stopped = {}, {}
+        self.early_stopping = None  # each member's EarlyStopping counters (best, best_epoch, ...), with early stopping
 
     def __getitem__(self, i):
         return self.histories[i]
@@ -415,7 +571,8 @@ class StackHistory:
 
 def fit_stack(stacked, X, y, *, optimizer=None, lr=None, l2=0.0, momentum=None, weight_decay=None, loss=None,
               epochs=1, batch_size=100, shuffle=True, seed=0, member_seeds=None, device=None, validation=None,
-              log_every=1, callback=None, names=None, on_read=None):
+              log_every=1, callback=None, names=None, on_read=None, schedule=None, early_stopping=None,
+              clip_norm=None):
     """Train every member of ``stacked`` in place, each as ``fit`` would train it alone.
 
     Parameters
@@ -445,6 +602,17 @@ def fit_stack(stacked, X, y, *, optimizer=None, lr=None, l2=0.0, momentum=None, 
     on_read : callable(epoch, history) -> None, optional
         Called after each read of the metrics (every ``log_every`` epochs and after the last), with the
         last epoch read and the ``StackHistory`` so far.
+    schedule : portablenn.schedules.Schedule, optional
+        As ``fit``'s, for every member on its own: each gets a copy, its base lr the member's (a schedule
+        that reads the metrics reads the member's; one that ends training, as scikit-learn's adaptive rule
+        does, stops that member). Default: the optimizer's ``schedule``, if it has one.
+    early_stopping : portablenn.EarlyStopping, optional
+        As ``fit``'s, for every member on its own: a member that stops is frozen (its weights no longer
+        change) and, with ``restore_best``, every member ends with its best epoch's weights
+        (``StackHistory.stopped``). A Dropout layer's mask counter is the stack's, shared: a member stopped
+        early keeps counting.
+    clip_norm : float, optional
+        As ``fit``'s: each member's gradients scaled to at most this global 2-norm, the member's own.
 
     Returns
     -------
@@ -453,6 +621,9 @@ def fit_stack(stacked, X, y, *, optimizer=None, lr=None, l2=0.0, momentum=None, 
     epochs = check_epochs(epochs)
     if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
         raise InputError(f"log_every must be a positive integer, got {log_every!r}")
+    check_clip_norm(clip_norm)
+    if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+        raise InputError(f"early_stopping must be a portablenn.EarlyStopping, not {type(early_stopping).__name__}")
     if not isinstance(stacked, Stacked):
         raise InputError(f"fit_stack trains a portablenn.stack.Stacked, not {type(stacked).__name__}")
     M = stacked.members
@@ -471,23 +642,30 @@ def fit_stack(stacked, X, y, *, optimizer=None, lr=None, l2=0.0, momentum=None, 
         if len(member_seeds) != M or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s >= 0
                                              for s in member_seeds):
             raise InputError(f"member_seeds must be {M} non-negative integers, got {member_seeds!r}")
+    if schedule is None:
+        schedule = opt.template.schedule
+    check_readers(early_stopping, schedule, log_every)
     loss = get_loss(loss)
+    check_monitors(loss, validation is not None, early_stopping, schedule)
     dev = stacked.device if device is None else backend.device(device)
     stacked.to(dev)
     data = DeviceData(dev, X, y, stacked, loss)
     val = DeviceData(dev, validation[0], validation[1], stacked, loss, "validation X") if validation else None
     batch = check_batch_size(batch_size, data.n)
     opt.bind(stacked)
+    opt.set_schedule(schedule, len(range(0, data.n, batch)), epochs, data.n)
     dev.backend.reserve_heap(dev)  # a stack's temporaries are M times one model's: NumPy keeps freed heap
     shuffled = bool(shuffle) and batch < data.n
     own_orders = shuffled and member_seeds is not None
     value = _stacked_loss(loss, M, own_orders, dev.kernels)
     value_eval = _stacked_loss(loss, M, False, dev.kernels)
     l2_on = any(opt.l2)
-    fused = opt.fuses_sgd
+    fused = opt.fuses_sgd and clip_norm is None
     starts = range(0, data.n, batch)
     history = StackHistory(names, opt)
     active = np.ones(M, dtype=bool)
+    stops = _Stops(stacked, opt, early_stopping, history, callback)
+    history.early_stopping = stops.rules
     xp = dev.xp
     pending, rows, was_training = [], [], stacked.training
     with dev.activate():
@@ -517,6 +695,8 @@ def fit_stack(stacked, X, y, *, optimizer=None, lr=None, l2=0.0, momentum=None, 
                         opt.backward_and_sgd(grad)
                     else:
                         stacked.backward(grad)
+                        if clip_norm is not None:
+                            _clip(stacked, clip_norm)
                         opt.step()
                     step_losses.append(loss_sums)
                     metric = metric + metric_sums
@@ -531,14 +711,16 @@ def fit_stack(stacked, X, y, *, optimizer=None, lr=None, l2=0.0, momentum=None, 
                 pending.append((epoch, began))
                 if epoch % log_every == 0 or epoch == epochs:
                     stacked.materialize()  # the members' own weights, for callbacks and freezing
-                    newly = _read(dev, rows, pending, history, active, callback, loss, data, val)
+                    newly = _read(dev, rows, pending, history, active, stops.on_record, loss, data, val)
                     rows, pending = [], []
-                    if newly:
-                        opt.freeze(active)
+                    if stops.read(active) or newly:
+                        opt.freeze(active, zero=[i in history.diverged for i in range(M)])
                     if on_read is not None:
                         on_read(epoch, history)
                     if not active.any():
                         break
+            stacked.materialize()
+            stops.finish()
         finally:
             stacked.materialize()
             stacked.train(was_training)
@@ -739,6 +921,12 @@ class SweepResult:
     histories : list of History
     diverged : dict of int -> dict
         As ``StackHistory.diverged``, by member index in the sweep.
+    stopped : dict of int -> dict
+        As ``StackHistory.stopped``, by member index in the sweep.
+    early_stopping : dict of int -> EarlyStopping
+        With early stopping, each member's rule and counters (``StackHistory.early_stopping``).
+    restored : dict of int -> int
+        The epoch whose weights early stopping put back, by member (``restore_best``): ``final`` reads it.
     groups : list of (indices, Stacked, StackedOptimizer)
         The stacks trained: one per architecture (and chunk), the members' indices in the sweep.
     notes : list of str
@@ -748,6 +936,7 @@ class SweepResult:
     def __init__(self, members, names):
         self.members, self.names = members, names
         self.histories, self.diverged, self.groups, self.notes = [History() for _ in members], {}, [], []
+        self.stopped, self.early_stopping, self.restored = {}, {}, {}
 
     def __len__(self):
         return len(self.members)
@@ -769,10 +958,14 @@ class SweepResult:
         return opt.member(k)
 
     def final(self, i, field):
-        """Member ``i``'s last recorded ``field``; NaN where it diverged or recorded none."""
+        """``field`` of the epoch whose weights member ``i`` ends with: the last recorded, or the best one that
+        early stopping restored (``restored``); NaN where it diverged or recorded none."""
         if i in self.diverged or not self.histories[i].records:
             return math.nan
-        return self.histories[i].records[-1].get(field, math.nan)
+        records = self.histories[i].records
+        if i in self.restored:
+            records = [r for r in records if r["epoch"] == self.restored[i]] or records
+        return records[-1].get(field, math.nan)
 
     def ranking(self, field):
         """Member indices from the best final ``field`` to the worst (``r2`` upwards, the others downwards), ties
@@ -803,7 +996,8 @@ class SweepResult:
 
 def sweep(X, y, members, *, outputs=None, activation="relu", bias=True, init="auto", dtype="float32", optimizer="sgd",
           nesterov=False, loss=None, epochs=1, batch_size=100, shuffle=True, seed=0, shuffle_per_member=False,
-          device=None, validation=None, log_every=1, callback=None, chunk=False, on_group=None, on_read=None):
+          device=None, validation=None, log_every=1, callback=None, chunk=False, on_group=None, on_read=None,
+          schedule=None, early_stopping=None, clip_norm=None):
     """Train every member of ``members`` (``grid(...)``'s dicts), one stack per architecture.
 
     Parameters
@@ -831,6 +1025,8 @@ def sweep(X, y, members, *, outputs=None, activation="relu", bias=True, init="au
         Called before each stack trains (the command line prints it).
     on_read : callable(epoch, indices, StackHistory), optional
         Called after each read of a stack's metrics (``fit_stack``'s ``on_read``), with its members' indices.
+    schedule, early_stopping, clip_norm : optional
+        As ``fit_stack``'s: each member has its own schedule and early stopping.
 
     Returns
     -------
@@ -898,12 +1094,19 @@ def sweep(X, y, members, *, outputs=None, activation="relu", bias=True, init="au
                                 shuffle=shuffle, seed=seed,
                                 member_seeds=[m["seed"] for m in ms] if shuffle_per_member else None,
                                 device=dev, validation=validation, log_every=log_every, callback=forward,
-                                names=[names[i] for i in part],
+                                names=[names[i] for i in part], schedule=schedule, early_stopping=early_stopping,
+                                clip_norm=clip_norm,
                                 on_read=None if on_read is None else (lambda e, h, part=part: on_read(e, part, h)))
             for k, i in enumerate(part):
                 result.histories[i] = history.histories[k]
                 if k in history.diverged:
                     result.diverged[i] = history.diverged[k]
+                if k in history.stopped:
+                    result.stopped[i] = history.stopped[k]
+                if history.early_stopping is not None:
+                    result.early_stopping[i] = rule = history.early_stopping[k]
+                    if early_stopping.restore_best and rule.best_epoch is not None and k not in history.diverged:
+                        result.restored[i] = rule.best_epoch
             result.groups.append((part, stacked, opt))
     return result
 

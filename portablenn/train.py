@@ -118,9 +118,7 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
         naming the epoch and step.
     """
     epochs, l2 = check_epochs(epochs), check_l2(l2)
-    if clip_norm is not None and (isinstance(clip_norm, bool) or not isinstance(clip_norm, (int, float))
-                                  or not 0 < clip_norm < float("inf")):
-        raise InputError(f"clip_norm must be a positive finite number or None, got {clip_norm!r}")
+    check_clip_norm(clip_norm)
     initial_epoch = check_epochs(initial_epoch)
     if isinstance(log_every, bool) or not isinstance(log_every, int) or log_every < 1:
         raise InputError(f"log_every must be a positive integer, got {log_every!r}")
@@ -128,15 +126,9 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
         raise InputError("pass fit either comm or reducer, not both")
     if reducer is not None and not isinstance(reducer, Reducer):
         raise InputError(f"reducer must be a portablenn.train.Reducer, not {type(reducer).__name__}")
-    if early_stopping is not None and log_every != 1:
-        raise InputError(f"early_stopping reads the metrics after every epoch: use log_every=1, not {log_every}")
+    check_readers(early_stopping, schedule, log_every)
     if graph and (comm is not None or reducer is not None):
         raise InputError("graph=True cannot be combined with data-parallel training (comm, reducer)")
-    if schedule is not None and not isinstance(schedule, Schedule):
-        raise InputError(f"schedule must be a portablenn.schedules.Schedule, not {type(schedule).__name__}")
-    if schedule is not None and schedule.reads_metrics and log_every != 1:
-        raise InputError(f"{type(schedule).__name__} reads the metrics after every epoch: use log_every=1, "
-                         f"not {log_every}")
     optimizer.schedule = schedule  # before the checks below: a scheduled lr cannot be replayed by a graph
     loss = get_loss(loss)
     if validation_fraction is not None:
@@ -149,13 +141,7 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
                          + (f" with {type(schedule).__name__}" if schedule is not None else ""))
     if graph and type(loss) is not SoftmaxCrossEntropy:
         raise InputError(f"graph=True records the step of softmax cross-entropy only, not {loss!r}")
-    recorded = fields(loss, validation is not None)
-    for what, monitor in (("EarlyStopping", getattr(early_stopping, "monitor", None)),
-                          (type(schedule).__name__, getattr(schedule, "monitor", None))):
-        if monitor is not None and monitor not in recorded:
-            needs = " (it needs validation data)" if monitor.startswith("val_") and validation is None else ""
-            raise InputError(f"{what} monitors {monitor!r}, which this fit does not record{needs}; "
-                             f"it records {', '.join(recorded)}")
+    check_monitors(loss, validation is not None, early_stopping, schedule)
     dev = model.device if device is None else backend.device(device)
     model.to(dev)
     data = DeviceData(dev, X, y, model, loss)
@@ -289,6 +275,37 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
             if static is not None:
                 static.close()
     return history
+
+
+def check_clip_norm(clip_norm):
+    """InputError unless ``clip_norm`` is None or a positive finite number."""
+    if clip_norm is not None and (isinstance(clip_norm, bool) or not isinstance(clip_norm, (int, float))
+                                  or not 0 < clip_norm < float("inf")):
+        raise InputError(f"clip_norm must be a positive finite number or None, got {clip_norm!r}")
+
+
+def check_readers(early_stopping, schedule, log_every):
+    """InputError unless ``schedule`` is a Schedule (or None) and, where it or ``early_stopping`` reads the
+    metrics after every epoch, ``log_every`` is 1."""
+    if early_stopping is not None and log_every != 1:
+        raise InputError(f"early_stopping reads the metrics after every epoch: use log_every=1, not {log_every}")
+    if schedule is not None and not isinstance(schedule, Schedule):
+        raise InputError(f"schedule must be a portablenn.schedules.Schedule, not {type(schedule).__name__}")
+    if schedule is not None and schedule.reads_metrics and log_every != 1:
+        raise InputError(f"{type(schedule).__name__} reads the metrics after every epoch: use log_every=1, "
+                         f"not {log_every}")
+
+
+def check_monitors(loss, validated, early_stopping, schedule):
+    """InputError naming a field that ``early_stopping`` or ``schedule`` monitors and the fit does not record
+    (``validated``: with validation data)."""
+    recorded = fields(loss, validated)
+    for what, monitor in (("EarlyStopping", getattr(early_stopping, "monitor", None)),
+                          (type(schedule).__name__, getattr(schedule, "monitor", None))):
+        if monitor is not None and monitor not in recorded:
+            needs = " (it needs validation data)" if monitor.startswith("val_") and not validated else ""
+            raise InputError(f"{what} monitors {monitor!r}, which this fit does not record{needs}; "
+                             f"it records {', '.join(recorded)}")
 
 
 def _row(dev, sums, step_losses, dtype):

@@ -23,8 +23,10 @@ ALLOWED = {
            "schedules", "split", "static_step", "step", "validation"} for m in TRAINING},
     **{m: {"_blas", "backend", "backends", "kernels"} for m in BACKENDS},
     "distributed": {"backend", "backends.cupy", "reducer", "validation"},
-    # sweeps: training over the stack (portablenn.stack), whose members mlp builds
-    "sweep": {"backend", "data", "history", "losses", "models", "optim", "registry", "stack", "validation"},
+    # sweeps: training over the stack (portablenn.stack), whose members mlp builds; fit's checks of its
+    # options and its EarlyStopping rule, per member
+    "sweep": {"backend", "data", "early_stopping", "history", "losses", "models", "optim", "registry", "stack",
+              "train", "validation"},
 }
 
 

@@ -120,6 +120,75 @@ def test_a_wide_first_layer_side_by_side_trains_as_fit(case, kernels):
             assert_state_close(state, solo_state, "float64", factor=FACTOR["float64"], err_msg=f"member {i}")
 
 
+# name -> (optimizer, per-member settings, solo optimizer of member i, fit options made fresh per fit, epochs)
+READERS = {
+    "cosine": (pn.SGD(0.1, momentum=0.5), dict(lr=[0.05, 0.2, 0.1], l2=[0.0, 1e-2, 1e-3], momentum=[0.0, 0.9, 0.5]),
+               lambda s: pn.SGD(s["lr"], momentum=s["momentum"]),
+               lambda: dict(schedule=pn.schedules.CosineWarmup(warmup=1, min_factor=0.1)), 4),
+    "step_fused": (pn.SGD(0.1), dict(lr=[0.05, 0.2, 0.1], l2=[1e-3, 1e-2, 0.0]), lambda s: pn.SGD(s["lr"]),
+                   lambda: dict(schedule=pn.schedules.StepDecay(1, gamma=0.5)), 3),
+    "plateau": (pn.SGD(0.1), dict(lr=[0.5, 2.0, 0.1], l2=[1e-3, 0.0, 1e-2]), lambda s: pn.SGD(s["lr"]),
+                lambda: dict(schedule=pn.schedules.ReduceOnPlateau(monitor="val_loss", factor=0.5, patience=1)), 8),
+    "adaptive": (pn.SGD(0.1), dict(lr=[0.05, 0.2, 0.1]), lambda s: pn.SGD(s["lr"]),
+                 lambda: dict(schedule=pn.schedules.Adaptive(monitor="loss", tol=10.0, n_iter_no_change=1)), 25),
+    "clip_sgd": (pn.SGD(0.1), dict(lr=[0.5, 2.0, 0.1], l2=[1e-3, 0.0, 1e-2]), lambda s: pn.SGD(s["lr"]),
+                 lambda: dict(clip_norm=0.1), 3),
+    "clip_adam": (pn.Adam(1e-2), dict(lr=[1e-2, 3e-2, 1e-3], l2=[0.0, 1e-3, 0.0]), lambda s: pn.Adam(s["lr"]),
+                  lambda: dict(clip_norm=0.05), 3),
+    "early": (pn.SGD(0.1, momentum=0.5), dict(lr=[0.5, 3.0, 0.05], momentum=[0.9, 0.9, 0.0]),
+              lambda s: pn.SGD(s["lr"], momentum=s["momentum"]),
+              lambda: dict(early_stopping=pn.EarlyStopping(monitor="val_loss", patience=2)), 15),
+    "early_kept": (pn.SGD(0.1), dict(lr=[0.5, 3.0, 0.05]), lambda s: pn.SGD(s["lr"]),
+                   lambda: dict(early_stopping=pn.EarlyStopping(monitor="val_error", patience=2, restore_best=False),
+                                schedule=pn.schedules.StepDecay(3, gamma=0.5)), 15),
+}
+
+
+def _no_counters(state):
+    """A state dict without Dropout's mask counters (a stack's is shared: a member stopped early keeps counting)."""
+    return {k: v for k, v in state.items() if not k.endswith("counter")}
+
+
+@pytest.mark.parametrize("case", sorted(READERS))
+def test_schedules_clipping_and_early_stopping_act_per_member_as_in_fit(device, case):
+    """A schedule, gradient clipping and early stopping in a stack: each member gets its own (a metric-reading
+    schedule reads the member's figures, early stopping stops the member alone and restores its best epoch), and
+    every member's records, their number (where it stopped) and its final weights are its solo fit's (float64)."""
+    require_dtype(device, "float64")
+    X, y, val = _data("float64")
+    template, per_member, make, options, epochs = READERS[case]
+    stacked = stack_mlp(SIZES, SEEDS, dtype="float64", dropout=[0.0, 0.2, 0.0]).to(device)
+    after_stop = []  # a stopped member's weights at the reads after its stop: frozen, never zeroed
+
+    def on_read(epoch, history):
+        after_stop.extend((i, _no_counters(stacked.member(i).state_dict())) for i in history.stopped)
+    history = fit_stack(stacked, X, y, optimizer=template, **per_member, epochs=epochs, seed=3, validation=val,
+                        batch_size=16, on_read=on_read, **options())
+    assert not history.diverged
+    if case == "early_kept":  # without restore_best, a stopped member's weights at the stop are its final ones
+        assert after_stop
+        for i, state in after_stop:
+            assert_state_close(state, _no_counters(stacked.member(i).state_dict()), "float64", factor=0.0,
+                               err_msg=f"member {i}")
+    lengths = set()
+    for i in range(3):
+        s = {key: values[i] for key, values in per_member.items()}
+        model = pn.mlp(SIZES, seed=SEEDS[i], dtype="float64", dropout=[0.0, 0.2, 0.0][i])
+        solo = pn.fit(model, X, y, optimizer=make(s), l2=s.get("l2", 0.0), epochs=epochs, seed=3, device=device,
+                      validation=val, batch_size=16, **options())
+        assert len(history[i]) == len(solo), f"member {i} stopped after {len(history[i])} epochs, alone {len(solo)}"
+        lengths.add(len(solo))
+        assert (i in history.stopped) == (len(solo) < epochs)
+        for epoch, (record, solo_record) in enumerate(zip(history[i].records, solo.records), 1):
+            for field in FIELDS:
+                assert_close(record[field], solo_record[field], "float64", factor=FACTOR["float64"],
+                             err_msg=f"member {i} epoch {epoch} {field}")
+        assert_state_close(_no_counters(stacked.member(i).state_dict()), _no_counters(model.state_dict()),
+                           "float64", factor=FACTOR["float64"], err_msg=f"member {i}")
+    if case.startswith(("early", "adaptive")):
+        assert len(lengths) > 1, f"the members should stop at different epochs: {lengths}"
+
+
 def test_a_narrow_first_layer_holds_its_bias_as_the_weights_last_row_on_numpy():
     """Fewer inputs than NumPy's side-by-side threshold (the spiral's 2): weight and bias are views of one
     (M, in + 1, out) array, so [x, 1] @ joint is the product with the bias and one GEMM gives both gradients;
@@ -422,6 +491,54 @@ def test_the_saved_best_member_is_what_portablenn_train_makes_of_its_settings(ca
     assert {"name", "lr", "l2", "seed", "epoch", "loss", "val_error"} <= set(records[0])
     code, _, err = _cli(capsys, *SMALL, "--lr", "0.5,1", "--save", str(best), "--log", str(log))
     assert code == 0, err  # its own files are replaced (the log appended to) without --overwrite
+
+
+@pytest.mark.parametrize("controls", [
+    ("--schedule", "step", "--step-size", "8", "--gamma", "0.5", "--clip-grad", "0.5"),
+    ("--early-stopping", "--patience", "2", "--schedule", "plateau", "--plateau-patience", "1", "--factor", "0.5"),
+])
+def test_train_controls_reach_every_member_and_the_saved_one_resumes_as_train(capsys, tmp_path, controls):
+    """train's --schedule, --clip-grad and --early-stopping in a sweep: every member has its own; the saved best
+    member is the checkpoint 'portablenn train' writes for its settings (weights, the epoch it stopped at), and
+    '--resume' of both continues to the same weights."""
+    best, alone = tmp_path / "best.safetensors", tmp_path / "alone.safetensors"
+    code, out, err = _cli(capsys, *SMALL, "--lr", "0.5,4", "--l2", "1e-3", "--seed", "0", "--save", str(best),
+                          "--dtype", "float64", *controls)
+    assert code == 0, err
+    rows = _table(out)
+    lr = float(rows[1][1])
+    code, evaluated, err = _cli(capsys, "eval", "--checkpoint", str(best), "--split", "val")
+    assert code == 0, err  # the table's figures are those of the weights the member ends with (restored: its best)
+    assert f"error {float(rows[1][rows[0].index('Val Err')]):.5f}" in evaluated
+    code, said, err = _cli(capsys, "train", "--epochs", "25", "--lr", f"{lr:g}", "--l2", "1e-3", "--seed", "0",
+                           "--val-fraction", "0.2", "--dtype", "float64", "--save", str(alone), *controls)
+    assert code == 0, err
+    if "--early-stopping" in controls:
+        assert "stopped: lr=4 after epoch" in out  # the high rate's member stops early, the other runs on
+        assert ("early stopping: stopped after epoch" in said) == (f"stopped: lr={lr:g} after epoch" in out)
+    mine, theirs = pn.checkpoint.load_checkpoint(best), pn.checkpoint.load_checkpoint(alone)
+    assert mine.metadata["epoch"] == theirs.metadata["epoch"]
+    for key, value in pn.load(alone).state_dict().items():
+        assert_close(pn.load(best).state_dict()[key], value, "float64", factor=FACTOR["float64"], err_msg=key)
+    for path in (best, alone):
+        code, _, err = _cli(capsys, "train", "--resume", str(path), "--epochs", "30", "--quiet")
+        assert code == 0, err
+    for key, value in pn.load(alone).state_dict().items():
+        assert_close(pn.load(best).state_dict()[key], value, "float64", factor=FACTOR["float64"], err_msg=key)
+
+
+def test_a_member_whose_best_epoch_was_restored_reports_that_epochs_figures():
+    """With early stopping every member ends with its best epoch's weights: the sweep's final figures (the table,
+    the ranking) are that epoch's, which evaluating the member's weights gives again."""
+    X, y, val = _data("float64")
+    result = sw.sweep(X, y, grid(lr=[0.5, 3.0], hidden=[(8,)]), epochs=15, batch_size=16, validation=val,
+                      dtype="float64", early_stopping=pn.EarlyStopping("val_loss", patience=2))
+    assert result.restored and any(result.restored[i] < len(result.histories[i]) for i in result.restored)
+    for i, epoch in result.restored.items():
+        loss, error = pn.evaluate(result.model(i), *val)
+        assert_close(result.final(i, "val_loss"), loss, "float64", factor=FACTOR["float64"])
+        record = next(r for r in result.histories[i].records if r["epoch"] == epoch)
+        assert result.final(i, "val_error") == record["val_error"]
 
 
 def test_sweep_refuses_to_overwrite_a_file_portablenn_did_not_write(capsys, tmp_path):

@@ -11,13 +11,15 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__, outputs
+from ..early_stopping import EarlyStopping
 from ..datasets import registry
 from ..registry import LOSSES
 from ..sweep import SETTINGS, _settings, evaluate_stack, grid, predict_proba_stack, sweep
 from . import table
-from .arguments import device, kernels_arg, model_args
+from .arguments import control_args, device, kernels_arg, model_args
 from .errors import CLIError
-from .model import ADAM_LR, DEFAULTS, fill_defaults, hold_out, options, outputs_of
+from .model import (ADAM_LR, DEFAULTS, check_monitor, control_options, fill_defaults, hold_out, make_schedule,
+                    options, outputs_of)
 from .train_outputs import check_log_and_plots
 
 # the flags whose values are comma-separated lists, and what each member gets from them
@@ -35,6 +37,7 @@ def add_parser(commands):
                     "'portablenn train' would train it alone. Prints the members sorted by the validation metric "
                     "and, for settings run with several seeds, their mean and standard deviation.")
     model_args(p)  # train's model flags; those below take comma-separated lists instead of one value
+    control_args(p)  # train's schedule, early stopping and clipping: every member gets its own
     p.add_argument("--hidden", nargs="+", metavar="WIDTHS",
                    help="hidden layer widths, one argument per layer, each a comma list: --hidden 50,100 sweeps one "
                         "hidden layer of 50 or 100 units (each width its own stack)")
@@ -192,7 +195,7 @@ def run(args):
     scalar.hidden = list(lists["hidden"][0]) if "hidden" in lists else None
     fill_defaults(scalar)
     args.dataset, args.model, args.optimizer, args.loss = scalar.dataset, scalar.model, scalar.optimizer, scalar.loss
-    opts = options(scalar)
+    opts = control_options(scalar, options(scalar))
     if opts["model"] == "linear" and "hidden" in lists:
         raise CLIError("--hidden sets hidden layers; --model linear has none")
     if args.val_fraction is not None and not 0 < args.val_fraction < 1:
@@ -218,7 +221,12 @@ def run(args):
     fraction = args.val_fraction if args.val_fraction is not None else (None if own else 0.2)
     splits = hold_out(splits, fraction, args.data_seed, loss)
     evaluated = "val" if fraction else own
+    check_monitor(opts, loss, evaluated is not None, evaluated)
     X, y = splits["train"]
+    early, schedule = None, make_schedule(opts)
+    if opts.get("early_stopping"):
+        stop = opts["early_stopping"]
+        early = EarlyStopping(stop["monitor"], stop["patience"], stop["min_delta"], restore_best=True)
     outputs_count = outputs_of(loss, splits)
     rows = X.shape[0]
     batch = opts["batch_size"]
@@ -277,8 +285,10 @@ def run(args):
             result = sweep(X, y, members, outputs=outputs_count, optimizer=optimizer, loss=loss,
                            epochs=epochs, batch_size=batch or None, shuffle=opts["shuffle"], seed=args.data_seed,
                            shuffle_per_member=args.shuffle_per_member, device=dev, validation=validation,
-                           log_every=log_every, callback=callback, chunk=args.chunk, on_group=on_group,
-                           on_read=on_read, **config)
+                           log_every=1 if early is not None or getattr(schedule, "reads_metrics", False)
+                           else log_every, callback=callback, chunk=args.chunk, on_group=on_group,
+                           on_read=on_read, schedule=schedule, early_stopping=early,
+                           clip_norm=opts.get("clip_grad"), **config)
         finally:
             if log is not None:
                 log.close()
@@ -292,6 +302,10 @@ def run(args):
     print(f"trained {len(result)} members in {seconds:.2f} s")
     for i, info in sorted(result.diverged.items()):
         print(f"diverged: {info['message']}")
+    for i, info in sorted(result.stopped.items()):
+        best = (f" (its best {early.monitor}, {info['best']:.5g}, epoch {info['best_epoch']}'s weights restored)"
+                if early is not None and info["best_epoch"] is not None else "")
+        print(f"stopped: {result.names[i]} after epoch {info['epoch']}: {info['reason']}{best}")
     _print_spread(result, varying, field)
     if args.ensemble:
         _print_ensembles(result, loss, validation, test, evaluated, field)
@@ -352,7 +366,8 @@ def _print_table(result, varying, loss, field, test, evaluated):
                                                                   for n in names]
         if test_scores is not None:
             cells.append(table.metric(names[0], test_scores[i][names[0]]))
-        cells.append(len(result.histories[i]))
+        best = result.restored.get(i)
+        cells.append(f"{len(result.histories[i])}" + (f" (best {best})" if best is not None else ""))
         rows.append(cells)
     fixed = len(varying or ["member"]) + 1  # the columns every row has: number and settings
     widths = [max([len(str(h))] + [len(str(r[c])) for r in rows if len(r) == len(head) or c < fixed])
@@ -432,9 +447,17 @@ def _save(result, i, path, meta):
             "batch_size": meta["batch"], "shuffle": opts["shuffle"], "epochs": meta["epochs"],
             "log_every": meta["log_every"], "val": args.val, "init": opts["init"], "loss": opts["loss"],
             "targets": opts.get("targets") if LOSSES.get(opts["loss"]).task != "classification" else None,
-            "clip_grad": None, "val_fraction": meta["fraction"], "early_stopping": None}
-    epoch = len(result.histories[i])
-    checkpoint.save(model, path, optimizer=optimizer, metadata={
+            "clip_grad": opts.get("clip_grad"), "val_fraction": meta["fraction"],
+            "early_stopping": opts.get("early_stopping"),
+            **{key: opts.get(key) for key in ("schedule", "warmup", "step_size", "gamma", "factor", "plateau_patience",
+                                              "monitor")}}
+    epoch, extra = len(result.histories[i]), {}
+    rule = result.early_stopping.get(i)
+    if rule is not None:  # its counters, and its best weights (the member's own: restored), as train saves them
+        keep["early_stopping_state"], _ = rule.state_dict(model)
+        if rule.best_epoch is not None:
+            extra = {"best." + key: value for key, value in model.state_dict().items()}
+    checkpoint.save(model, path, optimizer=optimizer, extra=extra, metadata={
         "dataset": args.dataset, "epoch": epoch, "seed": args.data_seed, "train": json.dumps(keep),
         "sweep": json.dumps({"member": i, "name": result.names[i], "init_seed": m["seed"]})})
 
