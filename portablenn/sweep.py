@@ -243,7 +243,9 @@ class StackedOptimizer:
         model, a = self.model, self._arrays
         layers, kernels, xp = model.layers, model.device.kernels, model.xp
         grad = grad * self._step_lr()
-        least = getattr(kernels, "blas_update_min", 0)
+        # a GEMM call per member where the kernels say from what size one pays (NumPy's CPU BLAS); elsewhere (a
+        # GPU's, where every call is a launch) the batched passes: a few launches whatever the members
+        least = getattr(kernels, "blas_update_min", None)
         for j in range(len(layers) - 1, -1, -1):
             layer = layers[j]
             if "weight" not in layer.params:
@@ -274,7 +276,7 @@ class StackedOptimizer:
                 kernels.matmul_update_(wide, x.T, rows, -1.0, beta)
                 grad = grad_input
                 continue
-            if weight[0].size >= least:
+            if least is not None and weight[0].size >= least:
                 for i in range(self.members):
                     kernels.matmul_update_(weight[i], x.T if x.ndim == 2 else x[i].T, grad[i], -1.0, self._keep[i])
             else:

@@ -55,7 +55,7 @@ TESTS = {
                       "test_limits.py", "test_files.py", "test_losses.py"],
     "sklearn.py": ["test_sklearn.py"],
     "stack.py": ["test_stack.py", "test_sweep.py"],
-    "sweep.py": ["test_sweep.py", "test_stack.py"],
+    "sweep.py": ["test_sweep.py", "test_stack.py", "test_cupy_emulated.py"],
     "cli/sweep.py": ["test_sweep.py"],
     "checkpoint.py": ["test_checkpoint.py", "test_reliability.py", "test_metadata.py", "test_fuzz.py",
                       "test_limits.py"],
@@ -679,6 +679,8 @@ MUTANTS = [
     ("sweep-save-no-stopping-state", "cli/sweep.py", "        keep[\"early_stopping_state\"], _ = rule.state_dict(model)",
      "        pass"),
     ("sweep-save-no-schedule", "sweep.py", "            opt.schedule = copy.deepcopy(self.schedules[i])", "            pass"),
+    ("sweep-gemm-per-member-on-gpu", "sweep.py", "            if least is not None and weight[0].size >= least:",
+     "            if weight[0].size >= (least or 0):"),
     ("stack-joint-unused", "stack.py", "            self.params[\"weight\"], self.params[\"bias\"] = self._joint[1:]\n",
      "            self._joint = None\n"),
 ]

@@ -614,6 +614,43 @@ def test_fit_through_the_emulated_cupy_kernels_trains_as_the_generic_ones(emulat
         assert_close(history[field], expected[field], "float64", factor=10)
 
 
+@pytest.mark.parametrize("optimizer", ["sgd", "momentum"])  # the stack's fused step (backward_and_sgd), or after
+def test_a_stack_through_the_emulated_cupy_kernels_trains_as_the_generic_ones(emulated, optimizer, monkeypatch):
+    """``fit_stack`` with ``CupyKernels``: every member equals the generic kernels' (weights, records), and the
+    kernel calls per step do not grow with the members (no GEMM per member: on a GPU each is a launch)."""
+    import array_api_compat.numpy as xp
+
+    from _support import classification_data
+    from _tolerances import assert_close, assert_state_close
+    from portablenn.sweep import fit_stack, stack_mlp
+
+    cupy_like = backend.Device("numpy:emulated-cupy", xp, fast=False)
+    cupy_like.kernels = kernels = emulated[0].CupyKernels(xp)
+    calls = []
+    for name in ("matmul", "matmul_update_", "relu", "relu_backward", "softmax_xent", "sgd_"):
+        original = getattr(type(kernels), name)
+        monkeypatch.setattr(type(kernels), name, lambda self, *a, _f=original, _n=name, **k: (calls.append(_n),
+                                                                                             _f(self, *a, **k))[1])
+    X, y = classification_data(n=45, features=4, classes=3, seed=2)
+
+    def run(dev, members):
+        stacked = stack_mlp([4, 6, 3], list(range(members)), dtype="float64")
+        opt = portablenn.SGD(0.2) if optimizer == "sgd" else portablenn.SGD(0.1, momentum=0.9)
+        calls.clear()
+        history = fit_stack(stacked, X, y, optimizer=opt, lr=list(np.linspace(0.1, 0.3, members)),
+                            l2=list(np.linspace(0.0, 1e-2, members)), epochs=3, batch_size=8, device=dev,
+                            validation=(X[:9], y[:9]))
+        return stacked, history, len(calls)
+
+    stacked, history, few = run(cupy_like, 3)
+    reference, expected, _ = run(portablenn.device("numpy", fast=False), 3)
+    assert_state_close(stacked.state_dict(), reference.state_dict(), "float64", factor=10)
+    for i in range(3):
+        for field in ("loss", "error", "val_loss", "val_error"):
+            assert_close(history[i][field], expected[i][field], "float64", factor=10)
+    assert run(cupy_like, 7)[2] == few
+
+
 # -- the guard: fast kernels prove themselves first, and a CUDA graph that fails is a warning -------------
 def _cupy_error(module, name):
     """An exception class as CuPy raises it (``cupy.cuda.compiler.CompileException``, ...)."""

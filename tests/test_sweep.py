@@ -189,6 +189,36 @@ def test_schedules_clipping_and_early_stopping_act_per_member_as_in_fit(device, 
         assert len(lengths) > 1, f"the members should stop at different epochs: {lengths}"
 
 
+def test_no_host_sync_inside_a_stacks_training_loop(monkeypatch):
+    """On a stand-in accelerator, reads to the host do not grow with the steps (one transfer per read of the
+    metrics), with every control the stack takes; never an implicit scalar read of a device array."""
+    from test_train import _SyncCounter
+
+    dev = pn.device("array_api_strict:device1")
+    X, y = classification_data(n=40, features=5, classes=3)
+    Xv, yv = classification_data(n=10, features=5, classes=3, seed=1)
+    counter = _SyncCounter(monkeypatch)
+
+    def run(batch_size, epochs, log_every, optimizer=None, **kw):
+        stacked = stack_mlp(SIZES, SEEDS, dropout=DROPOUT).to(dev)
+        return counter.during(lambda: fit_stack(stacked, X, y, optimizer=optimizer or pn.SGD(0.1),
+                                                lr=[0.05, 0.1, 0.2], l2=[0.0, 1e-3, 1e-2], epochs=epochs,
+                                                batch_size=batch_size, log_every=log_every, **kw))
+
+    ten, forty = run(4, 1, 1), run(1, 1, 1)
+    assert ten == forty and ten[1] == 0
+    constant = ten[0]
+    assert run(4, 5, 5) == (constant, 0)
+    assert run(4, 5, 5, validation=(Xv, yv)) == (constant, 0)
+    assert run(4, 5, 5, optimizer=pn.Adam(0.01), validation=(Xv, yv)) == (constant, 0)
+    assert run(4, 5, 5, optimizer=pn.SGD(0.1, momentum=0.9), clip_norm=0.1) == (constant, 0)
+    assert run(4, 5, 5, schedule=pn.schedules.CosineWarmup(warmup=1)) == (constant, 0)
+    assert run(4, 5, 1) == (constant - 1 + 5, 0)  # one read per epoch
+    reads = run(4, 5, 1, validation=(Xv, yv), early_stopping=pn.EarlyStopping("val_loss", patience=10),
+                schedule=pn.schedules.ReduceOnPlateau("val_loss", patience=1))
+    assert reads == (constant - 1 + 5, 0)
+
+
 def test_a_narrow_first_layer_holds_its_bias_as_the_weights_last_row_on_numpy():
     """Fewer inputs than NumPy's side-by-side threshold (the spiral's 2): weight and bias are views of one
     (M, in + 1, out) array, so [x, 1] @ joint is the product with the bias and one GEMM gives both gradients;
