@@ -58,10 +58,14 @@ class PureStep:
     optimizer : Optimizer
     dtype : str
         The model's dtype (of the loss and metric sums).
+    members : int, optional
+        A stack's (``portablenn.sweep``): the step's loss and metric sums are ``(members,)`` arrays, the epoch's
+        ``(members, steps)`` and ``(members,)``.
     """
 
-    def __init__(self, dev, data, batch, steps, train_step, model, optimizer, dtype):
+    def __init__(self, dev, data, batch, steps, train_step, model, optimizer, dtype, members=None):
         self.dev, self.data, self.batch, self.steps = dev, data, batch, steps
+        self._lead = () if members is None else (int(members),)
         self._train_step, self._model, self._optimizer, self._dtype = train_step, model, optimizer, dtype
         self._params = model.named_parameters()  # (key, layer, name)
         self._buffers = [(layer, name) for layer in model.layers for name in layer.buffers]
@@ -87,7 +91,7 @@ class PureStep:
     def start_epoch(self, order=None):
         """Zero the epoch's sums; ``order`` is its row permutation (a device index array) or None."""
         self.order = order
-        self.sums = (self.dev.zeros((self.steps,), self._dtype), self.dev.zeros((), self._dtype))
+        self.sums = (self.dev.zeros(self._lead + (self.steps,), self._dtype), self.dev.zeros(self._lead, self._dtype))
 
     def run(self, index, start, stop):
         """Train on rows ``start:stop`` of the epoch's order, the ``index``-th minibatch (0-based)."""
@@ -100,7 +104,8 @@ class PureStep:
         self._rebind(state)
 
     def finish_epoch(self):
-        """``(losses (steps,), metric)``: the epoch's per-step loss sums and its metric sum, on the device."""
+        """``(losses (steps,), metric)``: the epoch's per-step loss sums and its metric sum, on the device (a
+        stack's: ``(members, steps)`` and ``(members,)``)."""
         sums, self.sums = self.sums, None
         return sums
 
@@ -118,8 +123,9 @@ class PureStep:
         finally:
             self._restore(saved)
         losses, total = sums
-        # where, not an index assignment: arrays that cannot change in place
-        losses = xp.where(xp.arange(self.steps, dtype=self.dev.index_dtype) == index, loss, losses)
+        # where, not an index assignment: arrays that cannot change in place (a stack's loss (M,) as a column)
+        hits = xp.arange(self.steps, dtype=self.dev.index_dtype) == index
+        losses = xp.where(hits, xp.expand_dims(loss, axis=-1) if self._lead else loss, losses)
         return state, (losses, total + metric)
 
     def _rebind(self, state):

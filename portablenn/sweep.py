@@ -23,6 +23,7 @@ from .history import History
 from .losses import SoftmaxCrossEntropy, get_loss
 from .models import mlp
 from .optim import SGD, Adam, AdamW, Optimizer
+from .pure_step import PureStep
 from .registry import OPTIMIZERS
 from .early_stopping import EarlyStopping
 from .stack import Stacked, StackedLinear
@@ -162,14 +163,14 @@ class StackedOptimizer:
                 sched.start(steps_per_epoch, epochs, rows)
         self._factors = None
 
-    def _step_lr(self):
-        """The step's learning rates ``(M, 1, 1)``: each member's lr times its schedule's factor for the step
+    def _step_lr(self, step):
+        """Step ``step``'s learning rates ``(M, 1, 1)``: each member's lr times its schedule's factor for the step
         (host floats; the product on the device, moved there only when the factors differ between members
         and changed since the last step: a metric-reading schedule's, after a read). Sets the decay ``keep``."""
         a = self._arrays
         if self.schedules is None:
             return a["lr"]
-        factors = [sched.factor(self.steps) for sched in self.schedules]
+        factors = [sched.factor(step) for sched in self.schedules]
         if factors != self._factors:
             if all(f == factors[0] for f in factors):  # a step-based schedule: one host scalar
                 lr = a["lr"] * factors[0]
@@ -187,19 +188,28 @@ class StackedOptimizer:
         self._arrays["keep"] = self.model.device.asarray(np.asarray(self._keep).reshape(-1, 1, 1),
                                                          dtype=self.model.dtype)
 
-    def buffers(self, key, param):
+    def buffers(self, key, param, device=None):
+        """The optimizer state of parameter ``key`` (made at first use: zeros like ``param``)."""
         if key not in self.state:
             # zeros laid out in memory as the parameter (a side-by-side weight keeps its layout through the rule)
             self.state[key] = tuple(self.model.xp.zeros_like(param) for _ in range(self.slots))
         return self.state[key]
 
-    def step(self):
-        """Update every parameter of the bound stack from its ``grads``."""
+    def hyper(self, step):
+        """What step ``step`` needs that changes from step to step, for ``step(hyper)``: the learning rates
+        ``(M, 1, 1)`` on the device and, for Adam, its bias corrections (host floats, for lr 1). Computed
+        outside a compiled step and passed into it (``portablenn.pure_step``), so nothing is baked in."""
+        lr = self._step_lr(step)
+        return (lr,) if type(self.template) is SGD else (lr, *self._rule.hyper(step)[:2])
+
+    def step(self, hyper=None):
+        """Update every parameter of the bound stack from its ``grads`` (``hyper``: this step's, else computed)."""
         self.steps += 1
         model, a = self.model, self._arrays
         xp, mutable = model.xp, model.device.backend.mutable
         l2 = any(self.l2)
-        lr = self._step_lr()
+        hyper = self.hyper(self.steps) if hyper is None else hyper
+        lr = hyper[0]
         if type(self.template) is SGD:
             for key, layer, name, decays in self._decays:
                 p, g, state = layer.params[name], layer.grads[name], self.buffers(key, layer.params[name])
@@ -209,7 +219,7 @@ class StackedOptimizer:
                     layer.params[name], new_state = self._sgd(xp, p, g, state, decays and l2, lr)
                 self.state[key] = new_state
             return
-        step_factor, eps_hat = self._rule.hyper(self.steps)[:2]  # Adam's bias corrections, for lr 1
+        step_factor, eps_hat = hyper[1:3]  # Adam's bias corrections, for lr 1
         hyper = (lr * step_factor, eps_hat)
         if type(self.template) is AdamW:
             hyper = hyper + (1.0 - lr * a["weight_decay"],)
@@ -242,7 +252,7 @@ class StackedOptimizer:
         self.steps += 1
         model, a = self.model, self._arrays
         layers, kernels, xp = model.layers, model.device.kernels, model.xp
-        grad = grad * self._step_lr()
+        grad = grad * self._step_lr(self.steps)
         # a GEMM call per member where the kernels say from what size one pays (NumPy's CPU BLAS); elsewhere (a
         # GPU's, where every call is a launch) the batched passes: a few launches whatever the members
         least = getattr(kernels, "blas_update_min", None)
@@ -670,6 +680,10 @@ def fit_stack(stacked, X, y, *, optimizer=None, lr=None, l2=0.0, momentum=None, 
     history.early_stopping = stops.rules
     xp = dev.xp
     pending, rows, was_training = [], [], stacked.training
+    train_step = _StackStep(stacked, opt, value, clip_norm, fused)
+    static = None  # arrays that cannot change in place (JAX): every minibatch through one compiled pure function
+    if not dev.backend.mutable and not own_orders:
+        static = PureStep(dev, data, batch, len(starts), train_step, stacked, opt, stacked.dtype, members=M)
     with dev.activate():
         zeros = dev.zeros((M,), stacked.dtype)
         try:
@@ -683,25 +697,24 @@ def fit_stack(stacked, X, y, *, optimizer=None, lr=None, l2=0.0, momentum=None, 
                 elif shuffled:
                     order = dev.asarray(np.random.default_rng([seed, epoch]).permutation(data.n), dtype=dev.index_dtype)
                 step_losses, metric = [], zeros
-                for start in starts:
+                if static is not None:
+                    static.start_epoch(order)
+                for index, start in enumerate(starts):
                     stop = min(start + batch, data.n)
+                    if static is not None:
+                        static.run(index, start, stop)
+                        continue
                     if orders is None:
                         xb, targets = data.rows(start, stop, order)
                     else:
                         xb, targets = _member_rows(xp, data, orders, start, stop)
-                    outputs = stacked.forward(xb)
-                    grad, loss_sums, metric_sums = value(xp, outputs, targets, 1.0 / (stop - start))
-                    if l2_on:
-                        loss_sums = loss_sums + (stop - start) * _penalty(stacked, opt._arrays["l2"])
-                    if fused:
-                        opt.backward_and_sgd(grad)
-                    else:
-                        stacked.backward(grad)
-                        if clip_norm is not None:
-                            _clip(stacked, clip_norm)
-                        opt.step()
+                    loss_sums, metric_sums = train_step(xb, targets, stop - start)
                     step_losses.append(loss_sums)
                     metric = metric + metric_sums
+                if static is not None:
+                    step_losses, metric = static.finish_epoch()  # (M, steps), (M,)
+                else:
+                    step_losses = xp.stack(step_losses, axis=1)
                 columns = [zeros, metric, zeros, zeros]
                 if val is not None:
                     stacked.eval()
@@ -709,7 +722,7 @@ def fit_stack(stacked, X, y, *, optimizer=None, lr=None, l2=0.0, momentum=None, 
                     stacked.train()
                     if l2_on:
                         columns[0] = _penalty(stacked, opt._arrays["l2"])
-                rows.append(xp.concat([xp.stack(columns, axis=1), xp.stack(step_losses, axis=1)], axis=1))
+                rows.append(xp.concat([xp.stack(columns, axis=1), step_losses], axis=1))
                 pending.append((epoch, began))
                 if epoch % log_every == 0 or epoch == epochs:
                     stacked.materialize()  # the members' own weights, for callbacks and freezing
@@ -726,7 +739,33 @@ def fit_stack(stacked, X, y, *, optimizer=None, lr=None, l2=0.0, momentum=None, 
         finally:
             stacked.materialize()
             stacked.train(was_training)
+            if static is not None:
+                static.close()
     return history
+
+
+class _StackStep:
+    """One minibatch of a stack's training, ``(xb, targets, rows, hyper) -> (loss sums (M,), metric sums (M,))``:
+    forward, each member's loss (and L2 term), backward, clipping and the update; the body of ``fit_stack``'s
+    loop, which ``PureStep`` compiles where arrays cannot change in place (JAX)."""
+
+    def __init__(self, stacked, opt, value, clip_norm, fused):
+        self.stacked, self.opt, self.value, self.clip_norm, self.fused = stacked, opt, value, clip_norm, fused
+        self.l2_on = any(opt.l2)
+
+    def __call__(self, xb, targets, rows, hyper=None):
+        stacked, opt = self.stacked, self.opt
+        grad, loss_sums, metric_sums = self.value(stacked.xp, stacked.forward(xb), targets, 1.0 / rows)
+        if self.l2_on:
+            loss_sums = loss_sums + rows * _penalty(stacked, opt._arrays["l2"])
+        if self.fused:
+            opt.backward_and_sgd(grad)
+        else:
+            stacked.backward(grad)
+            if self.clip_norm is not None:
+                _clip(stacked, self.clip_norm)
+            opt.step(hyper)
+        return loss_sums, metric_sums
 
 
 def _member_rows(xp, data, orders, start, stop):

@@ -68,7 +68,7 @@ TESTS = {
     "backends/cupy_kernels.py": ["test_cupy_emulated.py"],
     "kernel_check.py": ["test_backend.py", "test_cupy_emulated.py"],
     "distributed.py": ["test_distributed.py"],
-    "pure_step.py": ["test_jax.py", "test_backend.py", "test_train.py", "test_early_stopping.py"],
+    "pure_step.py": ["test_sweep.py", "test_jax.py", "test_backend.py", "test_train.py", "test_early_stopping.py"],
     "backends/jax.py": ["test_jax.py"],
 }
 
@@ -681,6 +681,9 @@ MUTANTS = [
     ("sweep-save-no-schedule", "sweep.py", "            opt.schedule = copy.deepcopy(self.schedules[i])", "            pass"),
     ("sweep-gemm-per-member-on-gpu", "sweep.py", "            if least is not None and weight[0].size >= least:",
      "            if weight[0].size >= (least or 0):"),
+    ("sweep-jax-hyper-baked", "sweep.py", "        hyper = self.hyper(self.steps) if hyper is None else hyper",
+     "        hyper = self.hyper(self.steps)"),
+    ("sweep-jax-eager", "sweep.py", "    if not dev.backend.mutable and not own_orders:", "    if False:"),
     ("stack-joint-unused", "stack.py", "            self.params[\"weight\"], self.params[\"bias\"] = self._joint[1:]\n",
      "            self._joint = None\n"),
 ]

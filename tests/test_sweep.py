@@ -219,6 +219,29 @@ def test_no_host_sync_inside_a_stacks_training_loop(monkeypatch):
     assert reads == (constant - 1 + 5, 0)
 
 
+def test_a_stack_on_jax_trains_through_one_compiled_step(monkeypatch):
+    """Immutable arrays (JAX): the stack's minibatch step is one pure function, compiled once for the full
+    minibatches and once for a partial last one (its calls count the traces), and every member still equals its
+    solo fit (the device-parametrised tests above run jax:cpu through it too)."""
+    pytest.importorskip("jax")
+    calls = []
+    original = sw._StackStep.__call__
+    monkeypatch.setattr(sw._StackStep, "__call__", lambda self, *a, **k: (calls.append(1), original(self, *a, **k))[1])
+    X, y, val = _data("float64")
+    stacked = stack_mlp(SIZES, SEEDS, dtype="float64").to("jax:cpu")
+    history = fit_stack(stacked, X, y, optimizer=pn.Adam(1e-2), lr=[1e-2, 3e-2, 1e-3], epochs=3, batch_size=16,
+                        validation=val, schedule=pn.schedules.CosineWarmup(warmup=1))
+    assert len(calls) == 2  # 60 rows: 3 minibatches of 16 and one of 12, 3 epochs: 12 steps, 2 traces
+    for i, lr in enumerate([1e-2, 3e-2, 1e-3]):
+        model = pn.mlp(SIZES, seed=SEEDS[i], dtype="float64")
+        solo = pn.fit(model, X, y, optimizer=pn.Adam(lr), epochs=3, batch_size=16, validation=val, seed=0,
+                      schedule=pn.schedules.CosineWarmup(warmup=1))
+        for record, solo_record in zip(history[i].records, solo.records):
+            assert_close(record["loss"], solo_record["loss"], "float64", factor=FACTOR["float64"])
+        assert_state_close(stacked.member(i, device="cpu").state_dict(), model.state_dict(), "float64",
+                           factor=FACTOR["float64"], err_msg=f"member {i}")
+
+
 def test_a_narrow_first_layer_holds_its_bias_as_the_weights_last_row_on_numpy():
     """Fewer inputs than NumPy's side-by-side threshold (the spiral's 2): weight and bias are views of one
     (M, in + 1, out) array, so [x, 1] @ joint is the product with the bias and one GEMM gives both gradients;
