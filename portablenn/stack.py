@@ -6,8 +6,10 @@ member axis) does the work of M small ones: ``(batch, in)`` shared by every memb
 (each member its own rows) -> ``(M, batch, out)``. The elementwise activations of ``layers.py`` run on
 the 3-D arrays unchanged; Dropout draws, for member ``i``, exactly the mask member ``i``'s own Dropout
 layer draws (``portablenn.counter_rng``), with its own ``p`` and seed (``p = 0`` where the member has no
-Dropout layer there). ``member(i)`` gives member ``i`` back as an ordinary ``Sequential``: a checkpoint,
-``fit``, ``predict`` take it as they take any model. The math only: ``portablenn.sweep`` trains it.
+Dropout layer there). LayerNorm and BatchNorm1d hold their weight, bias and running statistics as
+``(M, 1, n)``, each member normalising its own ``(batch, n)`` slice. ``member(i)`` gives member ``i`` back as an
+ordinary ``Sequential``: a checkpoint, ``fit``, ``predict`` take it as they take any model. The math only:
+``portablenn.sweep`` trains it.
 """
 import copy
 
@@ -17,9 +19,11 @@ from . import backend
 from .counter_rng import MASK, draw_key, element_bits, lowbias32
 from .dropout import Dropout
 from .layers import Linear, Module, ReLU, Sequential
+from .normalization import BatchNorm1d, LayerNorm
 from .registry import ACTIVATIONS, LAYERS
 
-__all__ = ["Stacked", "StackedLinear", "StackedDropout", "StackError", "architecture_key"]
+__all__ = ["Stacked", "StackedLinear", "StackedDropout", "StackedLayerNorm", "StackedBatchNorm1d", "StackError",
+           "architecture_key"]
 
 
 class StackError(ValueError):
@@ -39,17 +43,17 @@ def _core(model):
     for i, layer in enumerate(model.layers):
         if isinstance(layer, Dropout):
             continue
-        if type(layer) is not Linear and not _elementwise(layer):
+        if type(layer) not in (Linear, *_NORMS) and not _elementwise(layer):
             raise StackError(f"layer {i} ({layer!r}) cannot be stacked: a stack holds Linear layers, the "
-                             f"elementwise activations and Dropout")
+                             f"elementwise activations, LayerNorm, BatchNorm1d and Dropout")
         core.append((i, layer))
     return core
 
 
 def architecture_key(model):
-    """What members of one stack share: every layer's config except Dropout's (``p`` and ``seed`` may
-    differ, and a member may lack a Dropout layer another has: it drops nothing there), plus the dtype.
-    Models with equal keys can be stacked."""
+    """What members of one stack share: every layer's config (a norm's size, eps and momentum included) except
+    Dropout's (``p`` and ``seed`` may differ, and a member may lack a Dropout layer another has: it drops
+    nothing there), plus the dtype. Models with equal keys can be stacked."""
     return (model.dtype,) + tuple(repr(sorted(LAYERS.to_config(layer).items())) for _, layer in _core(model))
 
 
@@ -243,6 +247,10 @@ class StackedLinear(Module):
             params["bias"] = self.device.to_numpy(self.params["bias"][i, 0, ...])
         return params
 
+    def member_shape(self, name):
+        """The shape of one member's parameter ``name`` in its own model: ``(in, out)`` or ``(out,)``."""
+        return (self.in_features, self.out_features) if name == "weight" else (self.out_features,)
+
     def __repr__(self):
         return f"StackedLinear({self.members} x {self.in_features}, {self.out_features}, bias={'bias' in self.params})"
 
@@ -305,8 +313,106 @@ class StackedDropout(Module):
         super()._bind(device)
         self._hashed, self._device_constants = {}, {}
 
+    def member(self, i):
+        """``{"counter": ()}``: the draw counter every member's Dropout shares, as a host array."""
+        return {"counter": self.device.to_numpy(self.buffers["counter"])}
+
     def __repr__(self):
         return f"StackedDropout({self.members} members, p={self.p})"
+
+
+class _StackedNorm:
+    """What the stacked norms add to their member class's math: member ``i``'s weight and bias (and float
+    buffers) as slice ``i`` of ``(M, 1, n)`` arrays, integer buffers (``num_batches_tracked``) shared, and each
+    member's parameter gradients summed over its own rows. The input is ``(M, batch, n)``, or ``(batch, n)``
+    shared by every member (a norm first in the model)."""
+
+    def _stack(self, norms):
+        first = norms[0]
+        Module.__init__(self)
+        for key in first.config_keys:  # eps, momentum, n: the members' config (architecture_key: equal)
+            setattr(self, key, getattr(first, key))
+        self.members = len(norms)
+        for store in ("params", "buffers"):
+            for name in getattr(first, store):
+                values = [l.device.to_numpy(getattr(l, store)[name]) for l in norms]
+                if name in self.integer_buffers:
+                    if len({int(v) for v in values}) > 1:
+                        raise StackError(f"the members' {type(first).__name__} layers have different {name} "
+                                         f"({sorted({int(v) for v in values})}): stack models trained on as many "
+                                         f"minibatches")
+                    getattr(self, store)[name] = np.asarray(values[0], dtype=np.int64)
+                else:
+                    getattr(self, store)[name] = np.stack([v.reshape(1, -1) for v in values])
+
+    def _affine_backward(self, grad_output):  # (M, batch, n) -> (M, batch, n)
+        """Fill the weight and bias gradients ``(M, 1, n)``, each member's summed over its own rows; returns
+        ``d loss / d xhat``."""
+        xp = self.xp
+        self.grads["weight"] = xp.sum(grad_output * self._xhat, axis=-2, keepdims=True)
+        self.grads["bias"] = xp.sum(grad_output, axis=-2, keepdims=True)
+        return grad_output * self.params["weight"]
+
+    def member(self, i):
+        """Member ``i``'s parameters ``(n,)`` and buffers (its running statistics ``(n,)``, the shared count)
+        as host arrays, keyed as its own layer's."""
+        to_numpy = self.device.to_numpy
+        state = {name: to_numpy(self.params[name][i, 0, ...]) for name in self.params}
+        for name, value in self.buffers.items():
+            state[name] = to_numpy(value) if name in self.integer_buffers else to_numpy(value[i, 0, ...])
+        return state
+
+    def member_shape(self, name):
+        """The shape of one member's parameter ``name`` in its own layer: ``(n,)``."""
+        return (self.in_features,)
+
+    def __repr__(self):
+        return f"Stacked{super().__repr__().replace('(', f'({self.members} x ', 1)}"
+
+
+class StackedLayerNorm(_StackedNorm, LayerNorm):
+    """M LayerNorm layers: member ``i``'s rows normalised over their features and scaled and shifted by
+    ``weight[i]``, ``bias[i]`` (``(M, 1, n)``). ``LayerNorm``'s forward and backward, the statistics
+    ``(M, batch, 1)``; the same in train and eval mode."""
+
+    def __init__(self, norms):  # the members' LayerNorm layers
+        self._stack(norms)
+
+
+class StackedBatchNorm1d(_StackedNorm, BatchNorm1d):
+    """M BatchNorm1d layers: in train mode member ``i`` normalises each feature over its own rows and moves its
+    running statistics (``(M, 1, n)``) towards them; in eval mode it uses them. ``BatchNorm1d``'s formulas with
+    the statistics ``(M, 1, n)``; ``num_batches_tracked`` (int64, 0-d) counts every member's updates at once."""
+
+    def __init__(self, norms):  # the members' BatchNorm1d layers
+        self._stack(norms)
+
+    def forward(self, x):  # (M, batch, n) or (batch, n) -> (M, batch, n)
+        xp, rows = self.xp, x.shape[-2]
+        self._batch_stats = self.training
+        if not self.training:
+            return self._normalise(x - self.buffers["running_mean"], self.buffers["running_var"])
+        if rows < 2:
+            raise ValueError(f"BatchNorm1d needs at least 2 rows per batch in train mode, got {rows} "
+                             f"(the variance of one row is undefined): use a larger batch, or eval mode")
+        mean = xp.mean(x, axis=-2, keepdims=True)  # each member's over its own rows
+        xc = x - mean
+        var = xp.mean(xc * xc, axis=-2, keepdims=True)  # biased: what normalises
+        m, b = self.momentum, self.buffers
+        self._set_buffer("running_mean", (1.0 - m) * b["running_mean"] + m * mean)
+        self._set_buffer("running_var", (1.0 - m) * b["running_var"] + (m * rows / (rows - 1)) * var)  # unbiased
+        self._set_buffer("num_batches_tracked", b["num_batches_tracked"] + 1)
+        return self._normalise(xc, var)
+
+    def backward(self, grad_output, input_grad=True):
+        # batch statistics: means over each member's rows; running statistics are constants: dx = inv g
+        g = self._affine_backward(grad_output)
+        if not input_grad:
+            return None
+        return self._normalised_backward(g, -2) if self._batch_stats else g * self._inv
+
+
+_NORMS = {LayerNorm: StackedLayerNorm, BatchNorm1d: StackedBatchNorm1d}  # a member's norm -> the stacked one
 
 
 class Stacked(Module):
@@ -316,16 +422,18 @@ class Stacked(Module):
     Parameters
     ----------
     models : sequence of Sequential
-        The members, each initialised as usual (``mlp(..., seed=s)``); their Linear layers and
-        activations must agree (``architecture_key``), their Dropout ``p`` and seed may differ. Copied:
-        the stack does not share arrays with them.
+        The members, each initialised as usual (``mlp(..., seed=s)``); their Linear layers, norms and
+        activations must agree (``architecture_key``), their Dropout ``p`` and seed may differ. Their current
+        parameters and buffers (a BatchNorm1d's running statistics) are copied: the stack does not share
+        arrays with them.
 
     Attributes
     ----------
     members : int
         M.
     layers : list
-        ``StackedLinear``, the activations (shared: elementwise), ``StackedDropout``.
+        ``StackedLinear``, the activations (shared: elementwise), ``StackedLayerNorm``, ``StackedBatchNorm1d``,
+        ``StackedDropout``.
     """
 
     def __init__(self, models):
@@ -352,6 +460,8 @@ class Stacked(Module):
         for j, (_, layer) in enumerate(cores[0]):
             if type(layer) is Linear:
                 layers.append(StackedLinear([core[j][1] for core in cores]))
+            elif type(layer) in _NORMS:
+                layers.append(_NORMS[type(layer)]([core[j][1] for core in cores]))
             else:
                 layers.append(copy.copy(layer))
                 layers[-1].params, layers[-1].grads, layers[-1].buffers = {}, {}, {}
@@ -449,7 +559,8 @@ class Stacked(Module):
             for name, p in layer.params.items():
                 layer.params[name] = dev.asarray(np.ascontiguousarray(self.device.to_numpy(p)), dtype=dtype)
             for name, b in layer.buffers.items():
-                layer.buffers[name] = dev.asarray(self.device.to_numpy(b), dtype="int64")
+                layer.buffers[name] = dev.asarray(self.device.to_numpy(b),
+                                                  dtype="int64" if name in layer.integer_buffers else dtype)
             layer.grads = {}
             layer._bind(dev)
         self.dtype, self._placed = dtype, True
@@ -483,10 +594,8 @@ class Stacked(Module):
         state = {}
         for k, layer in enumerate(model.layers):
             stacked = self.layers[self._where[i][k]] if k in self._where[i] else None
-            if isinstance(stacked, StackedLinear):
+            if hasattr(stacked, "member"):  # StackedLinear, StackedDropout, the stacked norms
                 state.update({f"{k}.{name}": value for name, value in stacked.member(i).items()})
-            elif isinstance(stacked, StackedDropout):
-                state[f"{k}.counter"] = self.device.to_numpy(stacked.buffers["counter"])
         model.load_state_dict(state)
         if self.configs[i] is not None:
             model.config = copy.deepcopy(self.configs[i])

@@ -27,7 +27,7 @@ from .pure_step import PureStep
 from .registry import OPTIMIZERS
 from .early_stopping import EarlyStopping
 from .stack import Stacked, StackedLinear
-from .train import check_clip_norm, check_monitors, check_readers
+from .train import check_clip_norm, check_coupled, check_monitors, check_readers
 from .validation import InputError, available_memory, check_batch_size, check_epochs, format_bytes, training_memory
 
 __all__ = ["StackedOptimizer", "StackHistory", "SweepResult", "fit_stack", "evaluate_stack", "predict_stack",
@@ -40,13 +40,14 @@ _EVAL_ROWS = 8192  # rows times members per evaluation forward pass, to bound ac
 
 
 # -- building -----------------------------------------------------------------------------------------
-def stack_mlp(sizes, seeds, *, activation="relu", bias=True, init="auto", dtype="float32", dropout=0.0):
+def stack_mlp(sizes, seeds, *, activation="relu", bias=True, init="auto", dtype="float32", dropout=0.0, norm=None):
     """A ``Stacked`` of ``mlp(sizes, seed=seeds[i], dropout=dropout[i], ...)`` for each member ``i``: each
-    initialised on the host by its own seed, as ``mlp`` does. ``dropout`` is one probability or one per member."""
+    initialised on the host by its own seed, as ``mlp`` does. ``dropout`` is one probability or one per member;
+    ``norm`` (``mlp``'s: "layer" or "batch") is every member's."""
     seeds = list(seeds)
     drops = _listed(dropout, len(seeds), "dropout", _probability)
-    return Stacked([mlp(sizes, activation=activation, bias=bias, init=init, seed=int(s), dtype=dtype, dropout=d)
-                    for s, d in zip(seeds, drops)])
+    return Stacked([mlp(sizes, activation=activation, bias=bias, init=init, seed=int(s), dtype=dtype, dropout=d,
+                        norm=norm) for s, d in zip(seeds, drops)])
 
 
 def _listed(value, members, name, check):
@@ -359,10 +360,8 @@ class StackedOptimizer:
             dev = self.model.device
             for key, layer, name, _ in self._decays:
                 if key in self.state:
-                    member_shape = tuple(layer.params[name].shape[1:])
                     opt.state[self.model.member_key(i, key)] = tuple(
-                        dev.to_numpy(b[i, ...]).reshape(member_shape[1:] if name == "bias" else member_shape).copy()
-                        for b in self.state[key])
+                        dev.to_numpy(b[i, ...]).reshape(layer.member_shape(name)).copy() for b in self.state[key])
         return opt
 
 
@@ -621,8 +620,9 @@ def fit_stack(stacked, X, y, *, optimizer=None, lr=None, l2=0.0, momentum=None, 
     early_stopping : portablenn.EarlyStopping, optional
         As ``fit``'s, for every member on its own: a member that stops is frozen (its weights no longer
         change) and, with ``restore_best``, every member ends with its best epoch's weights
-        (``StackHistory.stopped``). A Dropout layer's mask counter is the stack's, shared: a member stopped
-        early keeps counting.
+        (``StackHistory.stopped``). A Dropout layer's mask counter and a BatchNorm's ``num_batches_tracked`` are
+        the stack's, shared: a member stopped early keeps counting (its weights and running statistics do not
+        change).
     clip_norm : float, optional
         As ``fit``'s: each member's gradients scaled to at most this global 2-norm, the member's own.
 
@@ -664,6 +664,7 @@ def fit_stack(stacked, X, y, *, optimizer=None, lr=None, l2=0.0, momentum=None, 
     data = DeviceData(dev, X, y, stacked, loss)
     val = DeviceData(dev, validation[0], validation[1], stacked, loss, "validation X") if validation else None
     batch = check_batch_size(batch_size, data.n)
+    check_coupled(stacked.layers, batch, data.n)
     opt.bind(stacked)
     opt.set_schedule(schedule, len(range(0, data.n, batch)), epochs, data.n)
     dev.backend.reserve_heap(dev)  # a stack's temporaries are M times one model's: NumPy keeps freed heap
@@ -1038,7 +1039,7 @@ class SweepResult:
 def sweep(X, y, members, *, outputs=None, activation="relu", bias=True, init="auto", dtype="float32", optimizer="sgd",
           nesterov=False, loss=None, epochs=1, batch_size=100, shuffle=True, seed=0, shuffle_per_member=False,
           device=None, validation=None, log_every=1, callback=None, chunk=False, on_group=None, on_read=None,
-          schedule=None, early_stopping=None, clip_norm=None):
+          schedule=None, early_stopping=None, clip_norm=None, norm=None):
     """Train every member of ``members`` (``grid(...)``'s dicts), one stack per architecture.
 
     Parameters
@@ -1051,7 +1052,7 @@ def sweep(X, y, members, *, outputs=None, activation="relu", bias=True, init="au
     outputs : int, optional
         The model's outputs; default the classes (largest label + 1, over ``y`` and the validation labels)
         for softmax cross-entropy, the target columns otherwise.
-    activation, bias, init, dtype : as ``mlp``'s, shared by every member
+    activation, bias, init, dtype, norm : as ``mlp``'s, shared by every member
     optimizer : {"sgd", "adam", "adamw"}
     nesterov : bool
         SGD's Nesterov momentum, for every member.
@@ -1119,7 +1120,7 @@ def sweep(X, y, members, *, outputs=None, activation="relu", bias=True, init="au
             part = indices[c:c + size]
             ms = [members[i] for i in part]
             stacked = stack_mlp(sizes, [m["seed"] for m in ms], activation=activation, bias=bias, init=init,
-                                dtype=dtype, dropout=[m["dropout"] for m in ms])
+                                dtype=dtype, dropout=[m["dropout"] for m in ms], norm=norm)
             extra = {"nesterov": True} if nesterov else {}
             if template_cls is SGD:
                 template = SGD(ms[0]["lr"], momentum=max(m["momentum"] for m in ms) or 0.0, **extra)

@@ -151,9 +151,7 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
     if coupled and (comm is not None or reducer is not None):
         raise InputError(f"{type(coupled[0]).__name__} uses the statistics of the whole minibatch: it cannot be "
                          "trained data-parallel (each rank would see only its slice)")
-    if coupled and (batch == 1 or data.n % batch == 1):
-        raise InputError(f"{type(coupled[0]).__name__} needs at least 2 rows in every minibatch; batch size "
-                         f"{batch} over {data.n} rows leaves a minibatch of 1 row: change the batch size")
+    check_coupled(model.layers, batch, data.n)
     functional = not dev.backend.mutable  # arrays that cannot change in place (JAX): the step is a pure function
     if functional and (comm is not None or reducer is not None):
         raise InputError(f"data-parallel training sums gradients in place, which {dev.name} cannot do: train on "
@@ -282,6 +280,15 @@ def check_clip_norm(clip_norm):
     if clip_norm is not None and (isinstance(clip_norm, bool) or not isinstance(clip_norm, (int, float))
                                   or not 0 < clip_norm < float("inf")):
         raise InputError(f"clip_norm must be a positive finite number or None, got {clip_norm!r}")
+
+
+def check_coupled(layers, batch, rows):
+    """InputError where a layer that uses the whole minibatch's statistics (BatchNorm) would get a minibatch of
+    one row (batch size 1, or a last minibatch of 1 of ``rows``)."""
+    coupled = [layer for layer in layers if layer.couples_rows]
+    if coupled and (batch == 1 or rows % batch == 1):
+        raise InputError(f"{type(coupled[0]).__name__} needs at least 2 rows in every minibatch; batch size "
+                         f"{batch} over {rows} rows leaves a minibatch of 1 row: change the batch size")
 
 
 def check_readers(early_stopping, schedule, log_every):

@@ -24,9 +24,9 @@ ALLOWED = {
     **{m: {"_blas", "backend", "backends", "kernels"} for m in BACKENDS},
     "distributed": {"backend", "backends.cupy", "reducer", "validation"},
     # sweeps: training over the stack (portablenn.stack), whose members mlp builds; fit's checks of its
-    # options and its EarlyStopping rule, per member
-    "sweep": {"backend", "data", "early_stopping", "history", "losses", "models", "optim", "registry", "stack",
-              "train", "validation"},
+    # options, its EarlyStopping rule per member, and the pure step that compiles the stack's on JAX
+    "sweep": {"backend", "data", "early_stopping", "history", "losses", "models", "optim", "pure_step", "registry",
+              "stack", "train", "validation"},
 }
 
 

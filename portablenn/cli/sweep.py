@@ -14,6 +14,7 @@ from .. import __version__, outputs
 from ..early_stopping import EarlyStopping
 from ..datasets import registry
 from ..registry import LOSSES
+from ..stack import StackedLinear
 from ..sweep import SETTINGS, _settings, evaluate_stack, grid, predict_proba_stack, sweep
 from . import table
 from .arguments import control_args, device, kernels_arg, model_args
@@ -180,8 +181,6 @@ def run(args):
     if getattr(args, "animate", None):
         raise CLIError("--animate records one model's training; 'portablenn sweep' trains many: use "
                        "'portablenn train --animate' on the member you want")
-    if args.norm not in (None, "none"):
-        raise CLIError(f"--norm {args.norm}: a sweep stacks Linear layers, the activations and Dropout only")
     if args.log_every is not None and args.log_every < 1:
         raise CLIError(f"--log-every must be a positive number of epochs, got {args.log_every}")
     kind = registry.kind(args.dataset or "spiral")
@@ -235,7 +234,8 @@ def run(args):
     epochs, log_every = opts["epochs"], args.log_every or opts["log_every"]
     validation = splits[evaluated] if evaluated else None
     varying = [key for key in SETTINGS if key in lists and len(lists[key]) > 1]
-    config = {"activation": opts["activation"], "bias": opts["bias"], "init": opts["init"], "dtype": opts["dtype"]}
+    config = {"activation": opts["activation"], "bias": opts["bias"], "init": opts["init"], "dtype": opts["dtype"],
+              "norm": opts.get("norm")}
     print(f"portablenn {__version__} | device {dev.name} | {args.dataset}: {rows} train"
           + (f", {validation[0].shape[0]} {evaluated}" if validation else "")
           + (f" ({fraction:g} of the training rows held out)" if fraction else "")
@@ -250,8 +250,8 @@ def run(args):
     last = [time.perf_counter()]
 
     def on_group(indices, stacked):
-        sizes = [stacked.in_features] + [l.out_features for l in stacked.layers if hasattr(l, "out_features")]
-        print(f"stack of {len(indices)} members: {sizes}" + (f" (members {indices[0]}..{indices[-1]})"
+        sizes = [stacked.in_features] + [l.out_features for l in stacked.layers if isinstance(l, StackedLinear)]
+        print(f"stack of {len(indices)} member{'s' if len(indices) != 1 else ''}: {sizes}" + (f" (members {indices[0]}..{indices[-1]})"
                                                              if len(indices) < len(members) else ""))
 
     field = ("val_" if validation else "") + loss.metric_names[0]
