@@ -407,18 +407,9 @@ def _stacked_loss(loss, members, per_member_targets, kernels=None):
 
 def _row_max(xp, logits):
     """``(max, argmax)`` of each row of ``(M, batch, classes)`` logits: ``(M, batch, 1)`` and ``(M, batch)``, the
-    first index of the largest (as ``argmax``). With a few classes, column by column (a pass per class over
-    ``M x batch`` values is faster in NumPy than its reductions along a short last axis)."""
-    classes = logits.shape[-1]
-    if classes > 16:
-        return xp.max(logits, axis=-1, keepdims=True), xp.argmax(logits, axis=-1)
-    top = logits[..., 0:1]
-    index = xp.zeros_like(top, dtype=xp.int64)
-    for c in range(1, classes):
-        column = logits[..., c:c + 1]
-        index = xp.where(column > top, c, index)  # strictly larger: the first of equal values wins
-        top = xp.maximum(top, column)
-    return top, xp.reshape(index, tuple(index.shape[:-1]))
+    first index of the largest. Two reductions: two launches on a GPU, where a pass per class would be two per
+    class (NumPy's kernels have their own, class-major ``stacked_softmax_xent``)."""
+    return xp.max(logits, axis=-1, keepdims=True), xp.argmax(logits, axis=-1)
 
 
 def _clip(model, clip_norm):
