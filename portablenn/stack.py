@@ -452,6 +452,9 @@ class Stacked(Module):
                                  f"each architecture on its own")
         self.members = len(models)
         self.dtype = models[0].dtype
+        # member -> {stacked layer index: {name: 0-d array}}: a shared counter (Dropout's, BatchNorm's) as member i
+        # had it when early stopping stopped it or at the best epoch it restored (portablenn.sweep); member() uses it
+        self._member_buffers = {}
         self.configs = [copy.deepcopy(getattr(m, "config", None)) for m in models]  # mlp's arguments, for member()
         self._layer_configs = [m.to_config() for m in models]
         cores = [_core(m) for m in models]
@@ -596,6 +599,9 @@ class Stacked(Module):
             stacked = self.layers[self._where[i][k]] if k in self._where[i] else None
             if hasattr(stacked, "member"):  # StackedLinear, StackedDropout, the stacked norms
                 state.update({f"{k}.{name}": value for name, value in stacked.member(i).items()})
+            own = self._member_buffers.get(i, {}).get(self._where[i].get(k))
+            for name, value in (own or {}).items():  # the shared counters as they were at its stop or best epoch
+                state[f"{k}.{name}"] = self.device.to_numpy(value)
         model.load_state_dict(state)
         if self.configs[i] is not None:
             model.config = copy.deepcopy(self.configs[i])

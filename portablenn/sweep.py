@@ -121,6 +121,7 @@ class StackedOptimizer:
         self.weight_decay = _listed(getattr(template, "weight_decay", 0.0) if weight_decay is None else weight_decay,
                                     members, "weight_decay", _strength)
         self.state, self.model, self._arrays = {}, None, None
+        self._stopped = {}  # member -> (its step count, its state's slices) at its early stop: member() gives them
 
     @property
     def slots(self):
@@ -133,7 +134,12 @@ class StackedOptimizer:
         if model.members != self.members:
             raise InputError(f"the optimizer has {self.members} members' settings, the stack {model.members} members")
         if self.model is not model:
-            self.state, self.steps = {}, 0
+            self.state, self.steps, self._stopped = {}, 0, {}
+        elif getattr(self, "_device", model.device) != model.device:  # the state follows the stack (Optimizer.bind)
+            old = self._device
+            self.state = {key: tuple(model.device.asarray(old.to_numpy(b), dtype=model.dtype) for b in buffers)
+                          for key, buffers in self.state.items()}
+        self._device = model.device
         self.model, dev = model, model.device
         shape = (self.members, 1, 1)
         host = {"lr": self.lr, "l2": self.l2, "momentum": self.momentum,
@@ -155,7 +161,9 @@ class StackedOptimizer:
         ``fit_stack`` continues them, as ``fit`` continues an optimizer's)."""
         if schedule is None:
             self.schedules = None
-        elif self.schedules is None or all(s is not schedule for s in self.schedules):
+        elif self.schedules is None or (schedule is not getattr(self, "_schedule_source", None)
+                                        and all(s is not schedule for s in self.schedules)):
+            self._schedule_source = schedule
             self.schedules = [copy.deepcopy(schedule) for _ in range(self.members)]
             for sched, lr in zip(self.schedules, self.lr):
                 sched.base_lr = lr
@@ -231,6 +239,8 @@ class StackedOptimizer:
                 g = g + a["l2"] * p
             layer.params[name], self.state[key] = self._rule.update(xp, p, g, self.buffers(key, p), 0.0, hyper,
                                                                     decays)
+        if mutable:  # the rule made new arrays: NumPy's layouts again (a joined bias, a side-by-side weight)
+            model.lay_out()
 
     @property
     def fuses_sgd(self):
@@ -282,6 +292,7 @@ class StackedOptimizer:
                     if min(self._keep) > 0:
                         rows = layer.decay_lazily(xp.reshape(a["keep"], (-1, 1)), self._keep, rows)
                     else:  # lr l2 >= 1 somewhere (a weight that flips sign): no scale for that, one pass
+                        layer.materialize()  # W, not V, takes the decay (a scale held since earlier steps)
                         weight *= a["keep"]
                     beta = 1.0
                 kernels.matmul_update_(wide, x.T, rows, -1.0, beta)
@@ -336,6 +347,9 @@ class StackedOptimizer:
         kept = model.device.asarray((~zero).reshape(-1, 1, 1))
         for key, layer, name, _ in self._decays:
             layer.params[name] = xp.where(kept, layer.params[name], 0.0)
+        for i in np.flatnonzero(self._live & ~np.asarray(active, dtype=bool) & ~zero):  # stopped, not diverged
+            self._stopped[int(i)] = (self.steps, {key: tuple(xp.asarray(b[int(i), ...], copy=True) for b in buffers)
+                                                  for key, buffers in self.state.items()})
         self.state = {key: tuple(xp.where(mask, b, 0.0) for b in buffers) for key, buffers in self.state.items()}
         self._arrays["lr"] = xp.where(mask, self._arrays["lr"], 0.0)
         self._live = self._live & np.asarray(active, dtype=bool)
@@ -353,15 +367,17 @@ class StackedOptimizer:
             opt = AdamW(self.lr[i], template.beta1, template.beta2, template.eps, weight_decay=self.weight_decay[i])
         else:
             opt = Adam(self.lr[i], template.beta1, template.beta2, template.eps)
-        opt.steps, opt.l2 = self.steps, self.l2[i]
+        steps, held = self._stopped.get(i, (self.steps, None))
+        opt.steps, opt.l2 = steps, self.l2[i]
         if self.schedules is not None:
             opt.schedule = copy.deepcopy(self.schedules[i])
         if self.model is not None and opt.slots:
             dev = self.model.device
             for key, layer, name, _ in self._decays:
                 if key in self.state:
+                    buffers = held[key] if held is not None else tuple(b[i, ...] for b in self.state[key])
                     opt.state[self.model.member_key(i, key)] = tuple(
-                        dev.to_numpy(b[i, ...]).reshape(layer.member_shape(name)).copy() for b in self.state[key])
+                        dev.to_numpy(b).reshape(layer.member_shape(name)).copy() for b in buffers)
         return opt
 
 
@@ -451,6 +467,8 @@ class _Stops:
         for rule in self.rules or ():
             rule.start(None, None)
         self.improved, self.stopping, self.best, self.held = set(), {}, None, None
+        self._best_members, self.best_counts, self.held_counts = set(), {}, {}  # the counters: see _counts
+        stacked._member_buffers = {}
 
     def on_record(self, i, record):
         schedules = self.opt.schedules
@@ -491,16 +509,27 @@ class _Stops:
         return [xp.where(self._mask(members, store[name].ndim), store[name], old)
                 for (store, name), old in zip(stores, snapshot)]
 
+    def _counts(self):
+        """``{stacked layer index: {name: device copy}}`` of the shared 0-d buffers (Dropout's mask counter,
+        BatchNorm's num_batches_tracked): copies on the device, no read."""
+        xp = self.stacked.xp
+        return {j: {name: xp.asarray(value, copy=True) for name, value in layer.buffers.items() if value.ndim == 0}
+                for j, layer in enumerate(self.stacked.layers) if any(v.ndim == 0 for v in layer.buffers.values())}
+
     def read(self, active):
         if self.improved and self.template is not None and self.template.restore_best:
+            counts = self._counts()
+            self.best_counts.update({i: counts for i in self.improved})
             self.best = self._keep(self.best, self.improved)
-            self._best_members = getattr(self, "_best_members", set()) | self.improved
+            self._best_members |= self.improved
         self.improved = set()
         stopping = {i: why for i, why in self.stopping.items() if active[i] and i not in self.history.diverged}
         self.stopping = {}
         if not stopping:
             return False
         self.held = self._keep(self.held, stopping)
+        counts = self._counts()
+        self.held_counts.update({i: counts for i in stopping})
         for i, why in stopping.items():
             active[i] = False
             rule = self.rules[i] if self.rules is not None else None
@@ -508,9 +537,20 @@ class _Stops:
                                        "best_epoch": getattr(rule, "best_epoch", None), "best": getattr(rule, "best", None)}
         return True
 
+    def settle(self):
+        """Put the stopped members' parameters and buffers back as they were at their stop, before a read shows
+        them (a BatchNorm's running statistics move with every training forward, a stopped member's too)."""
+        stopped = set(self.history.stopped)
+        if self.held is None or not stopped:
+            return
+        xp = self.stacked.xp
+        for (store, name), value in zip(self._stores(), self.held):
+            store[name] = xp.where(self._mask(stopped, value.ndim), value, store[name])
+        self.stacked.lay_out()
+
     def finish(self):
         """The best weights back (``restore_best``; the diverged members' stay zero), or the stopped members'."""
-        restore = set(getattr(self, "_best_members", set())) - set(self.history.diverged) if self.best else set()
+        restore = self._best_members - set(self.history.diverged) if self.best else set()
         stopped = set(self.history.stopped) - restore
         xp = self.stacked.xp
         for snapshot, members in ((self.held, stopped), (self.best, restore)):
@@ -520,6 +560,8 @@ class _Stops:
                 store[name] = xp.where(self._mask(members, value.ndim), value, store[name])
         if restore or stopped:
             self.stacked.lay_out()
+        self.stacked._member_buffers = {**{i: self.held_counts[i] for i in stopped},
+                                        **{i: self.best_counts[i] for i in restore}}
 
 
 def _penalty(model, l2_array):
@@ -718,6 +760,7 @@ def fit_stack(stacked, X, y, *, optimizer=None, lr=None, l2=0.0, momentum=None, 
                 pending.append((epoch, began))
                 if epoch % log_every == 0 or epoch == epochs:
                     stacked.materialize()  # the members' own weights, for callbacks and freezing
+                    stops.settle()
                     newly = _read(dev, rows, pending, history, active, stops.on_record, loss, data, val)
                     rows, pending = [], []
                     if stops.read(active) or newly:

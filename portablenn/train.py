@@ -287,7 +287,8 @@ def check_coupled(layers, batch, rows):
     one row (batch size 1, or a last minibatch of 1 of ``rows``)."""
     coupled = [layer for layer in layers if layer.couples_rows]
     if coupled and (batch == 1 or rows % batch == 1):
-        raise InputError(f"{type(coupled[0]).__name__} needs at least 2 rows in every minibatch; batch size "
+        name = type(coupled[0]).__name__.removeprefix("Stacked")  # a stack's: its members' layer
+        raise InputError(f"{name} needs at least 2 rows in every minibatch; batch size "
                          f"{batch} over {rows} rows leaves a minibatch of 1 row: change the batch size")
 
 

@@ -255,6 +255,8 @@ def test_a_narrow_first_layer_holds_its_bias_as_the_weights_last_row_on_numpy():
     assert np.shares_memory(first.params["weight"], joint) and np.shares_memory(first.params["bias"], joint)
     fit_stack(stacked, X, y, lr=[0.05, 0.2, 0.1], l2=[0.0, 1e-2, 1e-3], epochs=2, batch_size=16)
     assert first.joint() is joint
+    fit_stack(stacked, X, y, optimizer=pn.Adam(1e-2), epochs=1, batch_size=16)  # a rule that makes new arrays
+    assert first.joint() is not None  # joined again after every step
     generic = stack_mlp(SIZES, SEEDS, dtype="float64").to(pn.device("numpy", kernels="generic"))
     assert generic.layers[0].joint() is None
 
