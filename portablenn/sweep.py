@@ -926,7 +926,8 @@ def evaluate_stack(stacked, X, y, *, loss=None, l2=0.0):
 
 
 # -- memory -----------------------------------------------------------------------------------------------
-def stack_memory(sizes, members, itemsize, rows, batch_rows, optimizer_buffers=0, bias=True, own_rows=False):
+def stack_memory(sizes, members, itemsize, rows, batch_rows, optimizer_buffers=0, bias=True, own_rows=False,
+                 norm=False):
     """Estimated bytes to train a stack of ``members`` ``mlp(sizes)``: ``(total, per member, shared)``.
 
     One member costs what ``validation.training_memory`` counts for one model, less the data (shared by
@@ -935,7 +936,7 @@ def stack_memory(sizes, members, itemsize, rows, batch_rows, optimizer_buffers=0
     """
     sizes = [int(s) for s in sizes]
     eval_rows = max(256, _EVAL_ROWS // max(1, members))
-    one, _ = training_memory(sizes, itemsize, rows, batch_rows, optimizer_buffers, bias, eval_rows)
+    one, _ = training_memory(sizes, itemsize, rows, batch_rows, optimizer_buffers, bias, eval_rows, norm)
     shared = rows * (sizes[0] + sizes[-1]) * itemsize
     per_member = one - shared + (batch_rows * sizes[0] * itemsize if own_rows else 0)
     return shared + members * per_member, per_member, shared
@@ -950,11 +951,13 @@ def memory_limit(device):
     return available_memory()
 
 
-def largest_stack(sizes, itemsize, rows, batch_rows, optimizer_buffers=0, bias=True, own_rows=False, limit=None):
+def largest_stack(sizes, itemsize, rows, batch_rows, optimizer_buffers=0, bias=True, own_rows=False, limit=None,
+                  norm=False):
     """The most members of ``mlp(sizes)`` a stack may hold within ``limit`` bytes (None: no limit known)."""
     if limit is None:
         return None
-    _, per_member, shared = stack_memory(sizes, 1, itemsize, rows, batch_rows, optimizer_buffers, bias, own_rows)
+    _, per_member, shared = stack_memory(sizes, 1, itemsize, rows, batch_rows, optimizer_buffers, bias, own_rows,
+                                         norm)
     return max(0, int((limit - shared) // per_member))
 
 
@@ -1139,10 +1142,11 @@ def sweep(X, y, members, *, outputs=None, activation="relu", bias=True, init="au
     limit, source = memory_limit(dev)
     for hidden, indices in groups.items():
         sizes = [n_in, *hidden, outputs]
-        need, _, _ = stack_memory(sizes, len(indices), itemsize, rows, batch, buffers, bias, shuffle_per_member)
+        need, _, _ = stack_memory(sizes, len(indices), itemsize, rows, batch, buffers, bias, shuffle_per_member,
+                                  bool(norm))
         size = len(indices)
         if limit is not None and need > limit:
-            most = largest_stack(sizes, itemsize, rows, batch, buffers, bias, shuffle_per_member, limit)
+            most = largest_stack(sizes, itemsize, rows, batch, buffers, bias, shuffle_per_member, limit, bool(norm))
             if not chunk or most < 1:
                 raise InputError(f"a stack of {len(indices)} members {sizes} needs {format_bytes(need)}, more than "
                                  f"{source} ({format_bytes(limit)}); at most {most} members would fit: sweep fewer "

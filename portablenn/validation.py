@@ -84,12 +84,13 @@ def check_memory(nbytes, what, error=InputError, hint=""):
                     + (f"; {hint}" if hint else ""))
 
 
-def training_memory(sizes, itemsize, rows, batch_rows, optimizer_buffers=0, bias=True, eval_rows=8192):
+def training_memory(sizes, itemsize, rows, batch_rows, optimizer_buffers=0, bias=True, eval_rows=8192, norm=False):
     """Estimated bytes to build and train an ``mlp(sizes)`` on ``rows`` samples: ``(total, parameters)``.
 
     Counts the parameters, their gradients and ``optimizer_buffers`` copies (momentum: 1, Adam: 2),
     the float64 draw of the largest initial weight, the data and one-hot rows on the device, and the
-    activations and their gradients for the larger of a minibatch and an evaluation chunk.
+    activations and their gradients for the larger of a minibatch and an evaluation chunk (with ``norm``, a
+    normalization layer's after every hidden layer too: its output, normalized input and gradient).
     """
     sizes = [int(s) for s in sizes]
     params = sum(a * b + (b if bias else 0) for a, b in zip(sizes[:-1], sizes[1:]))
@@ -97,7 +98,7 @@ def training_memory(sizes, itemsize, rows, batch_rows, optimizer_buffers=0, bias
     pass_rows = max(int(batch_rows), min(int(rows), eval_rows))
     total = (params * itemsize * (2 + optimizer_buffers) + largest * 16
              + rows * (sizes[0] + sizes[-1]) * itemsize
-             + pass_rows * sum(sizes[1:]) * itemsize * 3)
+             + pass_rows * (sum(sizes[1:]) + (sum(sizes[1:-1]) if norm else 0)) * itemsize * 3)
     return total, params
 
 

@@ -428,3 +428,5 @@ def test_training_memory_counts_each_part():
     big = training_memory([10, 20, 3], 4, rows=10**5, batch_rows=10)[0]  # passes are over 8192 rows at most
     assert big == 283 * 4 * 2 + 200 * 16 + 10**5 * 13 * 4 + 8192 * 23 * 4 * 3
     assert training_memory([10, 20, 3], 4, rows=10**5, batch_rows=10**4)[0] == big + (10**4 - 8192) * 23 * 4 * 3
+    # a normalization layer after the hidden layer: its output, normalized input and gradient, per pass row
+    assert training_memory([10, 20, 3], 4, 100, 10, norm=True)[0] == total + 100 * 20 * 4 * 3

@@ -264,7 +264,7 @@ def build(args, opts, splits):
         batch = min(opts["batch_size"] or len(y), len(y))
         buffers = optimizer.slots
         need, params = training_memory(sizes, np.dtype(opts["dtype"]).itemsize, rows, batch, buffers,
-                                       bias=opts["bias"])
+                                       bias=opts["bias"], norm=bool(opts.get("norm")))
         flag = f"--hidden {' '.join(map(str, args.hidden))}: " if args.hidden else ""
         check_memory(need, f"{flag}training the model {sizes} ({params:,} {opts['dtype']} parameters, with "
                            f"gradients, optimizer state, data and activations) on {rows} rows", CLIError,
