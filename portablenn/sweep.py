@@ -654,8 +654,9 @@ def fit_stack(stacked, X, y, *, optimizer=None, lr=None, l2=0.0, momentum=None, 
         As ``fit``'s, for every member on its own: a member that stops is frozen (its weights no longer
         change) and, with ``restore_best``, every member ends with its best epoch's weights
         (``StackHistory.stopped``). A Dropout layer's mask counter and a BatchNorm's ``num_batches_tracked`` are
-        the stack's, shared: a member stopped early keeps counting (its weights and running statistics do not
-        change).
+        the stack's, shared, and keep counting; ``stacked.member(i)`` gives a stopped or restored member its own
+        counts back (those of its stop or best epoch), with its optimizer state and step count
+        (``StackedOptimizer.member``).
     clip_norm : float, optional
         As ``fit``'s: each member's gradients scaled to at most this global 2-norm, the member's own.
 
