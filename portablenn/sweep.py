@@ -455,8 +455,10 @@ class _Stops:
     ``on_record(i, record)`` (the records' callback) feeds member ``i``'s schedule and its own EarlyStopping's
     counters; ``read(active)`` after a read keeps device copies of the improved members' weights (with
     ``restore_best``), stops the members whose rule says so (``active`` False) and returns whether any stopped;
-    ``finish()`` puts back the best weights (or, without ``restore_best``, a stopped member's weights of its
-    stop: a BatchNorm's statistics would otherwise still move)."""
+    ``settle()`` before a read puts the stopped members' weights back as they were at their stop (a BatchNorm's
+    running statistics move with every training forward); ``finish()`` puts back the best weights (or, without
+    ``restore_best``, a stopped member's of its stop) and hands the stack each such member's own counts of the
+    shared counters (``Stacked._member_buffers``)."""
 
     def __init__(self, stacked, opt, early_stopping, history, callback):
         self.stacked, self.opt, self.history, self.callback = stacked, opt, history, callback
@@ -516,6 +518,15 @@ class _Stops:
         return {j: {name: xp.asarray(value, copy=True) for name, value in layer.buffers.items() if value.ndim == 0}
                 for j, layer in enumerate(self.stacked.layers) if any(v.ndim == 0 for v in layer.buffers.values())}
 
+    def _put(self, snapshot, members):
+        """``members``' values of ``snapshot`` (``_keep``'s) back into the stack."""
+        if snapshot is None or not members:
+            return
+        xp = self.stacked.xp
+        for (store, name), value in zip(self._stores(), snapshot):
+            store[name] = xp.where(self._mask(members, value.ndim), value, store[name])
+        self.stacked.lay_out()  # new arrays: NumPy's layouts again
+
     def read(self, active):
         if self.improved and self.template is not None and self.template.restore_best:
             counts = self._counts()
@@ -540,26 +551,14 @@ class _Stops:
     def settle(self):
         """Put the stopped members' parameters and buffers back as they were at their stop, before a read shows
         them (a BatchNorm's running statistics move with every training forward, a stopped member's too)."""
-        stopped = set(self.history.stopped)
-        if self.held is None or not stopped:
-            return
-        xp = self.stacked.xp
-        for (store, name), value in zip(self._stores(), self.held):
-            store[name] = xp.where(self._mask(stopped, value.ndim), value, store[name])
-        self.stacked.lay_out()
+        self._put(self.held, set(self.history.stopped))
 
     def finish(self):
         """The best weights back (``restore_best``; the diverged members' stay zero), or the stopped members'."""
         restore = self._best_members - set(self.history.diverged) if self.best else set()
         stopped = set(self.history.stopped) - restore
-        xp = self.stacked.xp
-        for snapshot, members in ((self.held, stopped), (self.best, restore)):
-            if snapshot is None or not members:
-                continue
-            for (store, name), value in zip(self._stores(), snapshot):
-                store[name] = xp.where(self._mask(members, value.ndim), value, store[name])
-        if restore or stopped:
-            self.stacked.lay_out()
+        self._put(self.held, stopped)
+        self._put(self.best, restore)
         self.stacked._member_buffers = {**{i: self.held_counts[i] for i in stopped},
                                         **{i: self.best_counts[i] for i in restore}}
 

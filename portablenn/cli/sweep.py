@@ -35,7 +35,8 @@ def add_parser(commands):
         "sweep", conflict_handler="resolve", help="train a grid of settings (and seeds) as one stacked model",
         description="Train every combination of the comma-separated values of --lr, --l2/--weight-decay, --momentum, "
                     "--dropout, --seed (or --seeds N) and --hidden as one stacked model: each member trains as "
-                    "'portablenn train' would train it alone. Prints the members sorted by the validation metric "
+                    "'portablenn train' would train it alone (train's --schedule, --early-stopping, --clip-grad and "
+                    "--norm act on each member on its own). Prints the members sorted by the validation metric "
                     "and, for settings run with several seeds, their mean and standard deviation.")
     model_args(p)  # train's model flags; those below take comma-separated lists instead of one value
     control_args(p)  # train's schedule, early stopping and clipping: every member gets its own
