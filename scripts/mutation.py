@@ -416,7 +416,7 @@ MUTANTS = [
     ("train-monitor-check", "train.py", "if monitor is not None and monitor not in recorded:", "if False:"),
     ("train-strata", "train.py", "validation_fraction, seed, loss.strata)", "validation_fraction, seed, True)"),
     ("train-es-finish", "train.py", "                early_stopping.finish(model)\n", "                pass\n"),
-    ("train-coupled-last-batch", "train.py", "if coupled and (batch == 1 or data.n % batch == 1):",
+    ("train-coupled-last-batch", "train.py", "if coupled and (batch == 1 or rows % batch == 1):",
      "if coupled and batch == 1:"),
     ("train-coupled-parallel", "train.py", "if coupled and (comm is not None or reducer is not None):", "if False:"),
     ("train-row-offset", "train.py", "layer.row_offset = lo - start", "layer.row_offset = 0"),
