@@ -640,7 +640,7 @@ MUTANTS = [
     ("valid-finite-sum", "validation.py", "and not _finite(_host(_sum(xp, X))):", "and False:"),
     # the pure step of immutable arrays (JAX), #19
     ("pure-hyper-baked", "pure_step.py", "hyper = optimizer.hyper(optimizer.steps + 1)", "hyper = optimizer.hyper(1)"),
-    ("pure-loss-slot", "pure_step.py", "== index, loss, losses)", "== 0, loss, losses)"),
+    ("pure-loss-slot", "pure_step.py", "dtype=self.dev.index_dtype) == index\n", "dtype=self.dev.index_dtype) == 0\n"),
     ("pure-metric-dropped", "pure_step.py", "return state, (losses, total + metric)", "return state, (losses, total)"),
     ("pure-state-kept", "pure_step.py", "        state, self.sums = self._run(self._collect(),",
      "        state, self.sums = self._run(getattr(self, '_first', None) or setattr(self, '_first', self._collect()) "
