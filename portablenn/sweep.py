@@ -27,8 +27,8 @@ from .pure_step import PureStep
 from .registry import OPTIMIZERS
 from .early_stopping import EarlyStopping
 from .stack import Stacked, StackedLinear
-from .train import check_clip_norm, check_coupled, check_monitors, check_readers
-from .validation import InputError, available_memory, check_batch_size, check_epochs, format_bytes, training_memory
+from .train import check_clip_norm, check_coupled, check_monitors, check_readers, place
+from .validation import InputError, available_memory, check_epochs, format_bytes, training_memory
 
 __all__ = ["StackedOptimizer", "StackHistory", "SweepResult", "fit_stack", "evaluate_stack", "predict_stack",
            "predict_proba_stack", "stack_mlp", "grid", "sweep", "stack_memory", "largest_stack", "memory_limit",
@@ -692,11 +692,7 @@ def fit_stack(stacked, X, y, *, optimizer=None, lr=None, l2=0.0, momentum=None, 
     check_readers(early_stopping, schedule, log_every)
     loss = get_loss(loss)
     check_monitors(loss, validation is not None, early_stopping, schedule)
-    dev = stacked.device if device is None else backend.device(device)
-    stacked.to(dev)
-    data = DeviceData(dev, X, y, stacked, loss)
-    val = DeviceData(dev, validation[0], validation[1], stacked, loss, "validation X") if validation else None
-    batch = check_batch_size(batch_size, data.n)
+    dev, data, val, batch = place(stacked, X, y, validation, loss, device, batch_size)
     check_coupled(stacked.layers, batch, data.n)
     opt.bind(stacked)
     opt.set_schedule(schedule, len(range(0, data.n, batch)), epochs, data.n)

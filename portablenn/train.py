@@ -142,11 +142,7 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
     if graph and type(loss) is not SoftmaxCrossEntropy:
         raise InputError(f"graph=True records the step of softmax cross-entropy only, not {loss!r}")
     check_monitors(loss, validation is not None, early_stopping, schedule)
-    dev = model.device if device is None else backend.device(device)
-    model.to(dev)
-    data = DeviceData(dev, X, y, model, loss)
-    val = DeviceData(dev, validation[0], validation[1], model, loss, "validation X") if validation else None
-    batch = check_batch_size(batch_size, data.n)
+    dev, data, val, batch = place(model, X, y, validation, loss, device, batch_size)
     coupled = [layer for layer in model.layers if layer.couples_rows]
     if coupled and (comm is not None or reducer is not None):
         raise InputError(f"{type(coupled[0]).__name__} uses the statistics of the whole minibatch: it cannot be "
@@ -273,6 +269,16 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
             if static is not None:
                 static.close()
     return history
+
+
+def place(model, X, y, validation, loss, device, batch_size):
+    """``(device, data, validation data, batch)``: ``model`` moved to ``device`` (default its own), the training
+    and validation sets checked and put there once (``DeviceData``), the minibatch size checked."""
+    dev = model.device if device is None else backend.device(device)
+    model.to(dev)
+    data = DeviceData(dev, X, y, model, loss)
+    val = DeviceData(dev, validation[0], validation[1], model, loss, "validation X") if validation else None
+    return dev, data, val, check_batch_size(batch_size, data.n)
 
 
 def check_clip_norm(clip_norm):
