@@ -59,7 +59,7 @@ class PureStep:
     dtype : str
         The model's dtype (of the loss and metric sums).
     members : int, optional
-        A stack's (``portablenn.sweep``): the step's loss and metric sums are ``(members,)`` arrays, the epoch's
+        A stack's (``portablenn.stack_fit``): the step's loss and metric sums are ``(members,)`` arrays, the epoch's
         ``(members, steps)`` and ``(members,)``.
     """
 

@@ -9,7 +9,7 @@ layer draws (``portablenn.counter_rng``), with its own ``p`` and seed (``p = 0``
 Dropout layer there). LayerNorm and BatchNorm1d hold their weight, bias and running statistics as
 ``(M, 1, n)``, each member normalising its own ``(batch, n)`` slice. ``member(i)`` gives member ``i`` back as an
 ordinary ``Sequential``: a checkpoint, ``fit``, ``predict`` take it as they take any model. The math only:
-``portablenn.sweep`` trains it.
+``portablenn.stack_fit`` trains it (``portablenn.sweep`` builds grids of them).
 """
 import copy
 
@@ -172,7 +172,7 @@ class StackedLinear(Module):
             self._joint = join(weight, self.params["bias"])
             self.params["weight"], self.params["bias"] = self._joint[1:]
 
-    # -- the decay as a per-member scale: the fused SGD step of a side-by-side weight (portablenn.sweep) --------
+    # -- the decay as a per-member scale: the fused SGD step of a side-by-side weight (portablenn.stack_optim)
     # W = (1 - lr l2) W - x.T @ g with a different factor per member costs a pass over the whole weight, as long
     # as one model's GEMMs on MNIST's 784 x 100 x 16. Held as W = scale * V instead, the step is V -= x.T @ (g /
     # scale') with scale' = (1 - lr l2) scale: the pass goes over the (batch, M * out) gradient, not the weight.
@@ -453,7 +453,8 @@ class Stacked(Module):
         self.members = len(models)
         self.dtype = models[0].dtype
         # member -> {stacked layer index: {name: 0-d array}}: a shared counter (Dropout's, BatchNorm's) as member i
-        # had it when early stopping stopped it or at the best epoch it restored (portablenn.sweep); member() uses it
+        # had it when early stopping stopped it or at the best epoch it restored (portablenn.stack_history);
+        # member() uses it
         self._member_buffers = {}
         self.configs = [copy.deepcopy(getattr(m, "config", None)) for m in models]  # mlp's arguments, for member()
         self._layer_configs = [m.to_config() for m in models]

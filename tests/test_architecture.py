@@ -2,6 +2,7 @@
 the math knows no backend and no training loop, training never imports distributed, a backend never
 imports training."""
 import ast
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -25,8 +26,17 @@ ALLOWED = {
     "distributed": {"backend", "backends.cupy", "reducer", "validation"},
     # sweeps: training over the stack (portablenn.stack), whose members mlp builds; fit's checks of its
     # options, its EarlyStopping rule per member, and the pure step that compiles the stack's on JAX
-    "sweep": {"backend", "data", "early_stopping", "history", "losses", "models", "optim", "pure_step", "registry",
-              "stack", "train", "validation"},
+    # sweeps: a grid's members built by mlp, one stack per architecture, each trained by stack_fit
+    "sweep": {"backend", "history", "losses", "models", "optim", "registry", "stack", "stack_fit", "stack_history",
+              "stack_optim", "validation"},
+    # a stack's training loop: fit's checks of its options and placement, the pure step that compiles the
+    # stack's on JAX, the EarlyStopping rule per member
+    "stack_fit": {"data", "early_stopping", "losses", "optim", "pure_step", "stack", "stack_history", "stack_optim",
+                  "train", "validation"},
+    # the per-member update: the optimizers' rules over the stack's layers
+    "stack_optim": {"optim", "stack", "validation"},
+    # the per-member records
+    "stack_history": {"early_stopping", "history"},
 }
 
 
@@ -72,3 +82,19 @@ def test_the_scan_sees_lazy_imports():
     """The scan itself: an import inside a function body is found (train.py's lazy ones once hid a circle)."""
     assert "registry" in _imports(_module("layers"))
     assert "backends" in _imports(_module("backend"))  # only inside functions there
+
+
+def test_every_mutant_of_the_mutation_harness_still_applies():
+    """scripts/mutation.py's mutants name a file and a text that occurs in it exactly once, and the file has
+    tests to run: a refactor that moves code (sweep.py into stack_*.py) must move its mutants too, or the
+    harness reports them STALE instead of testing them."""
+    path = PACKAGE.parent / "scripts" / "mutation.py"
+    spec = importlib.util.spec_from_file_location("_mutation_harness", path)
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    stale = [f"{m[0]} ({m[1]}: found {harness._applies(m)} times)" for m in harness.MUTANTS if harness._applies(m) != 1]
+    assert not stale, f"stale mutants in scripts/mutation.py: {stale}"
+    untested = sorted({m[1] for m in harness.MUTANTS} - set(harness.TESTS))
+    assert not untested, f"scripts/mutation.py has no tests listed for {untested}"
+    ids = [m[0] for m in harness.MUTANTS]
+    assert len(ids) == len(set(ids)), "duplicate mutant ids"

@@ -9,6 +9,7 @@ import pytest
 import portablenn as pn
 from _support import classification_data, fit_with_snapshots, require_dtype
 from _tolerances import assert_close, assert_state_close
+from portablenn import stack_fit
 from portablenn import sweep as sw
 from portablenn.sweep import StackedOptimizer, fit_stack, grid, stack_mlp
 
@@ -225,8 +226,8 @@ def test_a_stack_on_jax_trains_through_one_compiled_step(monkeypatch):
     solo fit (the device-parametrised tests above run jax:cpu through it too)."""
     pytest.importorskip("jax")
     calls = []
-    original = sw._StackStep.__call__
-    monkeypatch.setattr(sw._StackStep, "__call__", lambda self, *a, **k: (calls.append(1), original(self, *a, **k))[1])
+    original = stack_fit._StackStep.__call__
+    monkeypatch.setattr(stack_fit._StackStep, "__call__", lambda self, *a, **k: (calls.append(1), original(self, *a, **k))[1])
     X, y, val = _data("float64")
     stacked = stack_mlp(SIZES, SEEDS, dtype="float64").to("jax:cpu")
     history = fit_stack(stacked, X, y, optimizer=pn.Adam(1e-2), lr=[1e-2, 3e-2, 1e-3], epochs=3, batch_size=16,

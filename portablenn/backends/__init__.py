@@ -52,7 +52,7 @@ class Backend:
 
     def reserve_heap(self, dev):
         """Prepare ``dev``'s allocator for a training loop that makes and frees arrays of a few MB at every step
-        (a stacked sweep, ``portablenn.sweep``). By default nothing: a library's own memory pool (CuPy's, torch's)
+        (a stacked sweep, ``portablenn.stack_fit``). By default nothing: a library's own memory pool (CuPy's, torch's)
         already keeps freed blocks."""
 
     def compile(self, step, dev):
