@@ -13,7 +13,8 @@
 #   versions  30 s  nvidia-smi, CuPy, CUDA runtime/driver, NVRTC, cuBLAS, NCCL, torch, portablenn info
 #   cli       75 s  portablenn train --device cuda, the same with --cuda-graph, parity --devices cpu,cuda
 #   parity    60 s  fast/generic/graph kernels x SGD/momentum/Adam x float32/float64 against NumPy
-#   bench     90 s  one MNIST-shaped epoch per variant, interleaved, against PyTorch CUDA eager; targets
+#   bench     90 s  one MNIST-shaped epoch per variant, interleaved, against PyTorch CUDA eager; targets;
+#                   then 64 stacked members against one model (#20), then jax:cuda
 #   pytest   120 s  pytest -m gpu tests (fails if CuPy is usable but every gpu test skipped)
 #   nccl      35 s  a one-rank NCCL communicator and allreduce (raw, portablenn's, mpiexec -n 1 train)
 #

@@ -508,8 +508,9 @@ def bench(args):
     detail = (f"graph {ms('portablenn graph')}, fast {ms('portablenn fast')}, generic {ms('portablenn generic')}, "
               f"CuPy loop {ms('hand-written CuPy')}, torch eager {ms('PyTorch CUDA eager, manual gradients')}"
               f"{'; ' + targets if targets else ''}")
+    stack_detail = stack_bench(args)  # before JAX's: issue #20's figure, in what is left of the stage
     jax_failed, jax_detail = jax_bench(args)
-    detail += f"; {jax_detail}; {stack_bench(args)}"
+    detail += f"; {stack_detail}; {jax_detail}"
     if failed or missing or code not in (0, 1) or jax_failed:
         return result(FAIL, "; ".join(failed + [f"no row {m}" for m in missing] + [f"exit {code}"] + jax_failed)
                       + "; " + detail)
@@ -531,8 +532,8 @@ def stack_bench(args):
 
 def jax_bench(args):
     """bench.py's jax section on jax:cuda (jax:cpu when rehearsing; small), in what is left of the stage's budget
-    after the CuPy epoch: ``([failures], detail)``. Missing JAX or a JAX without CUDA is a note, not a failure;
-    a portablenn JAX row whose weights differ from NumPy's is a failure."""
+    after the CuPy epoch and the stack: ``([failures], detail)``. Missing JAX or a JAX without CUDA is a note,
+    not a failure; a portablenn JAX row whose weights differ from NumPy's is a failure."""
     import tempfile
 
     spec = "jax:cpu" if args.device == "cpu" else "jax:cuda"
