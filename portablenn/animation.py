@@ -15,6 +15,7 @@ import numpy as np
 
 from .losses import SoftmaxCrossEntropy, get_loss
 from .train import fit, predict, predict_proba
+from .validation import check_batch_size
 
 __all__ = ["AnimationError", "Frame", "TrainingRecorder", "animate_training", "check_animation_path",
            "default_frame_every", "is_animation", "FRAMES", "MAX_FRAMES"]
@@ -261,7 +262,7 @@ class TrainingRecorder:
         return write(figure, len(self.frames), Path(path), fps=fps)
 
 
-def animate_training(model, X, y, path, *, optimizer, epochs=1, batch_size=100, frame_every=None, fps=10,
+def animate_training(model, X, y, path, *, optimizer, epochs=1, batch_size="auto", frame_every=None, fps=10,
                      examples=_EXAMPLES, image_shape=None, title=None, on_step=None, **fit_kwargs):
     """Train ``model`` as ``fit`` does and write the training as an animation.
 
@@ -299,7 +300,7 @@ def animate_training(model, X, y, path, *, optimizer, epochs=1, batch_size=100, 
         raise ValueError("an animation draws class probabilities: it needs softmax cross-entropy, "
                          f"not {fit_kwargs['loss']!r}")
     n = len(y)
-    steps = math.ceil(n / (n if batch_size is None else max(1, min(int(batch_size), n))))
+    steps = math.ceil(n / check_batch_size(batch_size, n))
     initial = int(fit_kwargs.get("initial_epoch", 0))
     recorder = TrainingRecorder(model, X, y, total_steps=(epochs - initial) * steps, frame_every=frame_every,
                                 examples=examples, image_shape=image_shape, initial_step=initial * steps)

@@ -606,6 +606,18 @@ def _early_stopping_state(value, path, where):
     return value
 
 
+def _first_best(value, path, where):
+    """``{"epoch": epoch, metric: number}``: the epoch whose training accuracy (or RMSE) was the run's first best,
+    ``metric`` one of the losses' first metrics."""
+    if not isinstance(value, dict) or len(value) != 2 or "epoch" not in value \
+            or not set(value) - {"epoch"} <= {"error", "rmse", "r2"}:
+        raise _bad(path, where, 'an object {"epoch", and "error", "rmse" or "r2"}', value)
+    _int(value["epoch"], path, f"{where} epoch", low=1, high=_MAX_EPOCHS)
+    metric = next(key for key in value if key != "epoch")
+    _number(value[metric], path, f"{where} {metric}", low=-math.inf)
+    return value
+
+
 # Entries later versions of ``portablenn train`` write: checked where present and not null (older files lack them).
 _OPTIONAL_TRAIN_OPTIONS = {
     "loss": lambda v, p, w: _name(v, p, w, LOSSES),
@@ -614,6 +626,7 @@ _OPTIONAL_TRAIN_OPTIONS = {
     "val_fraction": lambda v, p, w: _number(v, p, w, high=1.0, low_open=True, high_open=True),
     "early_stopping": _early_stopping_options,
     "early_stopping_state": _early_stopping_state,
+    "first_best": _first_best,
 }
 
 

@@ -77,7 +77,7 @@ def _row_max(xp, logits):
 
 # -- training -------------------------------------------------------------------------------------------
 def fit_stack(stacked, X, y, *, optimizer=None, lr=None, l2=0.0, momentum=None, weight_decay=None, loss=None,
-              epochs=1, batch_size=100, shuffle=True, seed=0, member_seeds=None, device=None, validation=None,
+              epochs=1, batch_size="auto", shuffle=True, seed=0, member_seeds=None, device=None, validation=None,
               log_every=1, callback=None, names=None, on_read=None, schedule=None, early_stopping=None,
               clip_norm=None):
     """Train every member of ``stacked`` in place, each as ``fit`` would train it alone.

@@ -27,7 +27,7 @@ __all__ = ["DivergenceError", "History", "Reducer", "fit", "evaluate", "predict"
 _EVAL_CHUNK = 8192  # rows per forward pass when evaluating, to bound activation memory
 
 
-def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=True, l2=0.0, clip_norm=None,
+def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size="auto", shuffle=True, l2=0.0, clip_norm=None,
         device=None, seed=0, validation=None, callback=None, log_every=1, on_step=None, initial_epoch=0, comm=None,
         reducer=None, graph=False, early_stopping=None, validation_fraction=None, schedule=None):
     """Train ``model`` in place with minibatch gradient descent on ``loss`` (softmax cross-entropy by default).
@@ -51,9 +51,11 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size=100, shuffle=
         ``SoftmaxCrossEntropy()``. It also names the History's metrics (``error``; ``rmse`` and ``r2``).
     epochs : int
         The epoch to train up to (as Keras): with ``initial_epoch=k`` it trains epochs k+1..epochs.
-    batch_size : int or None
-        None is full-batch gradient descent (the CS231n loop). With ``comm`` it is the global
-        minibatch, split into contiguous slices over the ranks.
+    batch_size : int, None or "auto"
+        Rows per minibatch step. None is full-batch gradient descent (the CS231n loop); "auto" (the
+        default) is 100 (CMU 10-714's), or every row where there are fewer (as scikit-learn's "auto"); an
+        int larger than the data is refused. With ``comm`` it is the global minibatch, split into
+        contiguous slices over the ranks.
     shuffle : bool
         A new permutation each epoch, drawn from ``(seed, epoch)`` so that a resumed run shuffles
         as the uninterrupted one; False takes minibatches in order (CMU 10-714).

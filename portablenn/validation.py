@@ -264,12 +264,19 @@ def check_label_smoothing(label_smoothing):
     return float(label_smoothing)
 
 
+AUTO_BATCH = 100  # the minibatch of batch_size="auto", fit's default (CMU 10-714's): fewer rows are one full batch
+
+
 def check_batch_size(batch_size, n_samples):
-    """``None`` (full batch) or an int in ``[1, n_samples]``; returns the batch size to use."""
+    """``None`` (full batch), ``"auto"`` (``AUTO_BATCH`` rows, or all of them where there are fewer, as
+    scikit-learn's ``batch_size="auto"`` is ``min(200, n_samples)``) or an int in ``[1, n_samples]``; returns the
+    batch size to use."""
     if batch_size is None:
         return n_samples
+    if isinstance(batch_size, str) and batch_size == "auto":
+        return min(AUTO_BATCH, n_samples)
     if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)):
-        raise InputError(f"batch_size must be a positive integer or None (full batch), got {batch_size!r}")
+        raise InputError(f"batch_size must be a positive integer, None (full batch) or \"auto\", got {batch_size!r}")
     if not 1 <= batch_size <= n_samples:
         raise InputError(f"batch_size must be between 1 and the number of samples ({n_samples}), got {batch_size}")
     return int(batch_size)

@@ -269,6 +269,25 @@ def test_cli_summary_of_a_minibatch_run_names_the_epoch(capsys):
     assert line.split(", ", 2)[2].startswith("in epoch ") and "(measured once per epoch, over its 3 minibatch" in line
 
 
+def test_cli_a_resumed_run_names_the_step_the_uninterrupted_one_does(tmp_path, capsys):
+    """The checkpoint keeps the best of the epochs before it ("first_best"): a run resumed from epoch 20 says
+    what the uninterrupted run says, whether the best came before the save (step 4 of 40) or after it (300)."""
+    def line(*args):
+        code, out, err = cli.main(["train", "--quiet", *args]), *capsys.readouterr()
+        assert code == 0, err
+        return next(l for l in out.splitlines() if l.startswith("training accuracy first"))
+
+    ckpt = tmp_path / "a.safetensors"
+    for total in (40, 300):
+        line("--epochs", "20", "--save", str(ckpt), "--overwrite")
+        resumed = line("--resume", str(ckpt), "--epochs", str(total))
+        assert resumed == line("--epochs", str(total))
+    assert "at step 4 " in line("--epochs", "40") and "at step 4 " not in line("--epochs", "300")
+    line("--epochs", "20", "--save", str(ckpt), "--overwrite")  # resumed twice: the second checkpoint carries it
+    line("--resume", str(ckpt), "--epochs", "30", "--save", str(ckpt))
+    assert line("--resume", str(ckpt), "--epochs", "40") == line("--epochs", "40")
+
+
 def test_cli_refuses_a_file_it_did_not_write_before_training(tmp_path, capsys):
     theirs = tmp_path / "notes.gif"
     theirs.write_text("not an animation")

@@ -894,6 +894,24 @@ def test_activation_norm_and_dropout_train_save_and_evaluate(files, capsys, acti
     assert code == 0 and f"accuracy {accuracy:.2f}%" in out, (out, err)
 
 
+def test_eval_also_gives_the_loss_with_the_runs_l2_term_as_train_printed_it(files, capsys):
+    """train's table (and sweep's) add the L2 term of --l2 to the loss; eval prints the data loss and, where the
+    run had an L2 term, the loss with it, which is train's figure for the same split."""
+    code, out, err = call(capsys, "train", "--val-fraction", "0.2", "--epochs", "50", "--l2", "0.01", "--quiet",
+                          "--save", "l2.safetensors")
+    assert code == 0, err
+    val_loss = out.split("val: loss")[1].split()[0]
+    code, out, err = call(capsys, "eval", "--checkpoint", "l2.safetensors", "--split", "val")
+    assert code == 0, err
+    data_loss = out.split("| loss ")[1].split()[0]
+    assert f"({val_loss} with the L2 term of --l2 0.01, as training reported it)" in out
+    assert float(data_loss) < float(val_loss)
+    code, out, err = call(capsys, "train", "--val-fraction", "0.2", "--epochs", "5", "--l2", "0", "--quiet",
+                          "--save", "no_l2.safetensors")
+    code, out, err = call(capsys, "eval", "--checkpoint", "no_l2.safetensors", "--split", "val")
+    assert code == 0 and "L2 term" not in out, out + err
+
+
 def test_weight_decay_reaches_adamw_and_the_checkpoint(files, capsys):
     code, out, err = call(capsys, "train", "--epochs", "5", "--quiet", "--optimizer", "adamw", "--weight-decay", "0.25",
                           "--save", "w.safetensors")

@@ -172,6 +172,9 @@ for name, values in {  # portablenn train's options of issue #18: absent in olde
                        {"monitor": "loss", "patience": 1, "min_delta": NAN}),
     "early_stopping_state": (5, [], {"best": 1.0}, {"best": NAN, "best_epoch": 1, "wait": 0, "stopped_epoch": None},
                              {"best": 1.0, "best_epoch": -1, "wait": 0, "stopped_epoch": None}),
+    "first_best": (5, [], {"epoch": 1}, {"epoch": 0, "error": 0.5}, {"epoch": 1, "error": NAN},
+                   {"epoch": 1, "error": "0.5"}, {"epoch": "1", "error": 0.5}, {"epoch": 1, "loss": 0.5},
+                   {"epoch": 1, "error": 0.5, "rmse": 1.0}, {"epoch": 2**40, "error": 0.5}),
 }.items():
     for value in values:
         case(f"train.{name}={str(value)[:12]}", field("train", name, value))

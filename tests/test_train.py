@@ -74,12 +74,24 @@ def test_validation_metrics_are_measured_after_the_epoch(device, dtype):
 
 
 @pytest.mark.parametrize("batch_size, n, per_epoch", [(None, 30, 1), (30, 30, 1), (10, 35, 4), (1, 5, 5),
-                                                       (7, 21, 3)])
+                                                       (7, 21, 3), ("auto", 30, 1), ("auto", 250, 3)])
 def test_steps_per_epoch(device, batch_size, n, per_epoch):
     X, y = classification_data(n=n, features=4)
     opt = pn.SGD(0.1)
     pn.fit(_model().to(device), X, y, optimizer=opt, epochs=3, batch_size=batch_size)
     assert opt.steps == 3 * per_epoch
+
+
+def test_the_default_minibatch_is_100_rows_or_every_row_of_less_data():
+    """fit's default, "auto": 100 rows (as before), and one full batch for 30 rows where an explicit 100 is
+    refused (scikit-learn's "auto" is min(200, n); Keras and PyTorch take a larger batch as all of it)."""
+    for n, steps in ((30, 1), (250, 3)):
+        X, y = classification_data(n=n, features=4)
+        opt = pn.SGD(0.1)
+        pn.fit(_model(), X, y, optimizer=opt, epochs=2)
+        assert opt.steps == 2 * steps
+    with pytest.raises(pn.InputError, match="got 100"):
+        pn.fit(_model(), X[:30], y[:30], optimizer=pn.SGD(0.1), batch_size=100)
 
 
 @pytest.mark.parametrize("graph", [False, True], ids=["eager", "graph"])
@@ -508,8 +520,9 @@ def _bad_cases():
         ("label-strings", dict(y=y.astype(str)), "y must hold integer class indices"),
         ("batch-0", dict(batch_size=0), "batch_size must be between 1 and the number of samples (30), got 0"),
         ("batch-too-big", dict(batch_size=31), "batch_size must be between 1 and the number of samples (30), got 31"),
-        ("batch-float", dict(batch_size=2.5), "batch_size must be a positive integer or None"),
-        ("batch-bool", dict(batch_size=True), "batch_size must be a positive integer or None"),
+        ("batch-float", dict(batch_size=2.5), "batch_size must be a positive integer, None (full batch) or \"auto\""),
+        ("batch-bool", dict(batch_size=True), "batch_size must be a positive integer, None"),
+        ("batch-word", dict(batch_size="full"), "batch_size must be a positive integer, None"),
         ("epochs-negative", dict(epochs=-1), "epochs must be a non-negative integer, got -1"),
         ("epochs-float", dict(epochs=1.5), "epochs must be a non-negative integer"),
         ("features", dict(X=X[:, :3]), "X has 3 features per sample, the model expects 4"),

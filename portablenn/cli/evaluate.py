@@ -36,6 +36,7 @@ def run(args):
         raise CLIError("the checkpoint does not name its dataset; pass --dataset")
     loss = saved_loss(args.loss, meta, args.checkpoint)
     saved = json.loads(meta["train"]) if "train" in meta else {}
+    l2 = float(saved.get("l2") or 0.0) if isinstance(saved, dict) else 0.0  # checked when the checkpoint loaded
     saved = saved if isinstance(saved, dict) and not args.dataset else {}  # the run's own data, split as it was
     kind = registry.kind(dataset)
     if loss.task == "regression" and kind != "file":
@@ -55,6 +56,9 @@ def run(args):
     X, y = splits[split]
     result = evaluate(model, X, y, device=dev, loss=loss, return_dict=True)
     where = f"{dataset} {split}: {X.shape[0]} samples | loss {table.loss(result['loss'])}"
+    if l2:  # train's and sweep's tables add the L2 term of the run's --l2 to the loss they print
+        penalised = evaluate(model, X, y, device=dev, loss=loss, l2=l2, return_dict=True)["loss"]
+        where += f" ({table.loss(penalised)} with the L2 term of --l2 {l2:g}, as training reported it)"
     if loss.task == "regression":
         print(f"{where} | rmse {table.loss(result['rmse'])} | r2 {result['r2']:.5f}")
         if model.out_features > 1:  # each target's own figures

@@ -27,8 +27,8 @@ from .model import (build, check_monitor, control_options, held_out_split, hold_
 from .ranks import agreed, communicator
 from .resume import resume
 from .stopping import Stop, graceful_stop
-from .train_outputs import (check_frames, check_outputs, continue_command, first_best_line, interrupt_path,
-                            plot_files, recorder_for, write_plots)
+from .train_outputs import (check_frames, check_outputs, continue_command, first_best, first_best_line,
+                            interrupt_path, plot_files, recorder_for, write_plots)
 
 
 def add_parser(commands):
@@ -182,6 +182,7 @@ def run(args):
         from .. import checkpoint
 
         train, extra = dict(keep), {}
+        train["first_best"] = first_best([r for r in records if r["epoch"] <= epoch], loss, opts.get("first_best"))
         if early is not None:  # its state and best weights: a resumed run stops where this one would
             train["early_stopping_state"], best = early.state_dict(model)
             extra = {"best." + key: value for key, value in best.items()}
@@ -355,7 +356,7 @@ def run(args):
             print(table.summary(name, result, loss.task))
             if stop["signum"] is not None:
                 return interrupted(final, stop["signum"], finished=True, loss_value=train_loss)
-        line = first_best_line(records, loss, steps)
+        line = first_best_line(records, loss, steps, opts.get("first_best"))
         if line:
             print(line)
         if args.save:

@@ -82,14 +82,24 @@ def recorder_for(args, model, X, y, steps, epochs, done):
                             initial_step=steps * done)
 
 
-def first_best_line(records, loss, steps):
-    """The summary line saying when training accuracy (the loss's first metric, for regression) first reached
-    its best over the run's epoch ``records``: the step with full-batch training (a step is an epoch), else the
-    epoch; None without records."""
+def first_best(records, loss, earlier=None):
+    """``{"epoch": e, metric: value}``: the first of the epoch ``records`` whose training accuracy (the loss's
+    first metric, for regression) is their best, ``earlier`` (a resumed checkpoint's own, from the epochs before
+    it) counting as the first record; None without any. A checkpoint keeps it (``"first_best"``), so that a
+    resumed run names the epoch the uninterrupted one would."""
     history = History()
-    history.records = list(records)
     metric = loss.metric_names[0]
+    history.records = ([earlier] if earlier and metric in earlier else []) + [r for r in records if metric in r]
     best = history.first_best(metric, "max" if metric == "r2" else "min")
+    return None if best is None else {"epoch": int(best["epoch"]), metric: float(best[metric])}
+
+
+def first_best_line(records, loss, steps, earlier=None):
+    """The summary line saying when training accuracy (the loss's first metric, for regression) first reached
+    its best over the run's epoch ``records`` (and ``earlier``, the best of a resumed checkpoint's epochs): the
+    step with full-batch training (a step is an epoch), else the epoch; None without records."""
+    metric = loss.metric_names[0]
+    best = first_best(records, loss, earlier)
     if best is None:
         return None
     where = (f"at step {best['epoch']} (full batch: one step per epoch)" if steps == 1 else
