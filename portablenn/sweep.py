@@ -22,11 +22,11 @@ from .stack import Stacked
 from .stack_fit import EVAL_ROWS, evaluate_stack, fit_stack, predict_proba_stack, predict_stack
 from .stack_history import StackHistory
 from .stack_optim import StackedOptimizer, _listed, _number, _probability, _rate, _strength
-from .validation import InputError, available_memory, format_bytes, training_memory
+from .validation import AUTO_BATCH, InputError, available_memory, format_bytes, training_memory
 
 __all__ = ["StackedOptimizer", "StackHistory", "SweepResult", "fit_stack", "evaluate_stack", "predict_stack",
-           "predict_proba_stack", "stack_mlp", "grid", "sweep", "stack_memory", "largest_stack", "memory_limit",
-           "SETTINGS"]
+           "predict_proba_stack", "stack_mlp", "grid", "sample", "Uniform", "LogUniform", "sweep", "stack_memory",
+           "largest_stack", "memory_limit", "SETTINGS"]
 
 # what may differ between members, in the order names and tables show them
 SETTINGS = ("hidden", "lr", "l2", "momentum", "weight_decay", "dropout", "seed")
@@ -94,6 +94,110 @@ def grid(**values):
         if not lists[-1]:
             raise InputError(f"{k} has no values")
     return [dict(zip(keys, combo)) for combo in itertools.product(*lists)]
+
+
+class Uniform:
+    """A range for ``sample`` to draw a setting from, uniformly in ``[low, high]``."""
+
+    scale = "linear"
+
+    def __init__(self, low, high):
+        if isinstance(low, bool) or isinstance(high, bool) or not all(
+                isinstance(v, numbers.Real) and math.isfinite(v) for v in (low, high)) or not low < high:
+            raise InputError(f"{type(self).__name__} needs finite numbers low < high, got {low!r}, {high!r}")
+        self.low, self.high = float(low), float(high)
+
+    def draw(self, rng, n):
+        """``n`` values, each rounded to 3 significant digits (what a table prints is what trained), in range."""
+        raw = self._draw(rng, n)
+        return [min(max(float(f"{v:.3g}"), self.low), self.high) for v in raw]
+
+    def _draw(self, rng, n):
+        return rng.uniform(self.low, self.high, n)
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.low:g}, {self.high:g})"
+
+    def __eq__(self, other):
+        return type(other) is type(self) and (other.low, other.high) == (self.low, self.high)
+
+    __hash__ = None
+
+
+class LogUniform(Uniform):
+    """A range drawn uniformly in log space: ``exp(uniform(log low, log high))``, ``0 < low < high``; for learning
+    rates and strengths, whose useful values span orders of magnitude (CS231n's ``10 ** uniform(-6, -1)``)."""
+
+    scale = "log"
+
+    def __init__(self, low, high):
+        super().__init__(low, high)
+        if self.low <= 0:
+            raise InputError(f"LogUniform needs 0 < low < high, got {low!r}, {high!r}")
+
+    def _draw(self, rng, n):
+        return np.exp(rng.uniform(math.log(self.low), math.log(self.high), n))
+
+
+_CHECKS = {"lr": _rate, "l2": _strength, "weight_decay": _strength, "dropout": _probability,
+           "momentum": lambda v, name: _number(v, name, 0.0, 1.0)}
+
+
+def sample(trials, *, search_seed=0, **values):
+    """``trials`` members drawn at random (random search, Bergstra and Bengio 2012): a list of dicts as ``grid``'s.
+
+    Each setting is a value (every member's), a list (each trial draws one of its values, uniformly) or a range,
+    ``Uniform(low, high)`` or ``LogUniform(low, high)`` (each trial draws a number, rounded to 3 significant
+    digits). Where every drawn setting is a list, the trials are distinct combinations of their values, drawn
+    without replacement, as scikit-learn's ``RandomizedSearchCV`` draws them (at most as many trials as
+    combinations; ``default_rng([search_seed, len(SETTINGS)])`` picks them). ``seed``, the
+    initial weights' seed, is crossed instead: a list of seeds runs every trial with each, so that the spread
+    over seeds means what it means in a grid. The draws come from ``numpy.random.default_rng([search_seed, k])``,
+    ``k`` the setting's place in ``SETTINGS``: the same ``search_seed`` draws the same trials, and adding a
+    setting leaves the others' draws as they were.
+    """
+    if isinstance(trials, bool) or not isinstance(trials, numbers.Integral) or trials < 1:
+        raise InputError(f"trials must be a positive integer, got {trials!r}")
+    if isinstance(search_seed, bool) or not isinstance(search_seed, numbers.Integral) or search_seed < 0:
+        raise InputError(f"search_seed must be a non-negative integer, got {search_seed!r}")
+    unknown = sorted(set(values) - set(SETTINGS))
+    if unknown:
+        raise InputError(f"unknown sweep settings {unknown}; expected some of {', '.join(SETTINGS)}")
+    trials, drawn, lists = int(trials), {}, {}
+    for k, key in enumerate(SETTINGS):
+        if key not in values or key == "seed":
+            continue
+        v, rng = values[key], np.random.default_rng([int(search_seed), k])
+        if isinstance(v, Uniform):
+            if key not in _CHECKS:
+                raise InputError(f"{key} takes a list of values to choose from, not a range")
+            for end in (v.low, v.high):
+                _CHECKS[key](end, f"{key}'s range {v!r}")
+            drawn[key] = v.draw(rng, trials)
+        elif isinstance(v, (list, tuple)) and not (key == "hidden" and all(isinstance(h, numbers.Integral)
+                                                                          for h in v)):
+            if not v:
+                raise InputError(f"{key} has no values")
+            lists[key] = list(v)
+            drawn[key] = [v[j] for j in rng.integers(0, len(v), trials)]
+        else:
+            drawn[key] = [v] * trials
+    if lists and not any(isinstance(values[key], Uniform) for key in values):
+        # lists only: distinct members, drawn without replacement from their grid (as RandomizedSearchCV does)
+        sizes = [len(v) for v in lists.values()]
+        total = math.prod(sizes)
+        if trials > total:
+            raise InputError(f"{trials} trials, but the lists make only {total} different members: ask for at most "
+                             f"{total}, or train every combination (grid)")
+        picks = np.random.default_rng([int(search_seed), len(SETTINGS)]).choice(total, trials, replace=False)
+        for key, index in zip(lists, np.unravel_index(picks, sizes)):
+            drawn[key] = [lists[key][j] for j in index]
+    seeds = values.get("seed", None)
+    seeds = [None] if seeds is None else (list(seeds) if isinstance(seeds, (list, tuple)) else [seeds])
+    if not seeds:
+        raise InputError("seed has no values")
+    return [{**{key: drawn[key][t] for key in SETTINGS if key in drawn}, **({"seed": s} if s is not None else {})}
+            for t in range(int(trials)) for s in seeds]
 
 
 def _name(settings, varying):
@@ -191,7 +295,7 @@ class SweepResult:
 
 
 def sweep(X, y, members, *, outputs=None, activation="relu", bias=True, init="auto", dtype="float32", optimizer="sgd",
-          nesterov=False, loss=None, epochs=1, batch_size=100, shuffle=True, seed=0, shuffle_per_member=False,
+          nesterov=False, loss=None, epochs=1, batch_size="auto", shuffle=True, seed=0, shuffle_per_member=False,
           device=None, validation=None, log_every=1, callback=None, chunk=False, on_group=None, on_read=None,
           schedule=None, early_stopping=None, clip_norm=None, norm=None):
     """Train every member of ``members`` (``grid(...)``'s dicts), one stack per architecture.
@@ -246,7 +350,7 @@ def sweep(X, y, members, *, outputs=None, activation="relu", bias=True, init="au
             outputs = 1 if np.ndim(y) == 1 else int(np.shape(y)[1])
     dev = backend.device("cpu") if device is None else backend.device(device)
     rows = int(np.shape(X)[0])
-    batch = rows if batch_size is None else min(int(batch_size), rows)
+    batch = rows if batch_size is None else min(AUTO_BATCH if batch_size == "auto" else int(batch_size), rows)
     groups = {}
     for i, m in enumerate(members):
         groups.setdefault(tuple(m["hidden"]), []).append(i)

@@ -15,19 +15,18 @@ from ..early_stopping import EarlyStopping
 from ..datasets import registry
 from ..registry import LOSSES
 from ..stack import StackedLinear
-from ..sweep import SETTINGS, _settings, evaluate_stack, grid, predict_proba_stack, sweep
+from ..sweep import SETTINGS, LogUniform, Uniform, _settings, evaluate_stack, grid, predict_proba_stack, sample, sweep
 from . import table
 from .arguments import control_args, device, kernels_arg, model_args
 from .errors import CLIError
+from .sweep_plots import PLOTS, plots
 from .model import (ADAM_LR, DEFAULTS, check_monitor, control_options, fill_defaults, hold_out, make_schedule,
                     options, outputs_of)
-from .train_outputs import check_log_and_plots
+from .train_outputs import check_log_and_plots, first_best
 
 # the flags whose values are comma-separated lists, and what each member gets from them
 LISTS = {"lr": "--lr", "l2": "--l2", "momentum": "--momentum", "weight_decay": "--weight-decay",
          "dropout": "--dropout", "seed": "--seed"}
-HEAT_MAP_AXES = ("lr", "l2", "weight_decay", "momentum", "dropout", "hidden")  # a heat map's axes, by preference
-PLOTS = ("sweep_curves.png", "sweep_heatmap.png")
 
 
 def add_parser(commands):
@@ -50,6 +49,13 @@ def add_parser(commands):
     p.add_argument("--dropout", metavar="LIST", help="dropout probabilities in [0, 1), e.g. 0,0.2,0.5 (default 0)")
     p.add_argument("--seed", metavar="LIST", help="seeds of the initial weights (and Dropout's masks), e.g. 0,1,2")
     p.add_argument("--seeds", type=int, metavar="N", help="seeds 0..N-1 (instead of --seed)")
+    p.add_argument("--trials", type=int, metavar="N",
+                   help="random search: N members drawn at random instead of every combination; --lr, --l2, "
+                        "--weight-decay, --momentum and --dropout then also take a range, loguniform:LOW:HIGH or "
+                        "uniform:LOW:HIGH (a number drawn per trial, 3 significant digits), a list is drawn from, "
+                        "and every trial runs with each --seed")
+    p.add_argument("--search-seed", type=int, default=0, metavar="S",
+                   help="seed of --trials' draws (default 0)")
     p.add_argument("--data-seed", type=int, default=0, metavar="S",
                    help="seed of the generated datasets, the --val-fraction split and the shared minibatch order "
                         "(default 0)")
@@ -69,7 +75,8 @@ def add_parser(commands):
                         "averaged probabilities (classification)")
     p.add_argument("--log", metavar="FILE", help="append one JSON object per member and epoch (JSON lines)")
     p.add_argument("--plot", metavar="DIR", help="write the learning curves of every member and, over a "
-                                                 "two-setting grid, a heat map of the validation metric (PNG)")
+                                                 "two-setting grid, a heat map of the validation metric (with "
+                                                 "--trials, a scatter of it over the drawn settings) (PNG)")
     p.add_argument("--save", metavar="FILE", help="write the best member (by the validation metric) as an ordinary "
                                                   "checkpoint, with its optimizer state")
     p.add_argument("--save-all", metavar="DIR", help="write every member that did not diverge as DIR/member-K"
@@ -81,8 +88,15 @@ def add_parser(commands):
 
 
 # -- the lists --------------------------------------------------------------------------------------------
+RANGES = {"uniform": Uniform, "loguniform": LogUniform}
+
+
 def _values(flag, text, kind=float, check=None, what="a number"):
-    """The comma-separated ``text`` of ``flag`` as a list; CLIError naming the first bad item."""
+    """The comma-separated ``text`` of ``flag`` as a list, or (``uniform:LOW:HIGH``, ``loguniform:LOW:HIGH``) a
+    range for ``--trials`` to draw from; CLIError naming the first bad item."""
+    head, _, rest = str(text).strip().partition(":")
+    if kind is float and head.strip().lower() in RANGES:
+        return _range(flag, head.strip().lower(), rest, check)
     items = [item.strip() for item in str(text).split(",")]
     values = []
     for item in items:
@@ -99,6 +113,25 @@ def _values(flag, text, kind=float, check=None, what="a number"):
     if len(set(values)) != len(values):
         raise CLIError(f"{flag}: {text} lists a value twice")
     return values
+
+
+def _range(flag, name, text, check):
+    ends = text.split(":")
+    try:
+        low, high = (float(e) for e in ends) if len(ends) == 2 else (None, None)
+    except ValueError:
+        low = high = None
+    example = "loguniform:1e-4:1" if name == "loguniform" else "uniform:0:0.5"
+    if low is None or not (math.isfinite(low) and math.isfinite(high)):
+        raise CLIError(f"{flag}: {name}:{text} is not a range {name}:LOW:HIGH of two numbers (e.g. {example})")
+    if not low < high:
+        raise CLIError(f"{flag}: {name}:{text}: LOW must be smaller than HIGH")
+    if name == "loguniform" and low <= 0:
+        raise CLIError(f"{flag}: {name}:{text}: a log-uniform range needs LOW > 0 (use uniform:{text} for 0)")
+    for end in (low, high):
+        if check is not None and not check[0](end):
+            raise CLIError(f"{flag}: {name}:{text}: {end:g} is out of range: {check[1]}")
+    return RANGES[name](low, high)
 
 
 def _lists(args, kind):
@@ -186,11 +219,20 @@ def run(args):
         raise CLIError(f"--log-every must be a positive number of epochs, got {args.log_every}")
     kind = registry.kind(args.dataset or "spiral")
     lists = _lists(args, kind)
-    # train's option checks and dataset defaults, on one member's values (the first of each list)
+    ranges = [key for key, v in lists.items() if isinstance(v, Uniform)]
+    if args.trials is not None and args.trials < 1:
+        raise CLIError(f"--trials must be a positive number of members to draw, got {args.trials}")
+    if args.trials is None and ranges:
+        raise CLIError(f"{LISTS[ranges[0]]} {getattr(args, ranges[0])} is a range to draw from: give --trials N "
+                       "(random search), or a comma-separated list of values")
+    if args.search_seed < 0:
+        raise CLIError(f"--search-seed must be a non-negative integer, got {args.search_seed}")
+    # train's option checks and dataset defaults, on one member's values (the first of each list, a range's low)
     scalar = argparse.Namespace(**vars(args))
     for key in ("lr", "l2", "weight_decay", "dropout"):
-        setattr(scalar, key, lists[key][0] if key in lists else None)
-    scalar.momentum = max(lists["momentum"]) if "momentum" in lists else None
+        setattr(scalar, key, (lists[key].low if key in ranges else lists[key][0]) if key in lists else None)
+    scalar.momentum = ((lists["momentum"].high if "momentum" in ranges else max(lists["momentum"]))
+                       if "momentum" in lists else None)
     scalar.seed = lists["seed"][0] if "seed" in lists else None
     scalar.hidden = list(lists["hidden"][0]) if "hidden" in lists else None
     fill_defaults(scalar)
@@ -210,7 +252,10 @@ def run(args):
     lists.setdefault("l2", [opts["l2"]])
     lists.setdefault("hidden", [() if opts["model"] == "linear" else tuple(opts["hidden"])])
     lists.setdefault("seed", [0])
-    members = grid(**lists)
+    if args.trials is not None:
+        members = sample(args.trials, search_seed=args.search_seed, **lists)
+    else:
+        members = grid(**lists)
     _check_outputs(args, len(members), prepare=True)  # before the data (a download) and the training
     loss = LOSSES.get(opts["loss"])()
     dev = device(args)
@@ -234,14 +279,21 @@ def run(args):
         batch = 0  # the default minibatch is larger than this dataset: one full batch (as train)
     epochs, log_every = opts["epochs"], args.log_every or opts["log_every"]
     validation = splits[evaluated] if evaluated else None
-    varying = [key for key in SETTINGS if key in lists and len(lists[key]) > 1]
+    varying = [key for key in SETTINGS if len({repr(m.get(key)) for m in members}) > 1]
     config = {"activation": opts["activation"], "bias": opts["bias"], "init": opts["init"], "dtype": opts["dtype"],
               "norm": opts.get("norm")}
     print(f"portablenn {__version__} | device {dev.name} | {args.dataset}: {rows} train"
           + (f", {validation[0].shape[0]} {evaluated}" if validation else "")
           + (f" ({fraction:g} of the training rows held out)" if fraction else "")
           + "".join(f", {splits[n][0].shape[0]} {n}" for n in splits if n not in ("train", evaluated)))
-    shape = " x ".join(f"{len(lists[k])} {k}" for k in varying) or "1 setting"
+    if args.trials is not None:
+        drawn = [f"{k} {_described(lists[k])}" for k in SETTINGS if k != "seed" and k in lists
+                 and (k in ranges or len(lists[k]) > 1)]
+        shape = (f"{args.trials} random trial{'s' if args.trials != 1 else ''}"
+                 + (f" of {', '.join(drawn)}" if drawn else "") + f" (search seed {args.search_seed})"
+                 + (f" x {len(lists['seed'])} seeds" if len(lists["seed"]) > 1 else ""))
+    else:
+        shape = " x ".join(f"{len(lists[k])} {k}" for k in varying) or "1 setting"
     print(f"sweep: {len(members)} members ({shape}) | {opts['activation']} {opts['dtype']} | loss {opts['loss']} | "
           f"{optimizer} | batch {batch or 'full'} | {epochs} epochs | "
           + ("each member shuffles by its own seed" if args.shuffle_per_member else
@@ -323,12 +375,19 @@ def run(args):
                 _save(result, i, Path(args.save_all) / _member_file(i, len(result)), meta)
         print(f"saved {len(result) - len(result.diverged)} members in {args.save_all}")
     if args.plot:
-        written = _plots(Path(args.plot), result, lists, varying, field, loss)
+        written = plots(Path(args.plot), result, lists, varying, field, random=args.trials is not None)
         print("plots: " + ", ".join(str(p) for p in written))
     if len(result.diverged) == len(result):
         print("portablenn: error: every member diverged; nothing to save", file=sys.stderr)
         return 1
     return 0
+
+
+def _described(values):
+    """A drawn setting as the header line shows it: ``loguniform 0.0001..1``, ``from 0,0.9``."""
+    if isinstance(values, Uniform):
+        return f"{'loguniform' if isinstance(values, LogUniform) else 'uniform'} {values.low:g}..{values.high:g}"
+    return "from " + ",".join("x".join(map(str, v)) if isinstance(v, tuple) else f"{v:g}" for v in values)
 
 
 def _short_name(settings, varying):
@@ -452,6 +511,7 @@ def _save(result, i, path, meta):
             "early_stopping": opts.get("early_stopping"),
             **{key: opts.get(key) for key in ("schedule", "warmup", "step_size", "gamma", "factor", "plateau_patience",
                                               "monitor")}}
+    keep["first_best"] = first_best(result.histories[i].records, LOSSES.get(opts["loss"])())  # as train keeps it
     epoch, extra = len(result.histories[i]), {}
     rule = result.early_stopping.get(i)
     if rule is not None:  # its counters, and its best weights (the member's own: restored), as train saves them
@@ -490,93 +550,3 @@ class _Log:
 
 def _jsonable(settings):
     return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
-
-
-# -- plots ------------------------------------------------------------------------------------------------------
-def _plots(directory, result, lists, varying, field, loss):
-    from ..plots import _figure, _save as save_png
-
-    directory.mkdir(parents=True, exist_ok=True)
-    written = []
-    metric = field.removeprefix("val_")
-    fig = _figure(figsize=(11, 4.2))
-    left, right = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    order = result.ranking(field)
-    colours = _colours(len(order))
-    for rank, i in enumerate(order):
-        h = result.histories[i]
-        if not h.records:
-            continue
-        kwargs = dict(color=colours[rank], lw=1.6 if rank == 0 else 0.9, alpha=1.0 if rank < 5 else 0.55,
-                      label=result.names[i] if rank < 8 else None)
-        left.plot(h["epoch"], h["loss"], **kwargs)
-        if field in h.records[0]:
-            right.plot(h["epoch"], h[field], **kwargs)
-    left.set(xlabel="epoch", ylabel="training loss", title="training loss, every member")
-    left.set_yscale("log")
-    right.set(xlabel="epoch", ylabel=field, title=f"{field} (the best 8 named; best is thickest)")
-    if metric == "error":
-        right.set_ylim(bottom=0)
-    right.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    written.append(save_png(fig, directory / PLOTS[0]))
-    axes = [k for k in HEAT_MAP_AXES if k in varying][:2]
-    if len(axes) == 2:
-        written.append(_heat_map(directory / PLOTS[1], result, lists, axes, field, [k for k in varying
-                                                                                     if k not in axes]))
-    return written
-
-
-def _colours(n):
-    from ..plots import _colormap
-
-    cmap = _colormap("viridis")
-    return [cmap(0.9 * k / max(1, n - 1)) for k in range(n)]
-
-
-def _heat_map(path, result, lists, axes, field, rest):
-    """The final ``field`` over two settings: the mean over seeds, the best over any other varying setting."""
-    from ..plots import _colormap, _figure, _save as save_png
-
-    (ka, kb) = axes
-    va, vb = lists[ka], lists[kb]
-    grid_values = np.full((len(va), len(vb)), np.nan)
-    higher = field.removeprefix("val_") == "r2"
-    for a, x in enumerate(va):
-        for b, z in enumerate(vb):
-            cells = {}
-            for i, m in enumerate(result.members):
-                if m[ka] == x and m[kb] == z:
-                    key = tuple((k, m[k]) for k in rest if k != "seed")
-                    cells.setdefault(key, []).append(result.final(i, field))
-            if cells:
-                means = [np.mean(v) for v in cells.values()]
-                finite = [v for v in means if not math.isnan(v)]
-                grid_values[a, b] = (max(finite) if higher else min(finite)) if finite else np.nan
-    fig = _figure(figsize=(1.2 + 1.0 * len(vb), 1.2 + 0.7 * len(va)))
-    ax = fig.add_subplot(1, 1, 1)
-    masked = np.ma.masked_invalid(grid_values)
-    cmap = _colormap("viridis_r" if not higher else "viridis").copy()
-    cmap.set_bad("lightgrey")
-    image = ax.imshow(masked, cmap=cmap, aspect="auto")
-    fig.colorbar(image, ax=ax, label=field)
-
-    def tick(k, v):
-        return "x".join(map(str, v)) if k == "hidden" else f"{v:g}"
-    ax.set_xticks(range(len(vb)), [tick(kb, v) for v in vb])
-    ax.set_yticks(range(len(va)), [tick(ka, v) for v in va])
-    ax.set(xlabel=kb, ylabel=ka)
-    others = [k for k in rest if k != "seed"]
-    title = f"final {field}" + (" (mean over seeds)" if "seed" in rest else "") + \
-        (f", best over {', '.join(others)}" if others else "")
-    ax.set_title(title, fontsize=9)
-    finite = grid_values[np.isfinite(grid_values)]
-    middle = float(np.median(finite)) if finite.size else 0.0  # dark text on the light half of the colours
-    for a in range(len(va)):
-        for b in range(len(vb)):
-            v = grid_values[a, b]
-            ax.text(b, a, "diverged" if math.isnan(v) else f"{v:.3f}", ha="center", va="center", fontsize=8,
-                    color="black" if math.isnan(v) or (v >= middle if higher else v <= middle) else "white")
-    fig.tight_layout()
-    return save_png(fig, path)
-
