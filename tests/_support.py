@@ -98,3 +98,18 @@ def classification_data(n=60, features=5, classes=3, seed=0):
     teacher = rng.standard_normal((features, classes))
     y = np.argmax(X @ teacher + 0.3 * rng.standard_normal((n, classes)), axis=1)
     return X, y.astype(np.int64)
+
+
+def cli_run(capsys, *argv):
+    """``portablenn ARGV`` in this process -> (exit code, stdout, stderr)."""
+    from portablenn.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def table_rows(out):
+    """A printed table's rows (``| a | b |`` lines, the rule excluded) as lists of cells, the header first."""
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]

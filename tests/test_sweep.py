@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import portablenn as pn
-from _support import classification_data, fit_with_snapshots, require_dtype
+from _support import classification_data, cli_run as _cli, fit_with_snapshots, require_dtype, table_rows as _table
 from _tolerances import assert_close, assert_state_close
 from portablenn import stack_fit
 from portablenn import sweep as sw
@@ -227,7 +227,8 @@ def test_a_stack_on_jax_trains_through_one_compiled_step(monkeypatch):
     pytest.importorskip("jax")
     calls = []
     original = stack_fit._StackStep.__call__
-    monkeypatch.setattr(stack_fit._StackStep, "__call__", lambda self, *a, **k: (calls.append(1), original(self, *a, **k))[1])
+    monkeypatch.setattr(stack_fit._StackStep, "__call__",
+                        lambda self, *a, **k: (calls.append(1), original(self, *a, **k))[1])
     X, y, val = _data("float64")
     stacked = stack_mlp(SIZES, SEEDS, dtype="float64").to("jax:cpu")
     history = fit_stack(stacked, X, y, optimizer=pn.Adam(1e-2), lr=[1e-2, 3e-2, 1e-3], epochs=3, batch_size=16,
@@ -492,20 +493,6 @@ def test_stack_memory_is_one_models_estimate_per_member_plus_the_shared_data():
 
 
 # -- the command line --------------------------------------------------------------------------------------
-def _cli(capsys, *argv):
-    from portablenn.cli import main
-
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _table(out):
-    """The member table's rows as lists of cells (header first)."""
-    lines = [line for line in out.splitlines() if line.startswith("| ")]
-    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
-
-
 SMALL = ("sweep", "--epochs", "25", "--log-every", "25", "--quiet")
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import portablenn as pn
-from _support import classification_data, fit_with_snapshots
+from _support import classification_data, cli_run as _cli, fit_with_snapshots
 from _tolerances import assert_close, assert_state_close
 from portablenn import sweep as sw
 from portablenn.sweep import StackedOptimizer, evaluate_stack, fit_stack, grid, predict_stack, stack_mlp
@@ -369,14 +369,6 @@ def test_jax_a_stack_with_dropout_batchnorm_a_plateau_and_early_stopping_is_each
 
 
 # -- the command line --------------------------------------------------------------------------------------------
-def _cli(capsys, *argv):
-    from portablenn.cli import main
-
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 def test_cli_a_saved_member_with_batchnorm_a_plateau_and_early_stopping_resumes_as_trains_own(capsys, tmp_path):
     """portablenn sweep --norm batch --schedule plateau --early-stopping --save-all, and portablenn train of each
     member's settings: the same weights and epoch; train --resume of both continues to the same weights (the

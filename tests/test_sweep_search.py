@@ -9,6 +9,8 @@ import pytest
 from portablenn.sweep import LogUniform, Uniform, grid, sample, sweep
 from portablenn.validation import InputError
 
+from _support import cli_run as _cli, table_rows as _table
+
 
 def _three_digits(v):
     return float(f"{v:.3g}")
@@ -109,19 +111,6 @@ def test_sampled_members_train_as_the_grid_of_the_same_values():
 
 
 # -- the command line -----------------------------------------------------------------------------------------
-def _cli(capsys, *argv):
-    from portablenn.cli import main
-
-    code = main(list(argv))
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _table(out):
-    lines = [line for line in out.splitlines() if line.startswith("| ")]
-    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
-
-
 def test_the_command_line_trains_the_members_sample_draws(capsys, tmp_path):
     code, out, err = _cli(capsys, "sweep", "--trials", "4", "--lr", "loguniform:0.1:2", "--l2", "uniform:0:0.001",
                           "--seeds", "2", "--search-seed", "5", "--epochs", "3", "--plot", str(tmp_path / "plots"))
