@@ -108,20 +108,33 @@ class Uniform:
         self.low, self.high = float(low), float(high)
 
     def draw(self, rng, n):
-        """``n`` values, each rounded to 3 significant digits (what a table prints is what trained), in range."""
-        raw = self._draw(rng, n)
-        return [min(max(float(f"{v:.3g}"), self.low), self.high) for v in raw]
+        """``n`` values in range, each rounded to 3 significant digits (what a table prints is what trained), or
+        more where the range is narrow, as many as keep 50 steps or more within it (``Uniform(0.99, 0.999)`` draws
+        0.9972, not only 0.99, 0.991, ..., 0.999); 6 at most, as a table prints them."""
+        return [self._rounded(float(v)) for v in self._draw(rng, n)]
+
+    def _rounded(self, v):
+        width, digits = self.high - self.low, 3
+        if v != 0.0 and math.isfinite(width):  # the step near v, 10 ** (e - digits + 1), at most width / 50
+            digits = max(3, math.ceil(math.floor(math.log10(abs(v))) + 1 - math.log10(width / 50) - 1e-9))
+        return min(max(float(f"{v:.{min(digits, 6)}g}"), self.low), self.high)
 
     def _draw(self, rng, n):
         return rng.uniform(self.low, self.high, n)
 
     def __repr__(self):
-        return f"{type(self).__name__}({self.low:g}, {self.high:g})"
+        return f"{type(self).__name__}({_text(self.low)}, {_text(self.high)})"
 
     def __eq__(self, other):
         return type(other) is type(self) and (other.low, other.high) == (self.low, self.high)
 
     __hash__ = None
+
+
+def _text(v):
+    """A number as ``format(v, 'g')`` writes it, or every digit where that would round it."""
+    short = format(v, "g")
+    return short if float(short) == v else repr(float(v))
 
 
 class LogUniform(Uniform):
@@ -141,6 +154,7 @@ class LogUniform(Uniform):
 
 _CHECKS = {"lr": _rate, "l2": _strength, "weight_decay": _strength, "dropout": _probability,
            "momentum": lambda v, name: _number(v, name, 0.0, 1.0)}
+_TRIES = 1000  # draws in a row that may repeat earlier trials before sample gives up (ranges too narrow)
 
 
 def sample(trials, *, search_seed=0, **values):
@@ -148,13 +162,17 @@ def sample(trials, *, search_seed=0, **values):
 
     Each setting is a value (every member's), a list (each trial draws one of its values, uniformly) or a range,
     ``Uniform(low, high)`` or ``LogUniform(low, high)`` (each trial draws a number, rounded to 3 significant
-    digits). Where every drawn setting is a list, the trials are distinct combinations of their values, drawn
-    without replacement, as scikit-learn's ``RandomizedSearchCV`` draws them (at most as many trials as
-    combinations; ``default_rng([search_seed, len(SETTINGS)])`` picks them). ``seed``, the
-    initial weights' seed, is crossed instead: a list of seeds runs every trial with each, so that the spread
-    over seeds means what it means in a grid. The draws come from ``numpy.random.default_rng([search_seed, k])``,
-    ``k`` the setting's place in ``SETTINGS``: the same ``search_seed`` draws the same trials, and adding a
-    setting leaves the others' draws as they were.
+    digits, more where the range is narrow: ``Uniform.draw``). The draws come from
+    ``numpy.random.default_rng([search_seed, k])``, ``k`` the setting's place in ``SETTINGS``: the same
+    ``search_seed`` draws the same trials, and adding a setting leaves the others' draws as they were.
+
+    The trials are different members: a trial whose drawn settings repeat an earlier trial's (3 digits make
+    that likely: 60 draws of one log-uniform decade nearly always repeat one) is drawn again, every drawn setting from
+    its second stream ``default_rng([search_seed, k, 1])``; only such a trial may change when a setting is added.
+    Where every drawn setting is a list, that is scikit-learn's ``RandomizedSearchCV``: distinct combinations,
+    drawn without replacement, at most as many trials as combinations. ``seed``, the initial weights' seed, is
+    crossed instead: a list of seeds runs every trial with each, so that the spread over seeds means what it means
+    in a grid.
     """
     if isinstance(trials, bool) or not isinstance(trials, numbers.Integral) or trials < 1:
         raise InputError(f"trials must be a positive integer, got {trials!r}")
@@ -163,7 +181,9 @@ def sample(trials, *, search_seed=0, **values):
     unknown = sorted(set(values) - set(SETTINGS))
     if unknown:
         raise InputError(f"unknown sweep settings {unknown}; expected some of {', '.join(SETTINGS)}")
-    trials, drawn, lists = int(trials), {}, {}
+    if isinstance(values.get("seed"), Uniform):
+        raise InputError("seed takes a list of seeds (every trial runs with each), not a range")
+    trials, drawn, choices = int(trials), {}, {}
     for k, key in enumerate(SETTINGS):
         if key not in values or key == "seed":
             continue
@@ -173,31 +193,57 @@ def sample(trials, *, search_seed=0, **values):
                 raise InputError(f"{key} takes a list of values to choose from, not a range")
             for end in (v.low, v.high):
                 _CHECKS[key](end, f"{key}'s range {v!r}")
+            choices[key] = v
             drawn[key] = v.draw(rng, trials)
         elif isinstance(v, (list, tuple)) and not (key == "hidden" and all(isinstance(h, numbers.Integral)
                                                                           for h in v)):
             if not v:
                 raise InputError(f"{key} has no values")
-            lists[key] = list(v)
+            if len({repr(x) for x in v}) < len(v):
+                raise InputError(f"{key} lists a value twice: {list(v)!r}")
+            if len(v) > 1:
+                choices[key] = list(v)
             drawn[key] = [v[j] for j in rng.integers(0, len(v), trials)]
         else:
             drawn[key] = [v] * trials
-    if lists and not any(isinstance(values[key], Uniform) for key in values):
-        # lists only: distinct members, drawn without replacement from their grid (as RandomizedSearchCV does)
-        sizes = [len(v) for v in lists.values()]
-        total = math.prod(sizes)
-        if trials > total:
-            raise InputError(f"{trials} trials, but the lists make only {total} different members: ask for at most "
-                             f"{total}, or train every combination (grid)")
-        picks = np.random.default_rng([int(search_seed), len(SETTINGS)]).choice(total, trials, replace=False)
-        for key, index in zip(lists, np.unravel_index(picks, sizes)):
-            drawn[key] = [lists[key][j] for j in index]
+    if trials > 1 and not choices:
+        raise InputError(f"{trials} trials, but no setting is drawn (each has one value): give one a range or a "
+                         "list of values")
+    _distinct(trials, drawn, choices, int(search_seed))
     seeds = values.get("seed", None)
     seeds = [None] if seeds is None else (list(seeds) if isinstance(seeds, (list, tuple)) else [seeds])
     if not seeds:
         raise InputError("seed has no values")
     return [{**{key: drawn[key][t] for key in SETTINGS if key in drawn}, **({"seed": s} if s is not None else {})}
             for t in range(int(trials)) for s in seeds]
+
+
+def _distinct(trials, drawn, choices, search_seed):
+    """Draw again, in place, each trial whose drawn settings (``choices``) repeat an earlier trial's."""
+    ranges = any(isinstance(c, Uniform) for c in choices.values())
+    if not ranges:
+        total = math.prod(len({repr(x) for x in c}) for c in choices.values())
+        if trials > total:
+            raise InputError(f"{trials} trials, but the lists make only {total} different member"
+                             f"{'s' if total != 1 else ''}: ask for at most {total}, or train every combination "
+                             "(grid)")
+    spare = {key: np.random.default_rng([search_seed, SETTINGS.index(key), 1]) for key in choices}
+    seen = set()
+    for t in range(trials):
+        combo = tuple(repr(drawn[key][t]) for key in choices)
+        tries = 0
+        while combo in seen:  # lists alone: ends, as fewer trials than combinations are asked for
+            if ranges and tries == _TRIES:
+                raise InputError(f"could not draw {trials} different trials: after {t}, {_TRIES} draws in a row "
+                                 "repeated earlier ones (drawn numbers are rounded, to 3 significant digits or more "
+                                 "in a narrow range, and these ranges hold too few of them): ask for fewer trials, "
+                                 "or widen a range")
+            tries += 1
+            for key, c in choices.items():
+                drawn[key][t] = (c.draw(spare[key], 1)[0] if isinstance(c, Uniform)
+                                 else c[int(spare[key].integers(len(c)))])
+            combo = tuple(repr(drawn[key][t]) for key in choices)
+        seen.add(combo)
 
 
 def _name(settings, varying):

@@ -703,9 +703,9 @@ MUTANTS = [
     # random search (portablenn.sweep.sample, portablenn sweep --trials)
     ("search-log-as-linear", "sweep.py", "        return np.exp(rng.uniform(math.log(self.low), math.log(self.high), n))",
      "        return rng.uniform(self.low, self.high, n)"),
-    ("search-no-clamp", "sweep.py", "        return [min(max(float(f\"{v:.3g}\"), self.low), self.high) for v in raw]",
-     "        return [float(f\"{v:.3g}\") for v in raw]"),
-    ("search-with-replacement", "sweep.py", "choice(total, trials, replace=False)", "choice(total, trials, replace=True)"),
+    ("search-no-clamp", "sweep.py", "        return min(max(float(f\"{v:.{min(digits, 6)}g}\"), self.low), self.high)",
+     "        return float(f\"{v:.{min(digits, 6)}g}\")"),
+    ("search-with-replacement", "sweep.py", "        while combo in seen:", "        while False and combo in seen:"),
     ("search-one-stream", "sweep.py", "v, rng = values[key], np.random.default_rng([int(search_seed), k])",
      "v, rng = values[key], np.random.default_rng([int(search_seed), 0])"),
     ("search-cli-seed-ignored", "cli/sweep.py", "sample(args.trials, search_seed=args.search_seed, **lists)",

@@ -42,13 +42,13 @@ def test_sample_is_reproducible_and_a_new_setting_leaves_the_others_draws_alone(
 def test_a_log_uniform_range_spreads_over_the_decades_and_stays_inside():
     """Half of LogUniform(1e-4, 1)'s draws lie below 1e-2 (a uniform range would put 1% there); every draw, rounded,
     stays within the range, its ends included."""
-    lr = np.array([m["lr"] for m in sample(4000, lr=LogUniform(1e-4, 1.0))])
+    lr = np.array([m["lr"] for m in sample(4000, lr=LogUniform(1e-4, 1.0), l2=Uniform(0.0, 1.0))])  # l2: no repeat
     assert 0.46 < np.mean(lr < 1e-2) < 0.54
     assert 0.22 < np.mean(lr < 1e-3) < 0.28
     assert lr.min() >= 1e-4 and lr.max() <= 1.0
     assert all(v == _three_digits(v) for v in lr)
-    flat = np.array([m["momentum"] for m in sample(4000, momentum=Uniform(0.9, 0.9999))])  # 0.99952 -> 1 -> 0.9999
-    assert flat.min() >= 0.9 and flat.max() == 0.9999 and 0.94 < flat.mean() < 0.96
+    flat = np.array([m["momentum"] for m in sample(4000, momentum=Uniform(0.9, 0.9999), l2=Uniform(0.0, 1.0))])
+    assert flat.min() >= 0.9 and flat.max() == 0.9999 and 0.94 < flat.mean() < 0.96  # 0.99952 -> 1 -> 0.9999
 
 
 def test_seeds_cross_the_trials_and_a_list_is_drawn_from():
@@ -60,8 +60,10 @@ def test_seeds_cross_the_trials_and_a_list_is_drawn_from():
         assert len({(m["lr"], m["hidden"]) for m in trial}) == 1
     drawn = [m["hidden"] for m in sample(200, hidden=[(10,), (20, 20)], lr=Uniform(0.1, 0.2))]
     assert set(drawn) == {(10,), (20, 20)} and 70 < drawn.count((10,)) < 130
-    assert {m["hidden"] for m in sample(3, hidden=(30,))} == {(30,)}  # one architecture, as grid reads it
-    assert sample(2, lr=0.5) == [{"lr": 0.5}, {"lr": 0.5}]
+    assert {m["hidden"] for m in sample(3, hidden=(30,), lr=[0.1, 0.2, 0.3])} == {(30,)}  # one, as grid reads it
+    assert sample(1, lr=0.5) == [{"lr": 0.5}]
+    with pytest.raises(InputError, match="2 trials, but no setting is drawn"):
+        sample(2, lr=0.5, momentum=[0.9])  # two identical members
 
 
 def test_lists_alone_give_distinct_members_drawn_from_their_grid():
@@ -153,3 +155,179 @@ def test_bad_ranges_get_one_line_and_exit_2(capsys, argv, message):
     assert code == 2
     assert message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+# -- found by the hostile review ----------------------------------------------------------------------------
+def test_a_narrow_range_draws_inside_it_not_only_its_ends():
+    """3 significant digits cannot tell 0.1234 from 0.1236: a range narrower than them still draws values spread
+    over it (more digits), not just its two ends or one of them."""
+    for r in (Uniform(0.1234, 0.1236), LogUniform(1.0001, 1.0009), Uniform(0.99, 0.999)):
+        v = np.array([m["lr"] for m in sample(50, lr=r)])
+        assert len(set(v)) == 50 and v.min() >= r.low and v.max() <= r.high, (r, sorted(set(v))[:5])
+    # a wider one keeps 3 digits
+    assert all(m["lr"] == _three_digits(m["lr"]) for m in sample(50, lr=Uniform(0.9, 0.99)))
+    assert len({m["lr"] for m in sample(50, lr=Uniform(0.99, 0.999))} - {round(0.99 + k / 1000, 3) for k in range(10)})
+
+
+def test_the_trials_are_different_members_and_no_seed_spread_is_invented(capsys):
+    """Rounded to 3 digits, 60 draws of one decade repeat a value (two identical members, which the spread over
+    seeds read as one setting run with 2 seeds): every trial is a different member."""
+    members = sample(60, lr=LogUniform(0.1, 1.0))
+    assert len({m["lr"] for m in members}) == 60
+    crossed = sample(40, lr=LogUniform(0.1, 1.0), dropout=[0.0, 0.5], seed=[0, 1])
+    assert len({(m["lr"], m["dropout"]) for m in crossed}) == 40 and len(crossed) == 80
+    code, out, err = _cli(capsys, "sweep", "--trials", "60", "--lr", "loguniform:0.1:1", "--epochs", "1")
+    assert code == 0, err
+    assert "over seeds" not in out and len({r[1] for r in _table(out)[1:]}) == 60
+    with pytest.raises(InputError, match="could not draw 150 different trials"):
+        sample(150, momentum=Uniform(0.9, 0.9001), lr=[0.1])  # 0.9000 .. 0.9001 hold about 100 values
+
+
+def test_adding_a_range_leaves_a_lists_draws_as_they_were():
+    """The documented promise holds for lists too: a list's draws are setting k's stream's, with or without a
+    range beside it (here none repeats an earlier trial, so none is drawn again)."""
+    lr = [0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0]
+    for seed in range(40):
+        base = [lr[j] for j in np.random.default_rng([seed, 1]).integers(0, len(lr), 4)]
+        if len(set(base)) == 4:
+            break
+    alone = [m["lr"] for m in sample(4, search_seed=seed, lr=lr)]
+    beside = [m["lr"] for m in sample(4, search_seed=seed, lr=lr, l2=LogUniform(1e-5, 1e-2))]
+    assert alone == beside == base
+
+
+def test_a_list_repeating_a_value_is_refused():
+    with pytest.raises(InputError, match="lr lists a value twice"):
+        sample(2, lr=[0.1, 0.1])
+    with pytest.raises(InputError, match="seed takes a list"):
+        sample(2, lr=[0.1, 0.3], seed=Uniform(0, 3))
+
+
+def test_each_stack_line_names_the_members_it_holds(capsys):
+    """Drawn architectures interleave: a stack's members are not a run of numbers."""
+    code, out, err = _cli(capsys, "sweep", "--trials", "5", "--hidden", "10,20", "5", "--lr", "loguniform:0.1:1",
+                          "--search-seed", "1", "--epochs", "1")
+    assert code == 0, err
+    by_arch = {}
+    for r in _table(out)[1:]:
+        by_arch.setdefault(r[1], []).append(int(r[0]))
+    for line in (line for line in out.splitlines() if line.startswith("stack of")):
+        arch = "x".join(line.split("[")[1].split("]")[0].split(", ")[1:-1])
+        named = []
+        for part in line.split("(member")[1].strip("s )").split(", "):
+            a, _, b = part.partition("..")
+            named += list(range(int(a), int(b or a) + 1))
+        assert sorted(by_arch[arch]) == named, line
+    code, out, err = _cli(capsys, "sweep", "--trials", "2", "--hidden", "5,10", "--epochs", "1")
+    assert code == 0 and "(members 0..0)" not in out and "(member 0)" in out, out
+
+
+def _scatter_of(monkeypatch, tmp_path, members, finals, field="val_error", diverged=()):
+    """The axes ``sweep_plots._scatter`` draws for members with the given final (field, val_loss) values."""
+    pytest.importorskip("matplotlib")
+    import portablenn.plots as plots_module
+    from portablenn.cli import sweep_plots
+    from portablenn.sweep import SweepResult, _settings
+
+    full = [_settings(m, k) for k, m in enumerate(members)]
+    result = SweepResult(full, [str(k) for k in range(len(full))])
+    for k, (value, loss) in enumerate(finals):
+        result.histories[k].records.append({"epoch": 1, "loss": loss, "error": value, field: value,
+                                            "val_loss": loss})
+    for k in diverged:
+        result.diverged[k] = {"epoch": 1, "step": 1, "message": "diverged"}
+    figures = []
+    monkeypatch.setattr(plots_module, "_save", lambda fig, path: figures.append(fig) or path)
+    axes = [k for k in ("lr", "l2") if len({m.get(k) for m in members}) > 1]
+    sweep_plots._scatter(tmp_path / "s.png", result, {"lr": LogUniform(0.01, 1.0)}, axes, field)
+    return result, figures[0].axes[0]
+
+
+def _labelled(ax, prefix):
+    return [c for c in ax.collections if str(c.get_label()).startswith(prefix)]
+
+
+def test_the_scatter_rings_the_member_the_ranking_puts_first(monkeypatch, tmp_path):
+    """Two trials tie on the validation error: the ranking (and the table) breaks the tie by the validation
+    loss, and so must the ring."""
+    members = [{"lr": 0.1, "l2": 1e-4}, {"lr": 0.3, "l2": 1e-3}, {"lr": 0.5, "l2": 1e-2}]
+    result, ax = _scatter_of(monkeypatch, tmp_path, members, [(0.05, 0.40), (0.05, 0.20), (0.30, 0.9)])
+    best = result.ranking("val_error")[0]
+    assert best == 1
+    (ring,) = _labelled(ax, "best")
+    np.testing.assert_allclose(ring.get_offsets(), [[0.3, 1e-3]])
+    assert ax.get_xscale() == "log"
+
+
+def test_the_one_setting_scatter_shows_the_diverged_trials(monkeypatch, tmp_path):
+    """One drawn setting: the metric is the y axis; a trial that diverged, or ended with an infinite metric,
+    is a cross at a finite height (an infinite one would not be drawn)."""
+    members = [{"lr": v} for v in (0.01, 0.1, 0.5, 0.9)]
+    _, ax = _scatter_of(monkeypatch, tmp_path, members,
+                        [(0.3, 0.5), (0.1, 0.2), (math.inf, math.inf), (math.nan, math.nan)], diverged=[3])
+    (crosses,) = _labelled(ax, "diverged")
+    offsets = np.asarray(crosses.get_offsets())
+    assert offsets.shape == (2, 2) and np.isfinite(offsets).all()
+    np.testing.assert_allclose(offsets[:, 0], [0.5, 0.9])
+    _, ax = _scatter_of(monkeypatch, tmp_path, members, [(math.nan, math.nan)] * 4, diverged=range(4))
+    (crosses,) = _labelled(ax, "diverged")
+    assert np.isfinite(np.asarray(crosses.get_offsets())).all() and ax.get_xscale() == "log"
+    assert len(ax.get_yticks()) == 0  # no metric to read off
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--trials", "3"], "--trials 3 has nothing to draw"),
+    (["--trials", "3", "--lr", "0.1"], "--trials 3 has nothing to draw"),
+    (["--trials", "2", "--lr", "0.1,loguniform:0.01:1"], "a range is one value of its own"),
+    (["--lr", "0.1,1", "--search-seed", "3"], "--search-seed seeds the draws of --trials"),
+])
+def test_random_search_misuse_gets_one_clear_line(capsys, argv, message):
+    code, out, err = _cli(capsys, "sweep", "--epochs", "1", *argv)
+    assert code == 2 and message in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_header_names_a_range_by_the_bounds_given(capsys):
+    code, out, err = _cli(capsys, "sweep", "--trials", "2", "--lr", "uniform:0.12345678:0.9", "--epochs", "1")
+    assert code == 0, err
+    assert "lr uniform 0.12345678..0.9" in out
+
+
+def test_a_single_trial_shows_what_it_drew(capsys):
+    """One trial: nothing varies between members, but the table must still say which lr was drawn."""
+    code, out, err = _cli(capsys, "sweep", "--trials", "1", "--lr", "loguniform:0.1:1", "--seeds", "2",
+                          "--epochs", "1")
+    assert code == 0, err
+    rows = _table(out)
+    assert rows[0][:3] == ["#", "lr", "seed"]
+    assert {float(r[1]) for r in rows[1:]} == {sample(1, lr=LogUniform(0.1, 1.0))[0]["lr"]}
+
+
+def test_the_progress_line_names_the_member_the_table_puts_first(capsys):
+    """Three members tied on the validation error after one epoch: the progress line breaks the tie by the
+    validation loss, as the table's ranking does, not by the members' order."""
+    code, out, err = _cli(capsys, "sweep", "--lr", "0.001,0.002,0.003", "--epochs", "1")
+    assert code == 0, err
+    rows = _table(out)
+    assert len({r[-2] for r in rows[1:]}) == 1  # the tie: one validation error
+    progress = next(line for line in out.splitlines() if line.startswith("epoch 1/1: best"))
+    assert f"(lr={rows[1][1]})" in progress and rows[1][1] != "0.001"
+
+
+def test_an_infinite_figure_spreads_without_a_warning(capsys):
+    """A regression member whose loss overflows to inf (but not NaN): the spread over seeds prints inf, no NumPy
+    warning line, and the train loss in the table's format."""
+    from portablenn.sweep import SweepResult
+
+    from portablenn.cli.sweep import _print_spread
+
+    result = SweepResult([{"lr": 1.0, "seed": 0}, {"lr": 1.0, "seed": 1}], ["seed=0", "seed=1"])
+    result.histories[0].records = [{"epoch": 1, "loss": math.inf, "val_rmse": math.inf}]
+    result.histories[1].records = [{"epoch": 1, "loss": 2.0, "val_rmse": 1.0}]
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _print_spread(result, ["seed"], "val_rmse")
+    out = capsys.readouterr().out
+    assert "all: inf +- nan over 2 seeds (train loss inf)" in out

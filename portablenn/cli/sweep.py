@@ -50,10 +50,10 @@ def add_parser(commands):
     p.add_argument("--seed", metavar="LIST", help="seeds of the initial weights (and Dropout's masks), e.g. 0,1,2")
     p.add_argument("--seeds", type=int, metavar="N", help="seeds 0..N-1 (instead of --seed)")
     p.add_argument("--trials", type=int, metavar="N",
-                   help="random search: N members drawn at random instead of every combination; --lr, --l2, "
-                        "--weight-decay, --momentum and --dropout then also take a range, loguniform:LOW:HIGH or "
-                        "uniform:LOW:HIGH (a number drawn per trial, 3 significant digits), a list is drawn from, "
-                        "and every trial runs with each --seed")
+                   help="random search: N different members drawn at random instead of every combination; --lr, "
+                        "--l2, --weight-decay, --momentum and --dropout then also take a range, loguniform:LOW:HIGH "
+                        "or uniform:LOW:HIGH (a number drawn per trial, 3 significant digits, more in a narrow "
+                        "range), a list is drawn from, and every trial runs with each --seed")
     p.add_argument("--search-seed", type=int, default=0, metavar="S",
                    help="seed of --trials' draws (default 0)")
     p.add_argument("--data-seed", type=int, default=0, metavar="S",
@@ -100,6 +100,9 @@ def _values(flag, text, kind=float, check=None, what="a number"):
     items = [item.strip() for item in str(text).split(",")]
     values = []
     for item in items:
+        if kind is float and item.partition(":")[0].strip().lower() in RANGES:
+            raise CLIError(f"{flag}: {text}: a range is one value of its own, not an item of a list: give either a "
+                           f"comma-separated list or one range (such as {item})")
         try:
             value = kind(item)
         except ValueError:
@@ -227,6 +230,9 @@ def run(args):
                        "(random search), or a comma-separated list of values")
     if args.search_seed < 0:
         raise CLIError(f"--search-seed must be a non-negative integer, got {args.search_seed}")
+    if args.search_seed and args.trials is None:
+        raise CLIError(f"--search-seed seeds the draws of --trials: give --trials N (random search), or leave "
+                       f"--search-seed {args.search_seed} out")
     # train's option checks and dataset defaults, on one member's values (the first of each list, a range's low)
     scalar = argparse.Namespace(**vars(args))
     for key in ("lr", "l2", "weight_decay", "dropout"):
@@ -253,6 +259,9 @@ def run(args):
     lists.setdefault("hidden", [() if opts["model"] == "linear" else tuple(opts["hidden"])])
     lists.setdefault("seed", [0])
     if args.trials is not None:
+        if args.trials > 1 and not any(k in ranges or len(v) > 1 for k, v in lists.items() if k != "seed"):
+            raise CLIError(f"--trials {args.trials} has nothing to draw: give --lr, --l2, --weight-decay, --momentum "
+                           "or --dropout a range (such as loguniform:1e-4:1) or a list, or --hidden a list")
         members = sample(args.trials, search_seed=args.search_seed, **lists)
     else:
         members = grid(**lists)
@@ -280,6 +289,9 @@ def run(args):
     epochs, log_every = opts["epochs"], args.log_every or opts["log_every"]
     validation = splits[evaluated] if evaluated else None
     varying = [key for key in SETTINGS if len({repr(m.get(key)) for m in members}) > 1]
+    if args.trials is not None:  # what was drawn is shown, even where every trial drew the same (one trial)
+        varying = [key for key in SETTINGS if key in varying or (key != "seed" and key in lists
+                                                                  and (key in ranges or len(lists[key]) > 1))]
     config = {"activation": opts["activation"], "bias": opts["bias"], "init": opts["init"], "dtype": opts["dtype"],
               "norm": opts.get("norm")}
     print(f"portablenn {__version__} | device {dev.name} | {args.dataset}: {rows} train"
@@ -294,8 +306,8 @@ def run(args):
                  + (f" x {len(lists['seed'])} seeds" if len(lists["seed"]) > 1 else ""))
     else:
         shape = " x ".join(f"{len(lists[k])} {k}" for k in varying) or "1 setting"
-    print(f"sweep: {len(members)} members ({shape}) | {opts['activation']} {opts['dtype']} | loss {opts['loss']} | "
-          f"{optimizer} | batch {batch or 'full'} | {epochs} epochs | "
+    print(f"sweep: {len(members)} member{'s' if len(members) != 1 else ''} ({shape}) | {opts['activation']} "
+          f"{opts['dtype']} | loss {opts['loss']} | {optimizer} | batch {batch or 'full'} | {epochs} epochs | "
           + ("each member shuffles by its own seed" if args.shuffle_per_member else
              f"shared minibatches (data seed {args.data_seed})"))
     log = _Log(args.log, dev.name) if args.log else None
@@ -304,23 +316,32 @@ def run(args):
 
     def on_group(indices, stacked):
         sizes = [stacked.in_features] + [l.out_features for l in stacked.layers if isinstance(l, StackedLinear)]
-        print(f"stack of {len(indices)} member{'s' if len(indices) != 1 else ''}: {sizes}" + (f" (members {indices[0]}..{indices[-1]})"
-                                                             if len(indices) < len(members) else ""))
+        runs = []  # the members' numbers, runs of consecutive ones as a..b (drawn architectures interleave)
+        for i in indices:
+            if runs and runs[-1][1] == i - 1:
+                runs[-1][1] = i
+            else:
+                runs.append([i, i])
+        named = ", ".join(f"{a}" if a == b else f"{a}..{b}" for a, b in runs)
+        print(f"stack of {len(indices)} member{'s' if len(indices) != 1 else ''}: {sizes}"
+              + (f" (member{'s' if len(indices) != 1 else ''} {named})" if len(indices) < len(members) else ""))
 
     field = ("val_" if validation else "") + loss.metric_names[0]
+    tie, sign = ("val_loss" if validation else "loss"), (-1.0 if loss.metric_names[0] == "r2" else 1.0)
 
     def on_read(epoch, indices, history):
         if log is not None:
             log.flush()
         if args.quiet or (epoch % log_every and epoch != epochs):
             return
-        finals = [(h.records[-1].get(field, math.nan), k) for k, h in enumerate(history.histories) if h.records
-                  and h.records[-1]["epoch"] == epoch]
+        finals = [(h.records[-1].get(field, math.nan), h.records[-1].get(tie, math.nan), k)
+                  for k, h in enumerate(history.histories) if h.records and h.records[-1]["epoch"] == epoch]
         now = time.perf_counter()
         line = f"epoch {epoch:>{len(str(epochs))}}/{epochs}: "
-        if finals:
-            best, k = min(finals) if field.removeprefix("val_") != "r2" else max(finals)
-            median = np.median([f for f, _ in finals])
+        if finals:  # the best as the table ranks them (SweepResult.ranking): ties broken by the loss
+            best, _, k = min(finals, key=lambda f: (math.isnan(f[0]), sign * f[0] if not math.isnan(f[0]) else 0.0,
+                                                    f[1] if not math.isnan(f[1]) else math.inf, f[2]))
+            median = np.median([f for f, _, _ in finals])
             line += f"best {field} {best:.5g} ({names_holder['names'][indices[k]]}), median {median:.5g}"
         line += f" | {len(history.diverged)} diverged | {now - last[0]:.1f} s"
         last[0] = now
@@ -352,7 +373,7 @@ def run(args):
         log.diverged(result, members_full)
     test = splits.get("test") if evaluated != "test" else None
     _print_table(result, varying, loss, field, test, evaluated)
-    print(f"trained {len(result)} members in {seconds:.2f} s")
+    print(f"trained {len(result)} member{'s' if len(result) != 1 else ''} in {seconds:.2f} s")
     for i, info in sorted(result.diverged.items()):
         print(f"diverged: {info['message']}")
     for i, info in sorted(result.stopped.items()):
@@ -385,8 +406,9 @@ def run(args):
 
 def _described(values):
     """A drawn setting as the header line shows it: ``loguniform 0.0001..1``, ``from 0,0.9``."""
-    if isinstance(values, Uniform):
-        return f"{'loguniform' if isinstance(values, LogUniform) else 'uniform'} {values.low:g}..{values.high:g}"
+    if isinstance(values, Uniform):  # the bounds as given (%g rounds to 6 digits)
+        ends = [f"{v:g}" if float(f"{v:g}") == v else repr(v) for v in (values.low, values.high)]
+        return f"{'loguniform' if isinstance(values, LogUniform) else 'uniform'} {ends[0]}..{ends[1]}"
     return "from " + ",".join("x".join(map(str, v)) if isinstance(v, tuple) else f"{v:g}" for v in values)
 
 
@@ -449,7 +471,8 @@ def _evaluate(stacked, split, loss):
 
 def _print_spread(result, varying, field):
     """Each setting run with several seeds: the mean and standard deviation of its members' final figures."""
-    spread = result.spread(field)
+    with np.errstate(invalid="ignore", over="ignore"):  # a member's infinite figure: an infinite or NaN spread
+        spread = result.spread(field)
     if not spread:
         return
     others = [k for k in varying if k != "seed"]
@@ -457,8 +480,11 @@ def _print_spread(result, varying, field):
     sign = -1.0 if field.removeprefix("val_") == "r2" else 1.0
     for settings, indices, mean, std in sorted(spread, key=lambda s: (math.isnan(s[2]), sign * s[2])):
         label = _short_name(settings, others) or "all"
-        losses = [result.final(i, "loss") for i in indices]
-        print(f"  {label}: {mean:.5f} +- {std:.5f} over {len(indices)} seeds (train loss {np.mean(losses):.5f})"
+        with np.errstate(invalid="ignore", over="ignore"):
+            train_loss = table.loss(float(np.mean([result.final(i, "loss") for i in indices])))
+        metric = field.removeprefix("val_")
+        print(f"  {label}: {table.metric(metric, mean)} +- {table.metric(metric, std)} over {len(indices)} seeds "
+              f"(train loss {train_loss})"
               + (f", {sum(i in result.diverged for i in indices)} diverged" if any(i in result.diverged
                                                                                    for i in indices) else ""))
 

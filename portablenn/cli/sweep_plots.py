@@ -107,22 +107,25 @@ def _heat_map(path, result, lists, axes, field, rest):
 
 
 def _trials(result, axes, field):
-    """``(settings values, mean final field over seeds, members)`` per drawn setting (members differing only by
-    seed are one trial); NaN where a member diverged."""
+    """``(settings values, mean final field over seeds, members, mean final loss of the same split)`` per drawn
+    setting (members differing only by seed are one trial); NaN where a member diverged."""
     trials = {}
     for i, m in enumerate(result.members):
         trials.setdefault(tuple((k, repr(m[k])) for k in m if k != "seed"), []).append(i)
+    tie = "val_loss" if field.startswith("val_") else "loss"  # the ranking's tie-break
     out = []
     for indices in trials.values():
         m = result.members[indices[0]]
-        out.append(([m[k] for k in axes], float(np.mean([result.final(i, field) for i in indices])), indices))
+        out.append(([m[k] for k in axes], float(np.mean([result.final(i, field) for i in indices])), indices,
+                    float(np.mean([result.final(i, tie) for i in indices]))))
     return out
 
 
 def _scatter(path, result, lists, axes, field):
     """The final ``field`` of each trial over the one or two settings drawn (log axes for a log-uniform range or a
-    list spanning a factor of 10 or more): points coloured by the metric, the best ringed, diverged ones as
-    crosses."""
+    list spanning a factor of 10 or more): points coloured by the metric, the best ringed (ties broken by the loss,
+    as the ranking breaks them), diverged ones (or with no finite ``field``) as crosses, over one setting at the
+    top of the plot."""
     from ..plots import _colormap, _figure, _save as save_png
 
     higher = field.removeprefix("val_") == "r2"
@@ -155,11 +158,21 @@ def _scatter(path, result, lists, axes, field):
         ax.set_ylabel(field)
     bad = ~good
     if bad.any():
-        ax.scatter(x[bad], values[bad, 1] if len(axes) == 2 else np.full(bad.sum(), np.nanmax(scores) if good.any()
-                                                                          else 1.0),
-                   marker="x", c="grey" if len(axes) == 2 else "red", s=40, label="diverged")
+        diverged = all(i in result.diverged for t, b in zip(trials, bad) if b for i in t[2])
+        label = "diverged" if diverged else f"diverged, or {field} not finite"
+        if len(axes) == 2:
+            ax.scatter(x[bad], values[bad, 1], marker="x", c="grey", s=40, label=label)
+        else:  # no metric to place them by: along the top (x in data, y in axes coordinates)
+            ax.scatter(x[bad], np.full(bad.sum(), 0.95), marker="x", c="red", s=40, label=label,
+                       transform=ax.get_xaxis_transform())
+            ax.update_datalim(np.column_stack([x[bad], np.zeros(bad.sum())]), updatey=False)  # (not automatic)
+            if not good.any():
+                ax.set_yticks([])  # no metric to read off
     if good.any():
-        best = int(np.flatnonzero(good)[np.argmax(scores[good]) if higher else np.argmin(scores[good])])
+        losses = np.array([t[3] for t in trials])
+        order = sorted(np.flatnonzero(good), key=lambda j: ((-1.0 if higher else 1.0) * scores[j],
+                                                          losses[j] if not math.isnan(losses[j]) else math.inf))
+        best = int(order[0])
         ax.scatter([x[best]], [y[best]], s=170, facecolors="none", edgecolors="red", linewidths=1.5,
                    label=f"best: {field} {scores[best]:.4g}")
     if good.any() or bad.any():
