@@ -344,7 +344,7 @@ def sweep(X, y, members, *, outputs=None, activation="relu", bias=True, init="au
           nesterov=False, loss=None, epochs=1, batch_size="auto", shuffle=True, seed=0, shuffle_per_member=False,
           device=None, validation=None, log_every=1, callback=None, chunk=False, on_group=None, on_read=None,
           schedule=None, early_stopping=None, clip_norm=None, norm=None):
-    """Train every member of ``members`` (``grid(...)``'s dicts), one stack per architecture.
+    """Train every member of ``members`` (``grid(...)``'s or ``sample(...)``'s dicts), one stack per architecture.
 
     Parameters
     ----------
@@ -352,7 +352,7 @@ def sweep(X, y, members, *, outputs=None, activation="relu", bias=True, init="au
     members : list of dict
         Each with any of ``SETTINGS``: ``hidden`` (hidden widths, default ``(100,)``), ``lr`` (default 0.1),
         ``l2``, ``momentum``, ``weight_decay`` (AdamW), ``dropout`` (default 0) and ``seed`` (the initial
-        weights, default 0).
+        weights, default 0); ``grid(...)`` makes every combination, ``sample(...)`` a random search.
     outputs : int, optional
         The model's outputs; default the classes (largest label + 1, over ``y`` and the validation labels)
         for softmax cross-entropy, the target columns otherwise.
