@@ -325,6 +325,24 @@ class SweepResult:
                     loss if not math.isnan(loss) else math.inf, i)
         return sorted(range(len(self)), key=key)
 
+    def table(self, field):
+        """One dict a member, best first (``ranking(field)``), as ``portablenn sweep`` prints them: ``member``
+        (its index), ``name``, its settings (``SETTINGS``), every final figure its History has (``final``: the
+        restored epoch's where early stopping restored one, NaN where it diverged), ``epochs`` trained,
+        ``best_epoch`` (the restored one, or None) and ``status`` ("trained", "stopped" or "diverged"). A list of
+        flat records: ``pandas.DataFrame(result.table("val_error"))`` is scikit-learn's ``cv_results_`` view."""
+        fields = []
+        for h in self.histories:
+            for record in h.records[:1]:
+                fields += [k for k in record if k not in ("epoch", "seconds") and k not in fields]
+        rows = []
+        for i in self.ranking(field):
+            status = "diverged" if i in self.diverged else "stopped" if i in self.stopped else "trained"
+            rows.append({"member": i, "name": self.names[i], **{k: self.members[i][k] for k in SETTINGS},
+                         **{k: self.final(i, k) for k in fields}, "epochs": len(self.histories[i]),
+                         "best_epoch": self.restored.get(i), "status": status})
+        return rows
+
     def spread(self, field):
         """``[(settings without seed, [member indices], mean, std), ...]`` of the final ``field`` over the seeds
         of each setting (std with ``ddof=0``; NaN where a member diverged), for settings run with several seeds."""

@@ -584,6 +584,28 @@ def test_a_member_whose_best_epoch_was_restored_reports_that_epochs_figures():
         assert result.final(i, "val_error") == record["val_error"]
 
 
+def test_the_results_table_is_the_ranking_with_each_members_final_figures():
+    """SweepResult.table: a flat record per member in ranking order, its settings, the final figures (a restored
+    member's best epoch's; NaN for a diverged one) and a status; what pandas.DataFrame takes as it is."""
+    X, y, val = _data("float64")
+    with np.errstate(all="ignore"):
+        result = sw.sweep(X, y, grid(lr=[0.5, 3.0, 1e30], hidden=[(8,)]), epochs=15, batch_size=16, validation=val,
+                          dtype="float64", early_stopping=pn.EarlyStopping("val_loss", patience=2))
+    rows = result.table("val_error")
+    assert [r["member"] for r in rows] == result.ranking("val_error")
+    assert set(result.diverged) == {2} and rows[-1]["status"] == "diverged" and np.isnan(rows[-1]["val_error"])
+    for r in rows:
+        i = r["member"]
+        assert r["name"] == result.names[i] and r["lr"] == result.members[i]["lr"] and r["hidden"] == (8,)
+        for key in ("loss", "error", "val_loss", "val_error"):
+            assert r[key] == result.final(i, key) or (np.isnan(r[key]) and i in result.diverged)
+        assert r["epochs"] == len(result.histories[i]) and r["best_epoch"] == result.restored.get(i)
+        assert r["status"] == ("diverged" if i in result.diverged else "stopped" if i in result.stopped
+                               else "trained")
+    assert any(r["best_epoch"] is not None and r["best_epoch"] < r["epochs"] for r in rows)
+    assert all(set(r) == set(rows[0]) for r in rows)
+
+
 def test_sweep_refuses_to_overwrite_a_file_portablenn_did_not_write(capsys, tmp_path):
     notes = tmp_path / "notes.txt"
     notes.write_text("my notes\n")
