@@ -331,3 +331,16 @@ def test_an_infinite_figure_spreads_without_a_warning(capsys):
         _print_spread(result, ["seed"], "val_rmse")
     out = capsys.readouterr().out
     assert "all: inf +- nan over 2 seeds (train loss inf)" in out
+
+
+def test_a_users_file_named_like_the_scatter_is_refused_before_training(capsys, tmp_path):
+    """sweep_scatter.png is one of --plot's names: a file portablenn did not write is left alone, before any
+    training (nothing printed on stdout), unless --overwrite."""
+    folder = tmp_path / "plots"
+    folder.mkdir()
+    mine = folder / "sweep_scatter.png"
+    mine.write_text("mine")
+    code, out, err = _cli(capsys, "sweep", "--trials", "2", "--lr", "loguniform:0.1:1", "--epochs", "1",
+                          "--plot", str(folder))
+    assert code == 2 and out == "" and "sweep_scatter.png exists and is not a PNG image" in err
+    assert mine.read_text() == "mine"
