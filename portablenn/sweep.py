@@ -22,7 +22,7 @@ from .stack import Stacked
 from .stack_fit import EVAL_ROWS, evaluate_stack, fit_stack, predict_proba_stack, predict_stack
 from .stack_history import StackHistory
 from .stack_optim import StackedOptimizer, _listed, _number, _probability, _rate, _strength
-from .validation import AUTO_BATCH, InputError, available_memory, format_bytes, training_memory
+from .validation import InputError, available_memory, check_batch_size, format_bytes, training_memory
 
 __all__ = ["StackedOptimizer", "StackHistory", "SweepResult", "fit_stack", "evaluate_stack", "predict_stack",
            "predict_proba_stack", "stack_mlp", "grid", "sample", "Uniform", "LogUniform", "sweep", "stack_memory",
@@ -123,7 +123,7 @@ class Uniform:
         return rng.uniform(self.low, self.high, n)
 
     def __repr__(self):
-        return f"{type(self).__name__}({_text(self.low)}, {_text(self.high)})"
+        return f"{type(self).__name__}({number_text(self.low)}, {number_text(self.high)})"
 
     def __eq__(self, other):
         return type(other) is type(self) and (other.low, other.high) == (self.low, self.high)
@@ -131,7 +131,7 @@ class Uniform:
     __hash__ = None
 
 
-def _text(v):
+def number_text(v):
     """A number as ``format(v, 'g')`` writes it, or every digit where that would round it."""
     short = format(v, "g")
     return short if float(short) == v else repr(float(v))
@@ -255,6 +255,23 @@ def _name(settings, varying):
     return " ".join(parts)
 
 
+def tie_field(field):
+    """The loss that breaks ties of ``field``: ``val_loss`` for a validation metric, else ``loss``."""
+    return "val_loss" if field.startswith("val_") else "loss"
+
+
+def rank_key(field):
+    """``key(value, loss, index)`` ordering members as ``SweepResult.ranking`` does (the table, the progress line and
+    the scatter's ring): the best ``field`` first (``r2`` upwards, the others downwards), ties broken by the loss
+    (``tie_field``), then the index; NaN values last."""
+    sign = -1.0 if field.removeprefix("val_") == "r2" else 1.0
+
+    def key(value, loss, index):
+        return (math.isnan(value), sign * value if not math.isnan(value) else 0.0,
+                loss if not math.isnan(loss) else math.inf, index)
+    return key
+
+
 class SweepResult:
     """The members of a sweep, their histories and trained stacks.
 
@@ -315,15 +332,9 @@ class SweepResult:
 
     def ranking(self, field):
         """Member indices from the best final ``field`` to the worst (``r2`` upwards, the others downwards), ties
-        broken by the final loss of the same split; diverged members last."""
-        sign = -1.0 if field.removeprefix("val_") == "r2" else 1.0
-        tie = "val_loss" if field.startswith("val_") else "loss"
-
-        def key(i):
-            value, loss = self.final(i, field), self.final(i, tie)
-            return (math.isnan(value), sign * value if not math.isnan(value) else 0.0,
-                    loss if not math.isnan(loss) else math.inf, i)
-        return sorted(range(len(self)), key=key)
+        broken by the final loss of the same split; diverged members last (``rank_key``)."""
+        key, tie = rank_key(field), tie_field(field)
+        return sorted(range(len(self)), key=lambda i: key(self.final(i, field), self.final(i, tie), i))
 
     def table(self, field):
         """One dict a member, best first (``ranking(field)``), as ``portablenn sweep`` prints them: ``member``
@@ -414,7 +425,7 @@ def sweep(X, y, members, *, outputs=None, activation="relu", bias=True, init="au
             outputs = 1 if np.ndim(y) == 1 else int(np.shape(y)[1])
     dev = backend.device("cpu") if device is None else backend.device(device)
     rows = int(np.shape(X)[0])
-    batch = rows if batch_size is None else min(AUTO_BATCH if batch_size == "auto" else int(batch_size), rows)
+    batch = check_batch_size(batch_size, rows)  # as fit_stack will, before the memory estimate uses it
     groups = {}
     for i, m in enumerate(members):
         groups.setdefault(tuple(m["hidden"]), []).append(i)

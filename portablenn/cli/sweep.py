@@ -15,7 +15,8 @@ from ..early_stopping import EarlyStopping
 from ..datasets import registry
 from ..registry import LOSSES
 from ..stack import StackedLinear
-from ..sweep import SETTINGS, LogUniform, Uniform, _settings, evaluate_stack, grid, predict_proba_stack, sample, sweep
+from ..sweep import (SETTINGS, LogUniform, Uniform, _settings, evaluate_stack, grid, number_text, predict_proba_stack,
+                     rank_key, sample, sweep, tie_field)
 from . import table
 from .arguments import control_args, device, kernels_arg, model_args
 from .errors import CLIError
@@ -327,7 +328,7 @@ def run(args):
               + (f" (member{'s' if len(indices) != 1 else ''} {named})" if len(indices) < len(members) else ""))
 
     field = ("val_" if validation else "") + loss.metric_names[0]
-    tie, sign = ("val_loss" if validation else "loss"), (-1.0 if loss.metric_names[0] == "r2" else 1.0)
+    tie, rank = tie_field(field), rank_key(field)
 
     def on_read(epoch, indices, history):
         if log is not None:
@@ -339,8 +340,7 @@ def run(args):
         now = time.perf_counter()
         line = f"epoch {epoch:>{len(str(epochs))}}/{epochs}: "
         if finals:  # the best as the table ranks them (SweepResult.ranking): ties broken by the loss
-            best, _, k = min(finals, key=lambda f: (math.isnan(f[0]), sign * f[0] if not math.isnan(f[0]) else 0.0,
-                                                    f[1] if not math.isnan(f[1]) else math.inf, f[2]))
+            best, _, k = min(finals, key=lambda f: rank(*f))
             median = np.median([f for f, _, _ in finals])
             line += f"best {field} {best:.5g} ({names_holder['names'][indices[k]]}), median {median:.5g}"
         line += f" | {len(history.diverged)} diverged | {now - last[0]:.1f} s"
@@ -407,8 +407,8 @@ def run(args):
 def _described(values):
     """A drawn setting as the header line shows it: ``loguniform 0.0001..1``, ``from 0,0.9``."""
     if isinstance(values, Uniform):  # the bounds as given (%g rounds to 6 digits)
-        ends = [f"{v:g}" if float(f"{v:g}") == v else repr(v) for v in (values.low, values.high)]
-        return f"{'loguniform' if isinstance(values, LogUniform) else 'uniform'} {ends[0]}..{ends[1]}"
+        kind = "loguniform" if isinstance(values, LogUniform) else "uniform"
+        return f"{kind} {number_text(values.low)}..{number_text(values.high)}"
     return "from " + ",".join("x".join(map(str, v)) if isinstance(v, tuple) else f"{v:g}" for v in values)
 
 

@@ -5,7 +5,7 @@ import math
 
 import numpy as np
 
-from ..sweep import LogUniform
+from ..sweep import LogUniform, rank_key, tie_field
 
 HEAT_MAP_AXES = ("lr", "l2", "weight_decay", "momentum", "dropout", "hidden")  # a heat map's axes, by preference
 PLOTS = ("sweep_curves.png", "sweep_heatmap.png", "sweep_scatter.png")
@@ -112,7 +112,7 @@ def _trials(result, axes, field):
     trials = {}
     for i, m in enumerate(result.members):
         trials.setdefault(tuple((k, repr(m[k])) for k in m if k != "seed"), []).append(i)
-    tie = "val_loss" if field.startswith("val_") else "loss"  # the ranking's tie-break
+    tie = tie_field(field)  # the ranking's tie-break
     out = []
     for indices in trials.values():
         m = result.members[indices[0]]
@@ -170,9 +170,8 @@ def _scatter(path, result, lists, axes, field):
                 ax.set_yticks([])  # no metric to read off
     if good.any():
         losses = np.array([t[3] for t in trials])
-        order = sorted(np.flatnonzero(good), key=lambda j: ((-1.0 if higher else 1.0) * scores[j],
-                                                          losses[j] if not math.isnan(losses[j]) else math.inf))
-        best = int(order[0])
+        key = rank_key(field)
+        best = int(min(np.flatnonzero(good), key=lambda j: key(scores[j], losses[j], j)))
         ax.scatter([x[best]], [y[best]], s=170, facecolors="none", edgecolors="red", linewidths=1.5,
                    label=f"best: {field} {scores[best]:.4g}")
     if good.any() or bad.any():
