@@ -51,8 +51,9 @@ class Kernels:
         """``grad_output * (output > 0)``."""
         return self.xp.where(output > 0, grad_output, 0.0)
 
-    def fused_loss(self, loss):
-        """A fused twin of ``loss.value_and_grad`` (same signature) that a built step may use, or None.
+    def fused_loss(self, loss, stacked=False):
+        """A fused twin of ``loss.value_and_grad`` (same signature) that a built step may use, or None; with
+        ``stacked``, the twin for a stack's ``(M, batch, out)`` outputs (named ``stacked_`` + the same name).
 
         The twin is the kernel method named by ``loss.fused_twin()``: the ``fused`` of the loss's own class
         (not inherited: a subclass that changes the math has none until it names one), and none where the
@@ -61,7 +62,8 @@ class Kernels:
         optimizer's own code, the reference every fusion is tested against. A twin takes
         ``(outputs, *targets, scale)``: softmax cross-entropy's ``softmax_xent(logits, labels, onehot, scale)``.
         """
-        twin = getattr(self, loss.fused_twin() or "", None)
+        name = loss.fused_twin()
+        twin = getattr(self, ("stacked_" if stacked else "") + name, None) if name else None
         if twin is None:
             return None
         return lambda xp, outputs, targets, scale: twin(outputs, *targets, scale)

@@ -42,15 +42,29 @@ class Loss(Configurable):
         model of ``outputs`` output features in ``dtype``."""
         raise NotImplementedError
 
+    member_axis = False  # whether value_and_grad also takes a stack's outputs (see ``takes_members``)
+
     def value_and_grad(self, xp, outputs, targets, scale):
         """``(grad, loss_sum, metric_sum)``: the gradient of the summed loss with respect to ``outputs``
-        times ``scale`` (``1 / rows`` for the mean), and two 0-d arrays."""
+        times ``scale`` (``1 / rows`` for the mean), and two 0-d arrays.
+
+        Where the class says ``member_axis``, ``outputs`` may also be a stack's ``(M, batch, out)`` (targets
+        shared, or each with the member axis first): the sums are then each member's, ``(M,)``."""
         raise NotImplementedError
 
     def value(self, xp, outputs, targets):
         """``(loss_sum, metric_sum)`` without the gradient (evaluation)."""
         _, loss_sum, metric_sum = self.value_and_grad(xp, outputs, targets, 1.0)
         return loss_sum, metric_sum
+
+    def takes_members(self):
+        """Whether ``value_and_grad`` takes a stack's outputs ``(M, batch, out)`` with per-member sums: said
+        by ``member_axis`` on the class that defines it, so a subclass that rewrites it for ``(batch, out)``
+        alone is run member by member."""
+        for cls in type(self).__mro__:
+            if "value_and_grad" in cls.__dict__:
+                return bool(cls.__dict__.get("member_axis", False))
+        return False
 
     def fused_twin(self):
         """The name of the kernels' fused twin of this object's ``value_and_grad``, or None.
@@ -148,19 +162,21 @@ class SoftmaxCrossEntropy(Loss):
                 rows = rows * xp.take(weights, labels, axis=0)[:, None]
         return labels, rows
 
+    member_axis = True
+
     def value_and_grad(self, xp, logits, targets, scale):
         labels, target = targets  # (batch,), (batch, classes): one-hot, or the (weighted, smoothed) target rows
-        shifted = logits - xp.max(logits, axis=1, keepdims=True)
+        shifted = logits - xp.max(logits, axis=-1, keepdims=True)
         exp = xp.exp(shifted)
-        total = xp.sum(exp, axis=1, keepdims=True)
+        total = xp.sum(exp, axis=-1, keepdims=True)
         if self.class_weight is None:  # the target rows sum to 1
             grad = (exp / total - target) * scale  # d/dlogits of the summed loss: softmax - target
-            loss_sum = xp.sum(xp.log(total)) - xp.sum(shifted * target)  # stable for huge logits
+            loss_sum = _sum(xp, xp.log(total)) - _sum(xp, shifted * target)  # stable for huge logits
         else:  # each row w * t sums to its weight w: loss w (log total - t . shifted), gradient w softmax - w t
-            weight = xp.sum(target, axis=1, keepdims=True)
+            weight = xp.sum(target, axis=-1, keepdims=True)
             grad = (exp / total * weight - target) * scale
-            loss_sum = xp.sum(weight * xp.log(total)) - xp.sum(shifted * target)
-        wrong = xp.sum(xp.astype(xp.argmax(logits, axis=1) != labels, logits.dtype))
+            loss_sum = _sum(xp, weight * xp.log(total)) - _sum(xp, shifted * target)
+        wrong = xp.sum(xp.astype(xp.argmax(logits, axis=-1) != labels, logits.dtype), axis=-1)
         return grad, loss_sum, wrong
 
     def metrics(self, metric_sums, n, outputs, statistics):
@@ -169,7 +185,7 @@ class SoftmaxCrossEntropy(Loss):
 
     def predict(self, xp, outputs):
         """``(batch, classes)`` -> ``(batch,)`` integer labels of the largest logit."""
-        return xp.argmax(outputs, axis=1)
+        return xp.argmax(outputs, axis=-1)
 
     def probabilities(self, xp, outputs):
         """``(batch, classes)`` -> softmax rows."""
@@ -199,13 +215,15 @@ class BinaryCrossEntropy(Loss):
     def encode(self, device, y, outputs, dtype):
         return (device.asarray(_columns(y, outputs), dtype=dtype),)
 
+    member_axis = True
+
     def value_and_grad(self, xp, logits, targets, scale):
-        y, k = targets[0], logits.shape[1]
+        y, k = targets[0], logits.shape[-1]
         e = xp.exp(-xp.abs(logits))  # in (0, 1]: neither the loss nor the sigmoid overflows
-        loss_sum = xp.sum(xp.maximum(logits, 0.0) - logits * y + xp.log1p(e)) / k
+        loss_sum = _sum(xp, xp.maximum(logits, 0.0) - logits * y + xp.log1p(e)) / k
         sigmoid = xp.where(logits >= 0, 1.0, e) / (1.0 + e)
         grad = (sigmoid - y) * (scale / k)
-        wrong = xp.sum(xp.astype((logits > 0) != (y >= 0.5), logits.dtype))
+        wrong = _sum(xp, xp.astype((logits > 0) != (y >= 0.5), logits.dtype))
         return grad, loss_sum, wrong
 
     def metrics(self, metric_sums, n, outputs, statistics):
@@ -273,10 +291,12 @@ class MeanSquaredError(RegressionLoss):
     """Mean squared error (torch.nn.MSELoss): a row's loss is ``sum_k (p_k - y_k) ** 2 / outputs``, so the
     loss ``fit`` reports is the mean over all elements."""
 
+    member_axis = True
+
     def value_and_grad(self, xp, outputs, targets, scale):
         diff = outputs - targets[0]
-        k = outputs.shape[1]
-        squares = xp.sum(diff * diff)
+        k = outputs.shape[-1]
+        squares = _sum(xp, diff * diff)
         return diff * (2.0 * scale / k), squares / k, squares
 
 
@@ -292,14 +312,21 @@ class Huber(RegressionLoss):
             raise InputError(f"Huber's delta must be a positive finite number, got {delta!r}")
         self.delta = float(delta)
 
+    member_axis = True
+
     def value_and_grad(self, xp, outputs, targets, scale):
         diff = outputs - targets[0]
-        k, delta = outputs.shape[1], self.delta
+        k, delta = outputs.shape[-1], self.delta
         size = xp.abs(diff)
         inner = xp.minimum(size, delta)  # |d| up to delta: the loss is inner (|d| - inner / 2) either way
-        loss_sum = xp.sum(inner * (size - 0.5 * inner)) / k
+        loss_sum = _sum(xp, inner * (size - 0.5 * inner)) / k
         grad = xp.minimum(xp.maximum(diff, -delta), delta) * (scale / k)
-        return grad, loss_sum, xp.sum(diff * diff)
+        return grad, loss_sum, _sum(xp, diff * diff)
+
+
+def _sum(xp, a):
+    """The sum over a minibatch's ``(batch, out)``: 0-d, or ``(M,)`` over a stack's ``(M, batch, out)``."""
+    return xp.sum(a, axis=(-2, -1))
 
 
 def _columns(y, outputs):
@@ -310,8 +337,8 @@ def _columns(y, outputs):
 
 
 def _softmax(xp, logits):
-    exp = xp.exp(logits - xp.max(logits, axis=1, keepdims=True))
-    return exp / xp.sum(exp, axis=1, keepdims=True)
+    exp = xp.exp(logits - xp.max(logits, axis=-1, keepdims=True))
+    return exp / xp.sum(exp, axis=-1, keepdims=True)
 
 
 def _one_hot_rows(device, labels, classes, dtype):

@@ -15,7 +15,7 @@ import numpy as np
 
 from .data import DeviceData
 from .early_stopping import EarlyStopping
-from .losses import SoftmaxCrossEntropy, get_loss
+from .losses import get_loss
 from .optim import SGD
 from .pure_step import PureStep
 from .stack import Stacked
@@ -33,34 +33,15 @@ EVAL_ROWS = 8192  # rows times members per evaluation forward pass, to bound act
 def _stacked_loss(loss, members, per_member_targets, kernels=None):
     """``value_and_grad(xp, outputs (M, batch, out), targets, scale) -> (grad, loss sums (M,), metric sums (M,))``.
 
-    Softmax cross-entropy over the member axis directly (its formula in ``SoftmaxCrossEntropy.value_and_grad``;
-    the twin ``kernels.stacked_softmax_xent`` where ``kernels`` offer one: NumPy's); any other loss member by
-    member through its own ``value_and_grad``.
+    The kernels' stacked twin of the loss where they offer one (NumPy's ``stacked_softmax_xent``); else the
+    loss's own ``value_and_grad``, which takes the member axis where the loss says so (``takes_members``), or
+    member by member.
     """
-    if type(loss) is SoftmaxCrossEntropy:
-        weighted = loss.class_weight is not None
-
-        def softmax_xent(xp, logits, targets, scale):
-            labels, target = targets  # (batch,) and (batch, classes), or each with the member axis first
-            fast = getattr(kernels, "stacked_softmax_xent", None) if kernels is not None else None
-            if fast is not None and not weighted:  # NumPy's twin of what follows
-                return fast(logits, labels, target, scale)
-            top, predicted = _row_max(xp, logits)
-            shifted = logits - top
-            exp = xp.exp(shifted)
-            # the row sums as one batched GEMV (as NumPy's fused twin sums them): reductions along a short
-            # last axis are an order of magnitude slower in NumPy
-            total = xp.expand_dims(xp.matmul(exp, xp.ones_like(exp[0, 0, :])), axis=-1)
-            if not weighted:  # the target rows sum to 1
-                grad = (exp / total - target) * scale
-                loss_sums = xp.sum(xp.log(total), axis=(1, 2)) - xp.sum(shifted * target, axis=(1, 2))
-            else:  # each row w * t sums to its weight w
-                weight = xp.sum(target, axis=-1, keepdims=True)
-                grad = (exp / total * weight - target) * scale
-                loss_sums = xp.sum(weight * xp.log(total), axis=(1, 2)) - xp.sum(shifted * target, axis=(1, 2))
-            wrong = xp.sum(xp.astype(predicted != labels, logits.dtype), axis=1)
-            return grad, loss_sums, wrong
-        return softmax_xent
+    fast = kernels.fused_loss(loss, stacked=True) if kernels is not None else None
+    if fast is not None:
+        return fast
+    if loss.takes_members():
+        return loss.value_and_grad
 
     def each(xp, outputs, targets, scale):
         parts = [loss.value_and_grad(xp, outputs[i, ...], tuple(t[i, ...] for t in targets)
@@ -68,12 +49,6 @@ def _stacked_loss(loss, members, per_member_targets, kernels=None):
         return tuple(xp.stack([part[k] for part in parts]) for k in range(3))
     return each
 
-
-def _row_max(xp, logits):
-    """``(max, argmax)`` of each row of ``(M, batch, classes)`` logits: ``(M, batch, 1)`` and ``(M, batch)``, the
-    first index of the largest. Two reductions: two launches on a GPU, where a pass per class would be two per
-    class (NumPy's kernels have their own, class-major ``stacked_softmax_xent``)."""
-    return xp.max(logits, axis=-1, keepdims=True), xp.argmax(logits, axis=-1)
 
 # -- training -------------------------------------------------------------------------------------------
 def fit_stack(stacked, X, y, *, optimizer=None, lr=None, l2=0.0, momentum=None, weight_decay=None, loss=None,

@@ -122,6 +122,61 @@ def test_value_gradient_and_metric_equal_the_formulas_on_every_device(device, dt
     assert_close(host(device, m2), metric, dtype, factor=10)
 
 
+def _stacked_case(device, name, dtype, shared, members=3):
+    """A stack's ``(loss, outputs (M, n, k) host, device outputs, device targets, each member's checked targets)``:
+    each member's outputs drawn as ``_case``'s, the targets member 0's for all (``shared``) or each its own."""
+    parts = [_case(name, seed=s, dtype=dtype) for s in range(members)]
+    loss, k = parts[0][0], parts[0][1]
+    p = np.stack([part[2] for part in parts])
+    checked = [parts[0][4] if shared else part[4] for part in parts]
+    if shared:
+        targets = loss.encode(device, checked[0], k, dtype)
+    else:
+        each = [loss.encode(device, c, k, dtype) for c in checked]
+        targets = tuple(device.xp.stack([e[j] for e in each]) for j in range(len(each[0])))
+    return loss, p, device.asarray(p, dtype=dtype), targets, checked
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-targets", "own-targets"])
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_stacks_outputs_give_each_members_sums_on_every_device(device, dtype, name, shared):
+    """``value_and_grad`` of a stack's ``(M, batch, out)`` outputs (``fit_stack`` calls it so): each member's
+    gradient, loss sum and metric sum are the oracle's on its own slice, the targets shared or each member's."""
+    require_dtype(device, dtype)
+    loss, p, outputs, targets, checked = _stacked_case(device, name, dtype, shared)
+    assert loss.takes_members()
+    g, value, m = (host(device, a) for a in loss.value_and_grad(device.xp, outputs, targets, 0.25))
+    assert g.shape == p.shape and value.shape == (3,) and m.shape == (3,)
+    for i in range(3):
+        grad, loss_sum, metric = _oracle(name, p[i], checked[i])
+        assert_close(g[i], 0.25 * grad, dtype, factor=10, err_msg=f"member {i}'s gradient")
+        assert_close(value[i], loss_sum, dtype, factor=10, err_msg=f"member {i}'s loss sum")
+        assert_close(m[i], metric, dtype, factor=10, err_msg=f"member {i}'s metric sum")
+
+
+class TwoDimensional(MeanSquaredError):
+    """A user's loss whose ``value_and_grad`` is written for ``(batch, out)`` alone."""
+
+    def value_and_grad(self, xp, outputs, targets, scale):
+        assert len(outputs.shape) == 2, "a stack's outputs reached a loss that does not take them"
+        return super().value_and_grad(xp, outputs, targets, scale)
+
+
+def test_a_loss_that_rewrites_value_and_grad_runs_member_by_member_in_a_stack():
+    """``takes_members`` is said by the class that defines ``value_and_grad``: a subclass that only inherits it
+    takes a stack's outputs, one that rewrites it is called member by member, to the same sums."""
+    from portablenn.stack_fit import _stacked_loss
+
+    assert Smoothed().takes_members() and not TwoDimensional().takes_members() and not Loss().takes_members()
+    dev = pn.device("numpy")
+    for shared in (True, False):
+        _, p, outputs, targets, _ = _stacked_case(dev, "mse", "float64", shared)
+        want = MeanSquaredError().value_and_grad(dev.xp, outputs, targets, 0.5)
+        got = _stacked_loss(TwoDimensional(), 3, not shared, dev.kernels)(dev.xp, outputs, targets, 0.5)
+        for a, b in zip(got, want):
+            assert_close(a, b, "float64")
+
+
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_gradient_equals_central_differences_on_every_device(device, name):
     """d loss_sum / d outputs against central differences of the loss's own value, float64."""
@@ -374,6 +429,26 @@ def test_the_fused_twin_runs_only_without_options():
     assert chosen(SoftmaxCrossEntropy()) == ["loss"]
     assert chosen(SoftmaxCrossEntropy(label_smoothing=0.1)) == []
     assert chosen(SoftmaxCrossEntropy(class_weight=[1, 2, 3])) == []
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-targets", "own-targets"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_the_stacked_twin_equals_the_loss_over_a_stack_and_runs_only_without_options(dtype, shared):
+    """NumPy's ``stacked_softmax_xent`` (a stack's fused loss) against ``value_and_grad`` of the same
+    ``(M, batch, classes)`` logits; only plain softmax cross-entropy has it, and only the fast kernels."""
+    fast, generic = pn.device("numpy"), pn.device("numpy", kernels="generic")
+    twin = fast.kernels.fused_loss(SoftmaxCrossEntropy(), stacked=True)
+    assert twin is not None and generic.kernels.fused_loss(SoftmaxCrossEntropy(), stacked=True) is None
+    for loss in [SoftmaxCrossEntropy(label_smoothing=0.1), SoftmaxCrossEntropy(class_weight=[1, 2, 3, 4]),
+                 Smoothed(), MeanSquaredError()]:
+        assert fast.kernels.fused_loss(loss, stacked=True) is None, loss
+    loss, _, outputs, targets, _ = _stacked_case(fast, "ce", dtype, shared)
+    outputs[0, 2, :] = outputs[0, 2, 1]  # a tie: the first of equal logits is the prediction, as argmax's
+    want = loss.value_and_grad(fast.xp, outputs, targets, 0.25)
+    got = twin(fast.xp, outputs.copy(), targets, 0.25)
+    for a, b, what in zip(got, want, ("gradient", "loss sums", "wrong rows")):
+        assert a.shape == b.shape and a.dtype == b.dtype, what
+        assert_close(a, b, dtype, factor=10, err_msg=what)
 
 
 # -- host-side metrics, predictions --------------------------------------------------------------------
