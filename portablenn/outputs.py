@@ -25,11 +25,12 @@ __all__ = ["OutputError", "KINDS", "check", "check_directory", "check_distinct",
            "atomic_write", "refuse_special", "sweep_temporaries", "STALE_SECONDS"]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+PNG_SOFTWARE = "portablenn"  # the start of the Software text chunk of every PNG portablenn writes (plots._save)
 STALE_SECONDS = 3600  # a temporary file untouched this long is abandoned, whoever made it
 KINDS = {  # kind -> what portablenn's own file of that kind is, for the messages
     "checkpoint": "a portablenn checkpoint",
     "log": "a portablenn log (JSON lines of epoch records)",
-    "png": "a PNG image",
+    "png": "a PNG image portablenn wrote",
     "predictions-npz": "a portablenn predictions file (arrays classes and probabilities, labels and "
                        "probabilities, or values)",
     "predictions-csv": "a portablenn predictions file (header class,p0,..., label0,...,p0,..., or value0,...)",
@@ -88,8 +89,25 @@ def _is_log(path):
 
 
 def _is_png(path):
+    """A PNG whose ``Software`` text chunk, before the image data, starts with ``PNG_SOFTWARE``: a user's own
+    picture (a camera's, a screenshot, matplotlib's own) is not ours."""
     with open(path, "rb") as fh:
-        return fh.read(8) == PNG_MAGIC
+        if fh.read(8) != PNG_MAGIC:
+            return False
+        for _ in range(64):  # chunks before the image data: the header, a few text and layout chunks
+            head = fh.read(8)
+            if len(head) < 8:
+                return False
+            length, kind = struct.unpack(">I4s", head)
+            if kind in (b"IDAT", b"IEND"):
+                return False
+            if kind == b"tEXt" and length <= 4096:
+                keyword, _, text = fh.read(length).partition(b"\0")
+                if keyword == b"Software" and text.startswith(PNG_SOFTWARE.encode()):
+                    return True
+                length = 0
+            fh.seek(length + 4, os.SEEK_CUR)  # the data left, and the CRC
+    return False
 
 
 # the arrays of ``portablenn predict``'s .npz: softmax cross-entropy, binary cross-entropy, regression
@@ -177,6 +195,9 @@ def check(path, kind, *, flag, overwrite=False, inputs=()):
         ``path`` is an input, a directory, not a regular file, or a file that is not portablenn's
         ``kind`` (without ``overwrite``); or a component of its folder is not a directory.
     """
+    if os.fspath(path).endswith(("/", os.sep)):  # Path() would drop it, and write a file named as the folder
+        raise OutputError(f"{flag} {os.fspath(path)} ends with a path separator, so it names a folder; name a "
+                          "file in it")
     path = Path(path)
     st = _inspect(path, flag, inputs, "portablenn never writes over its input (not even with --overwrite): "
                                       "choose another file")
@@ -210,14 +231,15 @@ def _inspect(path, flag, inputs, advice):
         raise OutputError(f"{flag} {path}: cannot inspect it: {exc.strerror or exc}") from None
 
 
-def check_directory(path, *, flag, inputs=()):
-    """Refuse a ``--plot``-style output folder that exists and is not a directory (or is an input)."""
+def check_directory(path, *, flag, inputs=(), contents="PNG files"):
+    """Refuse a ``--plot``-style output folder (for ``contents``) that exists and is not a directory (or is an
+    input)."""
     path = Path(path)
     st = _inspect(path, flag, inputs, "choose another directory")
     if st is None:
         return path
     if not stat.S_ISDIR(st.st_mode):
-        raise OutputError(f"{flag} {path} exists and is not a directory; name a directory for the PNG files "
+        raise OutputError(f"{flag} {path} exists and is not a directory; name a directory for the {contents} "
                           "(not even --overwrite replaces a file with a directory)")
     return path
 

@@ -1,11 +1,13 @@
 """PNG pictures of training: loss/error curves, 2-D decision regions, 3x3 lines predictions, first-layer weights;
 and training as an animation (`animate_training`, from ``portablenn.animation``)."""
+import io
 import math
 from pathlib import Path
 
 import numpy as np
 
 from .animation import TrainingRecorder, animate_training
+from .outputs import PNG_SOFTWARE, atomic_write
 from .train import predict, predict_proba
 
 __all__ = ["plot_history", "plot_decision_regions", "plot_lines_predictions", "plot_first_layer",
@@ -28,9 +30,15 @@ def _figure(**kwargs):
 
 
 def _save(fig, path):
+    """``fig`` as a PNG at ``path``, replaced atomically, marked as portablenn's (``outputs.PNG_SOFTWARE``, so
+    that a later run may replace it and never a user's own picture); the folder made where missing."""
+    from . import __version__
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
+    data = io.BytesIO()
+    fig.savefig(data, format="png", metadata={"Software": f"{PNG_SOFTWARE} {__version__} (matplotlib)"})
+    atomic_write(path, data.getvalue(), "plot")
     return path
 
 

@@ -254,6 +254,43 @@ def _write(path, content):
     return path
 
 
+def _png(metadata=None, late=False):
+    """A real PNG's bytes (matplotlib's) with ``metadata`` as its text chunks (None: matplotlib's own Software
+    chunk); ``late``: none, and portablenn's Software chunk after the image data, where no reader looks."""
+    import io
+    import struct
+    import zlib
+
+    from portablenn.plots import _figure
+
+    fig, data = _figure(figsize=(1, 1)), io.BytesIO()
+    fig.add_subplot().plot([0, 1])
+    fig.savefig(data, format="png", metadata={"Software": None} if late else metadata)
+    data = data.getvalue()
+    if late:
+        body = b"Software\0portablenn"
+        at = data.index(b"IEND") - 4
+        data = data[:at] + struct.pack(">I", len(body)) + b"tEXt" + body + struct.pack(">I", zlib.crc32(b"tEXt" + body)) \
+            + data[at:]
+    return data
+
+
+def test_a_png_is_ours_only_with_portablenns_mark_and_plots_write_it(tmp_path):
+    """A user's picture named like a plot is not portablenn's, whatever made it (a camera, matplotlib); the
+    plots portablenn writes carry its mark in their Software text chunk, so a later run may replace them."""
+    history = pn.History()
+    history.records.append({"epoch": 1, "loss": 0.5, "error": 0.2, "seconds": 0.1})
+    from portablenn.plots import plot_history
+
+    path = plot_history(history, tmp_path / "history.png")
+    assert outputs.is_ours(path, "png")
+    assert not outputs.is_ours(_write(tmp_path / "photo.png", _png()), "png")
+    with pytest.raises(outputs.OutputError, match="not a PNG image portablenn wrote"):
+        outputs.check(tmp_path / "photo.png", "png", flag="--plot")
+    assert outputs.check(tmp_path / "photo.png", "png", flag="--plot", overwrite=True)
+    assert not list(tmp_path.glob(".*.tmp"))  # written through a temporary file, none left
+
+
 def test_api_is_ours_tells_portablenn_files_from_others(tmp_path):
     import io
 
@@ -266,7 +303,7 @@ def test_api_is_ours_tells_portablenn_files_from_others(tmp_path):
     ours = {
         "checkpoint": checkpoint.save(model, tmp_path / "m.safetensors"),
         "log": _write(tmp_path / "a.jsonl", record + "\n" + record + "\n"),
-        "png": _write(tmp_path / "h.png", outputs.PNG_MAGIC + b"rest"),
+        "png": _write(tmp_path / "h.png", _png({"Software": "portablenn 0.1.0 (matplotlib)"})),
         "predictions-npz": _write(tmp_path / "p.npz", buffer.getvalue()),
         "predictions-csv": _write(tmp_path / "p.csv", "class,p0,p1\n0,0.9,0.1\n"),
     }
@@ -275,7 +312,9 @@ def test_api_is_ours_tells_portablenn_files_from_others(tmp_path):
                        _write(tmp_path / "c.csv", "1,2,0\n"), _write(tmp_path / "big", b"\xff" * 16)],
         "log": [_write(tmp_path / "b.jsonl", '{"name": "ada"}\n'), _write(tmp_path / "d.csv", "1,2,0\n"),
                 _write(tmp_path / "e.jsonl", record + "\nnot json\n" + record + "\n")],
-        "png": [_write(tmp_path / "x.png", "text")],
+        "png": [_write(tmp_path / "x.png", "text"), _write(tmp_path / "photo.png", _png({"Software": None})),
+                _write(tmp_path / "mpl.png", _png()), _write(tmp_path / "late.png", _png(late=True)),
+                _write(tmp_path / "cut.png", _png({"Author": "me", "Software": "portablenn"})[:45])],
         "predictions-npz": [_write(tmp_path / "data.npz", b"PK\x03\x04 not really")],
         "predictions-csv": [_write(tmp_path / "q.csv", "x,y,label\n1,2,0\n")],
     }
@@ -302,6 +341,8 @@ def test_api_check_refuses_what_the_cli_refuses(tmp_path):
         (tmp_path / "notes.txt", False, "not a portablenn checkpoint"),
         (tmp_path / "folder", True, "is a directory"),
         (tmp_path / "notes.txt" / "m", False, "is a file, not a directory"),
+        (f"{tmp_path / 'new'}/", True, "ends with a path separator"),  # Path() would drop the / and write "new"
+        (f"{tmp_path / 'folder'}/", True, "ends with a path separator"),
     ]
     if hasattr(os, "mkfifo"):
         os.mkfifo(tmp_path / "fifo")
