@@ -184,31 +184,42 @@ def sample(trials, *, search_seed=0, **values):
     if isinstance(values.get("seed"), Uniform):
         raise InputError("seed takes a list of seeds (every trial runs with each), not a range")
     trials, drawn, choices = int(trials), {}, {}
-    for k, key in enumerate(SETTINGS):
+    for key in SETTINGS:  # checked, and the total of lists alone, before anything is drawn
         if key not in values or key == "seed":
             continue
-        v, rng = values[key], np.random.default_rng([int(search_seed), k])
+        v = values[key]
         if isinstance(v, Uniform):
             if key not in _CHECKS:
                 raise InputError(f"{key} takes a list of values to choose from, not a range")
             for end in (v.low, v.high):
                 _CHECKS[key](end, f"{key}'s range {v!r}")
             choices[key] = v
-            drawn[key] = v.draw(rng, trials)
-        elif isinstance(v, (list, tuple)) and not (key == "hidden" and all(isinstance(h, numbers.Integral)
-                                                                          for h in v)):
+        elif _listed_values(key, v):
             if not v:
                 raise InputError(f"{key} has no values")
-            if len({repr(x) for x in v}) < len(v):
+            if len({_same(key, x) for x in v}) < len(v):
                 raise InputError(f"{key} lists a value twice: {list(v)!r}")
             if len(v) > 1:
                 choices[key] = list(v)
-            drawn[key] = [v[j] for j in rng.integers(0, len(v), trials)]
-        else:
-            drawn[key] = [v] * trials
     if trials > 1 and not choices:
         raise InputError(f"{trials} trials, but no setting is drawn (each has one value): give one a range or a "
                          "list of values")
+    if not any(isinstance(c, Uniform) for c in choices.values()):
+        total = math.prod(len(c) for c in choices.values())
+        if trials > total:
+            raise InputError(f"{trials} trials, but the lists make only {total} different member"
+                             f"{'s' if total != 1 else ''}: ask for at most {total}, or train every combination "
+                             "(grid)")
+    for k, key in enumerate(SETTINGS):
+        if key not in values or key == "seed":
+            continue
+        v, rng = values[key], np.random.default_rng([int(search_seed), k])
+        if isinstance(v, Uniform):
+            drawn[key] = v.draw(rng, trials)
+        elif _listed_values(key, v):
+            drawn[key] = [v[j] for j in rng.integers(0, len(v), trials)]
+        else:
+            drawn[key] = [v] * trials
     _distinct(trials, drawn, choices, int(search_seed))
     seeds = values.get("seed", None)
     seeds = [None] if seeds is None else (list(seeds) if isinstance(seeds, (list, tuple)) else [seeds])
@@ -218,19 +229,26 @@ def sample(trials, *, search_seed=0, **values):
             for t in range(int(trials)) for s in seeds]
 
 
+def _listed_values(key, v):
+    """Whether ``v`` is a list of values to choose from (``hidden``'s list of ints is one architecture, as in grid)."""
+    return isinstance(v, (list, tuple)) and not (key == "hidden" and all(isinstance(h, numbers.Integral) for h in v))
+
+
+def _same(key, value):
+    """What two values of ``key`` share when they are one member's: 1 and 1.0 are one rate, 10 and (10,) one width."""
+    if key == "hidden":
+        value = (value,) if isinstance(value, numbers.Integral) else value
+        return repr(tuple(int(h) if isinstance(h, numbers.Integral) else h for h in value))
+    return repr(float(value) if isinstance(value, numbers.Real) else value)
+
+
 def _distinct(trials, drawn, choices, search_seed):
     """Draw again, in place, each trial whose drawn settings (``choices``) repeat an earlier trial's."""
-    ranges = any(isinstance(c, Uniform) for c in choices.values())
-    if not ranges:
-        total = math.prod(len({repr(x) for x in c}) for c in choices.values())
-        if trials > total:
-            raise InputError(f"{trials} trials, but the lists make only {total} different member"
-                             f"{'s' if total != 1 else ''}: ask for at most {total}, or train every combination "
-                             "(grid)")
+    ranges = any(isinstance(c, Uniform) for c in choices.values())  # lists alone: at most their total (sample)
     spare = {key: np.random.default_rng([search_seed, SETTINGS.index(key), 1]) for key in choices}
     seen = set()
     for t in range(trials):
-        combo = tuple(repr(drawn[key][t]) for key in choices)
+        combo = tuple(_same(key, drawn[key][t]) for key in choices)
         tries = 0
         while combo in seen:  # lists alone: ends, as fewer trials than combinations are asked for
             if ranges and tries == _TRIES:
@@ -242,7 +260,7 @@ def _distinct(trials, drawn, choices, search_seed):
             for key, c in choices.items():
                 drawn[key][t] = (c.draw(spare[key], 1)[0] if isinstance(c, Uniform)
                                  else c[int(spare[key].integers(len(c)))])
-            combo = tuple(repr(drawn[key][t]) for key in choices)
+            combo = tuple(_same(key, drawn[key][t]) for key in choices)
         seen.add(combo)
 
 
@@ -332,7 +350,11 @@ class SweepResult:
 
     def ranking(self, field):
         """Member indices from the best final ``field`` to the worst (``r2`` upwards, the others downwards), ties
-        broken by the final loss of the same split; diverged members last (``rank_key``)."""
+        broken by the final loss of the same split; diverged members last (``rank_key``). InputError for a field
+        that no member recorded (a typo, or a validation figure of a sweep without validation rows)."""
+        recorded = [k for h in self.histories for r in h.records[:1] for k in r if k not in ("epoch", "seconds")]
+        if recorded and field not in recorded:
+            raise InputError(f"no member recorded {field!r}; their records hold {', '.join(dict.fromkeys(recorded))}")
         key, tie = rank_key(field), tie_field(field)
         return sorted(range(len(self)), key=lambda i: key(self.final(i, field), self.final(i, tie), i))
 

@@ -344,3 +344,86 @@ def test_a_users_file_named_like_the_scatter_is_refused_before_training(capsys, 
                           "--plot", str(folder))
     assert code == 2 and out == "" and "sweep_scatter.png exists and is not a PNG image" in err
     assert mine.read_text() == "mine"
+
+
+# -- the hostile review (#20) ---------------------------------------------------------------------------------
+def _no_members(*args, **kwargs):
+    raise AssertionError("the members were built: the count should have been refused first")
+
+
+@pytest.mark.parametrize("argv", [
+    ["--trials", "1000000000", "--lr", "loguniform:0.1:1"],
+    ["--trials", "1000000000", "--lr", "loguniform:0.1:1", "--save-all", "DIR"],
+    ["--seeds", "1000000000"],
+    ["--lr", "0.1,0.3", "--seeds", "1000000000"],
+])
+def test_a_sweep_too_large_for_any_memory_is_refused_before_its_members_are_built(capsys, monkeypatch, tmp_path,
+                                                                                  argv):
+    """10**9 members hold far more than any machine's memory whatever the data (their settings and records alone):
+    one line and exit 2 at once, not a list of 10**9 members or seeds built first (minutes, then the OOM killer)."""
+    import portablenn.cli.sweep as cli_sweep
+
+    monkeypatch.setattr(cli_sweep, "sample", _no_members)
+    monkeypatch.setattr(cli_sweep, "grid", _no_members)
+    argv = [str(tmp_path / "all") if a == "DIR" else a for a in argv]
+    code, out, err = _cli(capsys, "sweep", "--epochs", "1", *argv)
+    assert code == 2 and out == "", err
+    assert "members need at least" in err and "whatever the data" in err, err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_more_trials_than_the_lists_make_is_refused_before_drawing(monkeypatch):
+    """Lists alone make a known number of members: asking for more is refused before anything is drawn (10**9
+    trials drew 10**9 list indices first, 8 GB)."""
+    import portablenn.sweep as sweep_module
+
+    monkeypatch.setattr(sweep_module.np.random, "default_rng", _no_members)
+    with pytest.raises(InputError, match="the lists make only 2 different members"):
+        sample(10**9, lr=[0.1, 1.0])
+
+
+def test_ranking_by_a_field_no_member_recorded_is_refused_not_an_unranked_table():
+    """A typo (``val_eror``), or ``val_error`` from a sweep without validation rows, made every member's figure NaN:
+    ``table`` and ``ranking`` then silently ordered the members by the tie-break loss or their index."""
+    from portablenn.sweep import SweepResult
+
+    result = SweepResult([{"lr": 0.1}, {"lr": 1.0}], ["lr=0.1", "lr=1"])
+    result.histories[0].records = [{"epoch": 1, "loss": 0.5, "error": 0.3, "seconds": 0.1}]
+    result.histories[1].records = [{"epoch": 1, "loss": 0.9, "error": 0.2, "seconds": 0.1}]
+    assert result.ranking("error") == [1, 0]
+    for field in ("val_error", "eror"):
+        with pytest.raises(InputError, match=f"no member recorded {field!r}; their records hold loss, error"):
+            result.table(field)
+    empty = SweepResult([{"lr": 0.1}], ["lr=0.1"])  # nothing recorded (diverged at its first step): nothing to check
+    assert empty.ranking("val_error") == [0]
+
+
+def test_a_list_naming_one_value_twice_in_two_spellings_is_refused():
+    """1 and 1.0 (or numpy's 1.0) are one learning rate, 10 and (10,) one width: the trials must be different
+    members, and the repr-based check let ``sample(2, lr=[1, 1.0])`` train one member twice."""
+    for values in ({"lr": [1, 1.0]}, {"lr": [np.float64(0.5), 0.5]}, {"hidden": [10, (10,)]}):
+        with pytest.raises(InputError, match="lists a value twice"):
+            sample(2, **values)
+
+
+def test_a_member_with_one_epoch_is_drawn_as_a_point_in_the_learning_curves(monkeypatch, tmp_path):
+    """A one-epoch sweep (or a member that diverged in its second epoch) has one record per curve: a line
+    through one point draws nothing, so the curves mark it; longer curves stay plain lines."""
+    pytest.importorskip("matplotlib")
+    import portablenn.plots as plots_module
+    from portablenn.cli import sweep_plots
+    from portablenn.sweep import SweepResult, _settings
+
+    full = [_settings({"lr": lr}, k) for k, lr in enumerate((0.1, 0.3))]
+    result = SweepResult(full, ["0", "1"])
+    for k, epochs in enumerate((1, 3)):
+        for e in range(1, epochs + 1):
+            result.histories[k].records.append({"epoch": e, "loss": 1.0 / e, "error": 0.5, "val_error": 0.4 + k,
+                                                "val_loss": 1.0})
+    figures = []
+    monkeypatch.setattr(plots_module, "_save", lambda fig, path: figures.append(fig) or path)
+    sweep_plots.plots(tmp_path, result, {"lr": [0.1, 0.3]}, ["lr"], "val_error")
+    for ax in figures[0].axes:
+        one, three = ax.get_lines()  # ranking order: member 0 (val_error 0.4) first
+        assert len(one.get_xdata()) == 1 and one.get_marker() == "o"
+        assert len(three.get_xdata()) == 3 and three.get_marker() in ("None", None, "")

@@ -15,8 +15,9 @@ from ..early_stopping import EarlyStopping
 from ..datasets import registry
 from ..registry import LOSSES
 from ..stack import StackedLinear
-from ..sweep import (SETTINGS, LogUniform, Uniform, _settings, evaluate_stack, grid, number_text, predict_proba_stack,
-                     rank_key, sample, sweep, tie_field)
+from ..sweep import (SETTINGS, LogUniform, Uniform, _settings, evaluate_stack, grid, memory_limit, number_text,
+                     predict_proba_stack, rank_key, sample, sweep, tie_field)
+from ..validation import available_memory, format_bytes
 from . import table
 from .arguments import control_args, device, kernels_arg, model_args
 from .errors import CLIError
@@ -157,7 +158,7 @@ def _lists(args, kind):
     if args.seeds is not None:
         if args.seeds < 1:
             raise CLIError(f"--seeds must be a positive number of seeds, got {args.seeds}")
-        lists["seed"] = list(range(args.seeds))
+        lists["seed"] = range(args.seeds)  # a list once _check_count has taken its length
     elif args.seed is not None:
         lists["seed"] = _values("--seed", args.seed, int, (lambda v: v >= 0, "seeds are integers >= 0"),
                                 "an integer")
@@ -166,6 +167,26 @@ def _lists(args, kind):
                   for widths in args.hidden]
         lists["hidden"] = [tuple(c) for c in _product(layers)]
     return lists
+
+
+MEMBER_BYTES = 512  # a floor on the host memory of one member's settings, name and records (measured: about 1 KB)
+
+
+def _check_count(args, lists, opts, optimizer, dev):
+    """Refuse, before a member is built, more members than memory could hold whatever the data: each takes
+    ``MEMBER_BYTES`` on the host, and on the device its parameters with one input and one output (and SGD's none, or
+    Adam's two copies of them), which its stack keeps to the end of the sweep, chunked or not."""
+    count = (args.trials if args.trials is not None else math.prod(len(v) for k, v in lists.items() if k != "seed")) \
+        * len(lists["seed"])
+    copies = 1 + (2 if optimizer in ("adam", "adamw") else 0)
+    params = min(sum(a * b + (b if opts["bias"] else 0) for a, b in zip([1, *h], [*h, 1])) for h in lists["hidden"])
+    flags = "--trials" if args.trials is not None else "values"
+    for need, (limit, source) in ((count * MEMBER_BYTES, available_memory()),
+                                  (count * params * copies * np.dtype(opts["dtype"]).itemsize, memory_limit(dev))):
+        if limit is not None and need > limit:
+            raise CLIError(f"{count} members need at least {format_bytes(need)} whatever the data, more than {source} "
+                           f"({format_bytes(limit)}): ask for fewer {flags}" + (" or seeds" if len(lists["seed"]) > 1
+                                                                                else ""))
 
 
 def _product(layers):
@@ -196,7 +217,7 @@ def _check_outputs(args, members=None, prepare=False):
         outputs.check(args.save, "checkpoint", flag="--save", overwrite=args.overwrite, inputs=inputs)
         named.append(("--save", args.save))
     if args.save_all:
-        outputs.check_directory(args.save_all, flag="--save-all", inputs=inputs)
+        outputs.check_directory(args.save_all, flag="--save-all", inputs=inputs, contents="checkpoints")
         for k in range(members or 0):
             path = Path(args.save_all) / _member_file(k, members)
             outputs.check(path, "checkpoint", flag="--save-all", overwrite=args.overwrite, inputs=inputs)
@@ -259,6 +280,9 @@ def run(args):
     lists.setdefault("l2", [opts["l2"]])
     lists.setdefault("hidden", [() if opts["model"] == "linear" else tuple(opts["hidden"])])
     lists.setdefault("seed", [0])
+    dev = device(args)
+    _check_count(args, lists, opts, optimizer, dev)
+    lists["seed"] = list(lists["seed"])
     if args.trials is not None:
         if args.trials > 1 and not any(k in ranges or len(v) > 1 for k, v in lists.items() if k != "seed"):
             raise CLIError(f"--trials {args.trials} has nothing to draw: give --lr, --l2, --weight-decay, --momentum "
@@ -268,7 +292,6 @@ def run(args):
         members = grid(**lists)
     _check_outputs(args, len(members), prepare=True)  # before the data (a download) and the training
     loss = LOSSES.get(opts["loss"])()
-    dev = device(args)
     splits = registry.load(args.dataset, args.data_dir, args.data_seed, args.val, not args.no_download,
                            dtype=opts["dtype"], task=loss.task,
                            targets=opts.get("targets") if kind == "file" else None)

@@ -28,7 +28,8 @@ def plots(directory, result, lists, varying, field, random=False):
         if not h.records:
             continue
         kwargs = dict(color=colours[rank], lw=1.6 if rank == 0 else 0.9, alpha=1.0 if rank < 5 else 0.55,
-                      label=result.names[i] if rank < 8 else None)
+                      label=result.names[i] if rank < 8 else None,
+                      marker="o" if len(h.records) == 1 else None, ms=4)  # one epoch: a point, not a line
         left.plot(h["epoch"], h["loss"], **kwargs)
         if field in h.records[0]:
             right.plot(h["epoch"], h[field], **kwargs)
