@@ -136,6 +136,18 @@ def _softmax_xent(classes):
     return case
 
 
+def _stacked_softmax_xent(classes):
+    def case(k, a):
+        logits = a.normal(3, 9, classes, scale=5.0)
+        shared = a.labels(9, classes)
+        own = [a.labels(9, classes) for _ in range(3)]
+        loss = SoftmaxCrossEntropy()
+        value = k.fused_loss(loss, stacked=True) or loss.value_and_grad  # a stack's twin, or the definition
+        each = (k.xp.stack([labels for labels, _ in own]), k.xp.stack([onehot for _, onehot in own]))
+        return value(k.xp, logits, shared, 0.25) + value(k.xp, logits, each, 0.25)
+    return case
+
+
 def _sgd(k, a):
     p, q, r, g = a.normal(4, 3), a.normal(4, 3), a.normal(4, 3), a.normal(4, 3)
     k.sgd_(p, g, 0.5, 0.0)
@@ -178,6 +190,8 @@ def _record_step(k, a):
 _CASES = [("matmul", _matmul), ("linear", _linear), ("weight update (matmul_update_)", _weight_update),
           ("sum_rows", lambda k, a: (k.sum_rows(a.normal(7, 3)),)), ("relu", _relu),
           ("softmax_xent", _softmax_xent(3)), ("softmax_xent over 300 classes", _softmax_xent(300)),
+          ("stacked_softmax_xent", _stacked_softmax_xent(3)),
+          ("stacked_softmax_xent over 300 classes", _stacked_softmax_xent(300)),
           ("sq_sum", lambda k, a: (k.sq_sum(a.normal(5, 3)),)), ("sgd_", _sgd), ("momentum_", _momentum),
           ("adam_", _adam), ("minibatch", _minibatch), ("record_step", _record_step)]
 

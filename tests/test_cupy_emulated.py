@@ -270,6 +270,7 @@ def emulated(monkeypatch):
     cupy.ElementwiseKernel, cupy.ReductionKernel = _elementwise_kernel, _ReductionKernel
     cupy.empty = lambda shape, dtype: np.empty(shape, dtype).view(_DeviceArray)
     cupy.maximum, cupy.broadcast_to, cupy.matmul = np.maximum, np.broadcast_to, np.matmul
+    cupy.ascontiguousarray = lambda a: np.ascontiguousarray(a).view(_DeviceArray)
     cupy.cublas = types.ModuleType("cupy.cublas")
     cupy.cublas.gemm = _cupy_cublas_gemm
     cupy.cuda = types.SimpleNamespace(
@@ -447,6 +448,32 @@ def test_fused_softmax_xent_computes_what_the_loss_defines(emulated, dtype, clas
     np.testing.assert_allclose(grad, expected[0], **tol)
     np.testing.assert_allclose(loss, expected[1], **tol)
     assert float(wrong) == float(expected[2]) >= 1
+
+
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-targets", "own-targets"])
+@pytest.mark.parametrize("classes", [5, 300])  # one thread per row up to 256 classes, the kernels per element beyond
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_stacked_softmax_xent_computes_what_the_loss_defines(emulated, dtype, classes, shared):
+    """A stack's fused softmax cross-entropy, ``(M, batch, classes)`` logits, against the loss object's own code
+    over the member axis: the gradient, each member's loss sum and wrong rows (ties to the first maximum)."""
+    import array_api_compat.numpy as xp
+
+    fused = emulated[0].CupyKernels(xp)
+    rng = np.random.default_rng(4)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    logits = (20 * rng.standard_normal((3, 7, classes))).astype(dtype)
+    logits[1, 0] += 1000  # the row maximum keeps exp finite
+    logits[2, 2, 1:] = logits[2, 2, 0] = logits[2, 2].max()  # a tie: the first maximal logit is the prediction
+    labels = rng.integers(0, classes, 7 if shared else (3, 7))
+    onehot = np.eye(classes, dtype=dtype)[labels]
+    twin = fused.fused_loss(SoftmaxCrossEntropy(), stacked=True)
+    grad, loss, wrong = twin(xp, _device(logits), (_device(labels), _device(onehot)), 0.25)
+    expected = SoftmaxCrossEntropy().value_and_grad(xp, logits.copy(), (labels, onehot), 0.25)  # the definition
+    assert grad.shape == (3, 7, classes) and grad.dtype == dtype and loss.shape == (3,) and loss.dtype == dtype
+    np.testing.assert_allclose(grad, expected[0], **tol)
+    np.testing.assert_allclose(loss, expected[1], **tol)
+    np.testing.assert_array_equal(wrong, expected[2])
+    assert wrong.dtype == dtype and 0 < wrong.sum() < 21
 
 
 @pytest.mark.parametrize("features", [1, 3])  # fewer than the classes: the one-hot row is a loop
@@ -627,7 +654,7 @@ def test_a_stack_through_the_emulated_cupy_kernels_trains_as_the_generic_ones(em
     cupy_like = backend.Device("numpy:emulated-cupy", xp, fast=False)
     cupy_like.kernels = kernels = emulated[0].CupyKernels(xp)
     calls = []
-    for name in ("matmul", "matmul_update_", "relu", "relu_backward", "softmax_xent", "sgd_"):
+    for name in ("matmul", "matmul_update_", "relu", "relu_backward", "stacked_softmax_xent", "sgd_"):
         original = getattr(type(kernels), name)
         monkeypatch.setattr(type(kernels), name, lambda self, *a, _f=original, _n=name, **k: (calls.append(_n),
                                                                                              _f(self, *a, **k))[1])
@@ -649,6 +676,8 @@ def test_a_stack_through_the_emulated_cupy_kernels_trains_as_the_generic_ones(em
         for field in ("loss", "error", "val_loss", "val_error"):
             assert_close(history[i][field], expected[i][field], "float64", factor=10)
     assert run(cupy_like, 7)[2] == few
+    # the stack's fused loss, once a minibatch (45 rows by 8: 6) and once a validation pass, 3 epochs
+    assert calls.count("stacked_softmax_xent") == 3 * (6 + 1)
 
 
 # -- the guard: fast kernels prove themselves first, and a CUDA graph that fails is a warning -------------
@@ -720,7 +749,16 @@ def _not_finite(emulated):
     return emulated[0], "_sgd_decay", broken, "sgd_ gave non-finite values"
 
 
-@pytest.mark.parametrize("inject", [_compile_error, _cublas_failure, _wrong_result, _not_finite])
+def _members_mixed_up(emulated):
+    original = emulated[0].CupyKernels.stacked_softmax_xent
+
+    def broken(self, logits, labels, onehot, scale):  # each member's loss sum given to another member
+        grad, loss_sums, wrong = original(self, logits, labels, onehot, scale)
+        return grad, loss_sums[::-1], wrong
+    return emulated[0].CupyKernels, "stacked_softmax_xent", broken, "stacked_softmax_xent is off by"
+
+
+@pytest.mark.parametrize("inject", [_compile_error, _cublas_failure, _wrong_result, _not_finite, _members_mixed_up])
 def test_a_failing_fast_kernel_falls_back_to_the_generic_ones_with_one_warning(emulated, auto_device, monkeypatch,
                                                                                  inject):
     owner, name, broken, words = inject(emulated)

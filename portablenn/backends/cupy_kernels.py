@@ -1,7 +1,7 @@
 """CuPy fast path: fused elementwise/reduction kernels, cuBLAS GEMM updates and CUDA-graph replay.
 
 On a GPU a minibatch step is launch-bound: the generic softmax cross-entropy is ~15 kernels, this
-one is 2 (a thread per row, then the batch's sums; 7 beyond 256 classes); ReLU backward is one
+one is 2 (a thread per row, then the batch's sums; 7 beyond 256 classes), a stack's 3; ReLU backward is one
 kernel instead of three; the SGD weight update is one cuBLAS GEMM with ``beta = 1``; Adam updates
 ``param, m, v`` in one kernel. With ``fit(graph=True)`` the whole step is recorded once as a CUDA
 graph and replayed: one launch per step (``_GraphStep``). Results equal the generic ``Kernels`` up
@@ -197,6 +197,26 @@ class CupyKernels(Kernels):
         loss_sum = _xent_loss(logits, top, total, onehot)
         wrong = (logits.argmax(axis=1) != labels).sum(dtype=logits.dtype)
         return grad, loss_sum, wrong
+
+    def stacked_softmax_xent(self, logits, labels, onehot, scale):
+        """``softmax_xent`` for a stack: ``(M, batch, classes)`` logits, the targets shared ``(batch,)`` and
+        ``(batch, classes)`` or each member's ``(M, batch)``, ``(M, batch, classes)`` -> ``(grad, loss sums (M,),
+        wrong (M,))``: the same kernels over the M batch rows, then each member's sums (3 launches, not ~12)."""
+        M, n, classes = logits.shape
+        if 0 < classes <= _ROW_KERNEL_CLASSES and n:
+            grad = cupy.empty((M, n, classes), logits.dtype)
+            stats = cupy.empty((2, M, n), logits.dtype)  # each row's loss and wrong prediction
+            _xent_rows(cupy.ascontiguousarray(logits), cupy.ascontiguousarray(cupy.broadcast_to(labels, (M, n))),
+                       logits.dtype.type(scale), numpy.int32(classes), grad, stats, size=M * n)
+            sums = stats.sum(axis=2)
+            return grad, sums[0], sums[1]
+        top = cupy.broadcast_to(logits.max(axis=2, keepdims=True), logits.shape)
+        total = cupy.broadcast_to(_row_sum_exp(logits, top, axis=2, keepdims=True), logits.shape)
+        onehot = cupy.broadcast_to(onehot, logits.shape)
+        grad = _xent_grad(logits, top, total, onehot, logits.dtype.type(scale))
+        loss_sums = _xent_loss(logits, top, total, onehot, axis=(1, 2))
+        wrong = (logits.argmax(axis=2) != labels).sum(axis=1, dtype=logits.dtype)
+        return grad, loss_sums, wrong
 
     def minibatch(self, X, y, onehot, order, start, offsets):
         (batch,), (features, classes) = offsets.shape, (X.shape[1], onehot.shape[1])
