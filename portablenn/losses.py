@@ -43,13 +43,16 @@ class Loss(Configurable):
         raise NotImplementedError
 
     member_axis = False  # whether value_and_grad also takes a stack's outputs (see ``takes_members``)
+    row_weights = False  # whether value_and_grad takes fit's sample weights (see ``takes_row_weights``)
 
     def value_and_grad(self, xp, outputs, targets, scale):
         """``(grad, loss_sum, metric_sum)``: the gradient of the summed loss with respect to ``outputs``
         times ``scale`` (``1 / rows`` for the mean), and two 0-d arrays.
 
         Where the class says ``member_axis``, ``outputs`` may also be a stack's ``(M, batch, out)`` (targets
-        shared, or each with the member axis first): the sums are then each member's, ``(M,)``."""
+        shared, or each with the member axis first): the sums are then each member's, ``(M,)``. Where it says
+        ``row_weights``, ``targets`` may end with fit's sample weights ``(batch, 1)``: each row's loss and
+        gradient times its weight (the metric sum stays unweighted)."""
         raise NotImplementedError
 
     def value(self, xp, outputs, targets):
@@ -61,9 +64,17 @@ class Loss(Configurable):
         """Whether ``value_and_grad`` takes a stack's outputs ``(M, batch, out)`` with per-member sums: said
         by ``member_axis`` on the class that defines it, so a subclass that rewrites it for ``(batch, out)``
         alone is run member by member."""
+        return self._said("member_axis")
+
+    def takes_row_weights(self):
+        """Whether ``value_and_grad`` takes sample weights after its targets: said by ``row_weights`` on the
+        class that defines it (a subclass that rewrites it does not, until it says so)."""
+        return self._said("row_weights")
+
+    def _said(self, name):
         for cls in type(self).__mro__:
             if "value_and_grad" in cls.__dict__:
-                return bool(cls.__dict__.get("member_axis", False))
+                return bool(cls.__dict__.get(name, False))
         return False
 
     def fused_twin(self):
@@ -162,14 +173,16 @@ class SoftmaxCrossEntropy(Loss):
                 rows = rows * xp.take(weights, labels, axis=0)[:, None]
         return labels, rows
 
-    member_axis = True
+    member_axis = row_weights = True
 
     def value_and_grad(self, xp, logits, targets, scale):
-        labels, target = targets  # (batch,), (batch, classes): one-hot, or the (weighted, smoothed) target rows
+        labels, target, *weight = targets  # (batch,), (batch, classes): one-hot, or the (weighted, smoothed) rows
+        if weight:  # sample weights (batch, 1): a row of weight s is s times its target row, and sums to s w
+            target = target * weight[0]
         shifted = logits - xp.max(logits, axis=-1, keepdims=True)
         exp = xp.exp(shifted)
         total = xp.sum(exp, axis=-1, keepdims=True)
-        if self.class_weight is None:  # the target rows sum to 1
+        if self.class_weight is None and not weight:  # the target rows sum to 1
             grad = (exp / total - target) * scale  # d/dlogits of the summed loss: softmax - target
             loss_sum = _sum(xp, xp.log(total)) - _sum(xp, shifted * target)  # stable for huge logits
         else:  # each row w * t sums to its weight w: loss w (log total - t . shifted), gradient w softmax - w t
@@ -215,16 +228,18 @@ class BinaryCrossEntropy(Loss):
     def encode(self, device, y, outputs, dtype):
         return (device.asarray(_columns(y, outputs), dtype=dtype),)
 
-    member_axis = True
+    member_axis = row_weights = True
 
     def value_and_grad(self, xp, logits, targets, scale):
-        y, k = targets[0], logits.shape[-1]
+        (y, *weight), k = targets, logits.shape[-1]
         e = xp.exp(-xp.abs(logits))  # in (0, 1]: neither the loss nor the sigmoid overflows
-        loss_sum = _sum(xp, xp.maximum(logits, 0.0) - logits * y + xp.log1p(e)) / k
+        terms = xp.maximum(logits, 0.0) - logits * y + xp.log1p(e)
         sigmoid = xp.where(logits >= 0, 1.0, e) / (1.0 + e)
         grad = (sigmoid - y) * (scale / k)
+        if weight:  # sample weights (batch, 1)
+            terms, grad = terms * weight[0], grad * weight[0]
         wrong = _sum(xp, xp.astype((logits > 0) != (y >= 0.5), logits.dtype))
-        return grad, loss_sum, wrong
+        return grad, _sum(xp, terms) / k, wrong
 
     def metrics(self, metric_sums, n, outputs, statistics):
         """``{"error": wrong entries / (n outputs)}``."""
@@ -291,12 +306,15 @@ class MeanSquaredError(RegressionLoss):
     """Mean squared error (torch.nn.MSELoss): a row's loss is ``sum_k (p_k - y_k) ** 2 / outputs``, so the
     loss ``fit`` reports is the mean over all elements."""
 
-    member_axis = True
+    member_axis = row_weights = True
 
     def value_and_grad(self, xp, outputs, targets, scale):
-        diff = outputs - targets[0]
-        k = outputs.shape[-1]
+        (y, *weight), k = targets, outputs.shape[-1]
+        diff = outputs - y
         squares = _sum(xp, diff * diff)
+        if weight:  # sample weights (batch, 1): the loss and gradient weighted, the squared error (metric) not
+            weighted = diff * weight[0]
+            return weighted * (2.0 * scale / k), _sum(xp, weighted * diff) / k, squares
         return diff * (2.0 * scale / k), squares / k, squares
 
 
@@ -312,16 +330,18 @@ class Huber(RegressionLoss):
             raise InputError(f"Huber's delta must be a positive finite number, got {delta!r}")
         self.delta = float(delta)
 
-    member_axis = True
+    member_axis = row_weights = True
 
     def value_and_grad(self, xp, outputs, targets, scale):
-        diff = outputs - targets[0]
-        k, delta = outputs.shape[-1], self.delta
+        (y, *weight), k, delta = targets, outputs.shape[-1], self.delta
+        diff = outputs - y
         size = xp.abs(diff)
         inner = xp.minimum(size, delta)  # |d| up to delta: the loss is inner (|d| - inner / 2) either way
-        loss_sum = _sum(xp, inner * (size - 0.5 * inner)) / k
+        terms = inner * (size - 0.5 * inner)
         grad = xp.minimum(xp.maximum(diff, -delta), delta) * (scale / k)
-        return grad, loss_sum, _sum(xp, diff * diff)
+        if weight:  # sample weights (batch, 1)
+            terms, grad = terms * weight[0], grad * weight[0]
+        return grad, _sum(xp, terms) / k, _sum(xp, diff * diff)
 
 
 def _sum(xp, a):

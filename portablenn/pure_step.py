@@ -30,8 +30,8 @@ def pure_step(dev, data, batch, steps, train_step, model, optimizer, dtype, loss
     else a new one, kept on the optimizer for the next fit (``MLPClassifier.partial_fit`` calls ``fit`` per
     call: compiling is then paid once, not every call)."""
     settings = sorted((k, repr(v)) for k, v in optimizer.to_config().items() if k != "lr")
-    key = (dev, batch, steps, str(dtype), repr(model), type(loss), repr(loss), float(l2), clip_norm,
-           type(optimizer), tuple(settings))
+    key = (dev, batch, steps, str(dtype), repr(model), type(loss), repr(loss), len(data.targets), float(l2),
+           clip_norm, type(optimizer), tuple(settings))  # len: the targets end with sample weights, or not
     held = getattr(optimizer, "_pure_step", None)
     if held is not None and held[0] == key and held[1]._model is model:
         held[1].adopt(data)

@@ -27,7 +27,7 @@ from .models import mlp
 from .optim import SGD, Adam
 from .split import validation_split
 from .train import fit
-from .validation import check_features, check_range
+from .validation import check_features, check_range, check_sample_weight
 
 try:
     from .losses import RegressionLoss
@@ -48,9 +48,15 @@ if RegressionLoss is not None:
         the ``k`` outputs, ``0.5 * mean((p - y) ** 2)`` over all elements, as scikit-learn reports it. For one
         output both are half of ``MeanSquaredError`` (torch's ``MSELoss``); the metrics are RMSE and R^2."""
 
+        row_weights = True
+
         def value_and_grad(self, xp, outputs, targets, scale):
-            diff = outputs - targets[0]
+            (y, *weight) = targets  # and fit's sample weights (batch, 1), where given
+            diff = outputs - y
             squares = xp.sum(diff * diff)
+            if weight:
+                weighted = diff * weight[0]
+                return weighted * scale, xp.sum(weighted * diff) * (0.5 / outputs.shape[1]), squares
             return diff * scale, squares * (0.5 / outputs.shape[1]), squares
 
 
@@ -211,7 +217,7 @@ class _BaseMLP(BaseEstimator):
         return [self.model_.device.to_numpy(layer.params["bias"]).copy() for layer in self.model_.linears]
 
     # -- training ------------------------------------------------------------------------------------------
-    def _fit(self, X, y, incremental):
+    def _fit(self, X, y, incremental, sample_weight=None):
         """``fit`` (a new network, or the fitted one with ``warm_start``) or ``partial_fit`` (``incremental``:
         one epoch, the optimizer kept)."""
         hidden, activation = self._check_params()
@@ -231,6 +237,8 @@ class _BaseMLP(BaseEstimator):
             check_consistent_length(X, y)
             dev = backend.device(spec)
         targets = self._targets(y, first, incremental)
+        if sample_weight is not None:
+            sample_weight = check_sample_weight(sample_weight, X.shape[0])
         rng = check_random_state(self.random_state)
         init_seed, shuffle_seed = (int(s) for s in rng.randint(np.iinfo(np.int32).max, size=2))
         if first:
@@ -244,8 +252,9 @@ class _BaseMLP(BaseEstimator):
         if self.early_stopping:
             if X.shape[0] < 2:
                 raise ValueError(f"early_stopping cannot split a validation set off n_samples={X.shape[0]}")
-            X, targets, validation = validation_split(X, targets, self.validation_fraction, shuffle_seed,
-                                                      stratify=self._stratify)
+            X, targets, validation, *rest = validation_split(X, targets, self.validation_fraction, shuffle_seed,
+                                                             stratify=self._stratify, sample_weight=sample_weight)
+            sample_weight = rest[0] if rest else None
             if validation[0].shape[0] < 2:
                 raise ValueError("The validation set is too small. Increase 'validation_fraction' or the size of "
                                  "your dataset.")
@@ -255,7 +264,7 @@ class _BaseMLP(BaseEstimator):
         fit(self.model_, X, targets, optimizer=self._optimizer, loss=self._loss(), initial_epoch=done,
             epochs=done + (1 if incremental else self.max_iter), batch_size=self._batch(n),
             shuffle=bool(self.shuffle), l2=self.alpha, device=dev, seed=shuffle_seed, validation=validation,
-            early_stopping=stopper, log_every=1)
+            early_stopping=stopper, log_every=1, sample_weight=sample_weight)
         self.device_ = dev.name
         if not incremental and stopper.stopped_epoch is None:
             warnings.warn(f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
@@ -467,7 +476,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
     _y_checks = {}  # scikit-learn's validate_data: 1-D labels
     _stratify = True  # the validation split of early_stopping keeps each class's share
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Train on ``X``, ``y`` for at most ``max_iter`` epochs (a new network unless ``warm_start``).
 
         Parameters
@@ -477,20 +486,27 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
             which is trained on its own device.
         y : array of shape (n_samples,)
             Class labels of any sortable type, from any namespace.
+        sample_weight : array of shape (n_samples,), optional
+            Each row's loss times its weight (``portablenn.fit``'s ``sample_weight``: scaled to average 1, each
+            minibatch's mean over its rows; scikit-learn divides by the minibatch's summed weight instead, the
+            same in full-batch training). The early-stopping split keeps the training rows' weights; its
+            validation score is unweighted.
 
         Returns
         -------
         self
         """
-        return self._fit(X, y, incremental=False)
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
-    def partial_fit(self, X, y, classes=None):
+    def partial_fit(self, X, y, sample_weight=None, classes=None):
         """One epoch over ``X``, ``y``, continuing the fitted network and its optimizer.
 
         Parameters
         ----------
         X : array of shape (n_samples, n_features)
         y : array of shape (n_samples,)
+        sample_weight : array of shape (n_samples,), optional
+            As ``fit``'s.
         classes : array of shape (n_classes,), optional
             Every class of all the calls; required on the first call, as scikit-learn's.
 
@@ -507,7 +523,7 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
                                  f"was: {self.classes_!r}")
         elif getattr(self, "classes_", None) is None:
             raise ValueError("classes must be passed on the first call to partial_fit.")
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, incremental=True, sample_weight=sample_weight)
 
     def predict_proba(self, X):
         """Class probabilities (softmax of the logits).
@@ -616,7 +632,7 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
     _y_checks = {"multi_output": True, "y_numeric": True}
     _stratify = False
 
-    def fit(self, X, y):
+    def fit(self, X, y, sample_weight=None):
         """Train on ``X``, ``y`` for at most ``max_iter`` epochs (a new network unless ``warm_start``).
 
         Parameters
@@ -626,26 +642,33 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
             which is trained on its own device.
         y : array of shape (n_samples,) or (n_samples, n_outputs)
             Real targets, from any namespace.
+        sample_weight : array of shape (n_samples,), optional
+            Each row's loss times its weight (``portablenn.fit``'s ``sample_weight``: scaled to average 1, each
+            minibatch's mean over its rows; scikit-learn divides by the minibatch's summed weight instead, the
+            same in full-batch training). The early-stopping split keeps the training rows' weights; its
+            validation score is unweighted.
 
         Returns
         -------
         self
         """
-        return self._fit(X, y, incremental=False)
+        return self._fit(X, y, incremental=False, sample_weight=sample_weight)
 
-    def partial_fit(self, X, y):
+    def partial_fit(self, X, y, sample_weight=None):
         """One epoch over ``X``, ``y``, continuing the fitted network and its optimizer.
 
         Parameters
         ----------
         X : array of shape (n_samples, n_features)
         y : array of shape (n_samples,) or (n_samples, n_outputs)
+        sample_weight : array of shape (n_samples,), optional
+            As ``fit``'s.
 
         Returns
         -------
         self
         """
-        return self._fit(X, y, incremental=True)
+        return self._fit(X, y, incremental=True, sample_weight=sample_weight)
 
     def predict(self, X):
         """The network's outputs.

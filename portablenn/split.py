@@ -43,8 +43,9 @@ def _rows(array, index):
     return xp.take(array, xp.asarray(index, device=getattr(array, "device", None)), axis=0)
 
 
-def validation_split(X, y, fraction, seed, stratify):
-    """``(X_train, y_train, (X_val, y_val))`` in the arrays' own library (see ``split_indices``).
+def validation_split(X, y, fraction, seed, stratify, sample_weight=None):
+    """``(X_train, y_train, (X_val, y_val))`` in the arrays' own library (see ``split_indices``); with
+    ``sample_weight`` (host, one per row) also the training rows' weights, a fourth item.
 
     ``stratify``: a bool (stratify by ``y`` itself), or a callable host ``y`` -> the 1-D labels to
     stratify by or None (a loss's ``strata``: binary cross-entropy's 0/1 column, nothing for multi-label).
@@ -53,4 +54,5 @@ def validation_split(X, y, fraction, seed, stratify):
     n = int(y_host.shape[0])
     labels = stratify(y_host) if callable(stratify) else (y_host if stratify else None)
     train, val = split_indices(n, fraction, seed, labels)
-    return _rows(X, train), _rows(y, train), (_rows(X, val), _rows(y, val))
+    split = _rows(X, train), _rows(y, train), (_rows(X, val), _rows(y, val))
+    return split if sample_weight is None else (*split, np.asarray(sample_weight)[train])

@@ -32,9 +32,11 @@ def loss_function(loss, kernels):
     return kernels.fused_loss(loss) or loss.value_and_grad
 
 
-def make_step(model, loss, optimizer, device, *, l2=0.0, clip_norm=None, reducer=None, gradients=None):
+def make_step(model, loss, optimizer, device, *, l2=0.0, clip_norm=None, reducer=None, gradients=None,
+              weighted=False):
     """The training step of ``model`` with ``loss`` and ``optimizer`` on ``device``; see ``Step``."""
-    return Step(model, loss, optimizer, device, l2=l2, clip_norm=clip_norm, reducer=reducer, gradients=gradients)
+    return Step(model, loss, optimizer, device, l2=l2, clip_norm=clip_norm, reducer=reducer, gradients=gradients,
+                weighted=weighted)
 
 
 class Step:
@@ -56,14 +58,18 @@ class Step:
         Sums gradients over data-parallel workers (``portablenn.train.Reducer``), through ``gradients``.
     gradients : optional
         The flat gradient buffer the reducer sums (``portablenn.train`` lays it out).
+    weighted : bool
+        The minibatch targets end with sample weights: the loss's own ``value_and_grad`` takes them, no fused
+        twin (which knows the plain targets only).
     """
 
-    def __init__(self, model, loss, optimizer, device, *, l2=0.0, clip_norm=None, reducer=None, gradients=None):
+    def __init__(self, model, loss, optimizer, device, *, l2=0.0, clip_norm=None, reducer=None, gradients=None,
+                 weighted=False):
         self.model, self.loss, self.optimizer, self.device = model, loss, optimizer, device
         self.l2, self.reducer, self.gradients = float(l2), reducer, gradients
         self.clip_norm = None if clip_norm is None else float(clip_norm)
         self.xp, kernels = device.xp, device.kernels
-        self._value_and_grad = loss_function(loss, kernels)
+        self._value_and_grad = loss.value_and_grad if weighted else loss_function(loss, kernels)
         self._functional = not device.backend.mutable  # arrays that cannot change in place: new ones instead
         # listed once where arrays change in place; where they are rebound, read afresh every step
         self._weights = weight_matrices(model) if self.l2 and not self._functional else None

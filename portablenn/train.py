@@ -19,7 +19,7 @@ from .split import validation_split
 from .pure_step import pure_step
 from .static_step import StaticStep
 from .step import loss_function, make_step
-from .validation import InputError, check_batch_size, check_epochs, check_features, check_l2
+from .validation import InputError, check_batch_size, check_epochs, check_features, check_l2, check_sample_weight
 
 __all__ = ["DivergenceError", "History", "Reducer", "fit", "evaluate", "predict", "predict_proba",
            "register_comm_adapter"]
@@ -29,7 +29,7 @@ _EVAL_CHUNK = 8192  # rows per forward pass when evaluating, to bound activation
 
 def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size="auto", shuffle=True, l2=0.0, clip_norm=None,
         device=None, seed=0, validation=None, callback=None, log_every=1, on_step=None, initial_epoch=0, comm=None,
-        reducer=None, graph=False, early_stopping=None, validation_fraction=None, schedule=None):
+        reducer=None, graph=False, early_stopping=None, validation_fraction=None, schedule=None, sample_weight=None):
     """Train ``model`` in place with minibatch gradient descent on ``loss`` (softmax cross-entropy by default).
 
     Every minibatch runs one step built once by ``portablenn.step.make_step`` (forward, loss,
@@ -93,6 +93,13 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size="auto", shuff
         Split this share of ``X, y`` off as the validation set (instead of ``validation=``): seeded by
         ``seed``, stratified by class for classification, every class kept in training
         (``portablenn.split.split_indices``); the rest trains in its original order.
+    sample_weight : array of shape (n_samples,), optional
+        Each row's loss and gradient times its weight (finite, >= 0), the weights scaled to average 1 over the
+        training rows: a row of weight 2 counts as two rows, and their scale changes neither the reported loss
+        (the weighted mean) nor the step. Each minibatch's gradient is divided by its rows, as unweighted
+        (scikit-learn's MLP divides by the minibatch's summed weight: the same in full-batch training). The
+        metrics and the validation set stay unweighted; ``validation_fraction`` splits the weights with the
+        rows. Not with ``graph=True`` or with a loss whose ``value_and_grad`` does not take them.
     early_stopping : EarlyStopping, optional
         Stop when a monitored History field stops improving, and end with the best epoch's weights
         (``portablenn.EarlyStopping``); needs ``log_every=1`` (its one read per epoch is all it reads).
@@ -133,10 +140,18 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size="auto", shuff
         raise InputError("graph=True cannot be combined with data-parallel training (comm, reducer)")
     optimizer.schedule = schedule  # before the checks below: a scheduled lr cannot be replayed by a graph
     loss = get_loss(loss)
+    if sample_weight is not None:
+        if not loss.takes_row_weights():
+            raise InputError(f"{type(loss).__name__} does not take sample_weight (its value_and_grad does not say "
+                             "row_weights = True): train without them, or weight the rows in the loss")
+        if graph:
+            raise InputError("graph=True records the unweighted step: train with sample_weight without graph")
+        sample_weight = check_sample_weight(sample_weight, check_features(X))
     if validation_fraction is not None:
         if validation is not None:
             raise InputError("pass fit either validation or validation_fraction, not both")
-        X, y, validation = validation_split(X, y, validation_fraction, seed, loss.strata)
+        X, y, validation, *rest = validation_split(X, y, validation_fraction, seed, loss.strata, sample_weight)
+        sample_weight = rest[0] if rest else None
     if graph and not optimizer.replayable:
         raise InputError(f"graph=True needs an optimizer that does the same work every step (SGD without a "
                          f"schedule), not {type(optimizer).__name__}"
@@ -144,7 +159,7 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size="auto", shuff
     if graph and type(loss) is not SoftmaxCrossEntropy:
         raise InputError(f"graph=True records the step of softmax cross-entropy only, not {loss!r}")
     check_monitors(loss, validation is not None, early_stopping, schedule)
-    dev, data, val, batch = place(model, X, y, validation, loss, device, batch_size)
+    dev, data, val, batch = place(model, X, y, validation, loss, device, batch_size, sample_weight)
     coupled = [layer for layer in model.layers if layer.couples_rows]
     if coupled and (comm is not None or reducer is not None):
         raise InputError(f"{type(coupled[0]).__name__} uses the statistics of the whole minibatch: it cannot be "
@@ -169,7 +184,7 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size="auto", shuff
     if val is not None and shard(0, val.n) != (0, val.n):
         val_part = val.part(*shard(0, val.n))
     train_step = make_step(model, loss, optimizer, dev, l2=l2, clip_norm=clip_norm, reducer=reducer,
-                           gradients=gradients)
+                           gradients=gradients, weighted=sample_weight is not None)
     value = loss_function(loss, dev.kernels)
     weights = weight_matrices(model) if l2 and not functional else None  # rebound every step where functional
     starts = range(0, data.n, batch)
@@ -273,12 +288,13 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size="auto", shuff
     return history
 
 
-def place(model, X, y, validation, loss, device, batch_size):
+def place(model, X, y, validation, loss, device, batch_size, sample_weight=None):
     """``(device, data, validation data, batch)``: ``model`` moved to ``device`` (default its own), the training
-    and validation sets checked and put there once (``DeviceData``), the minibatch size checked."""
+    set (with its ``sample_weight``) and the validation set checked and put there once (``DeviceData``), the
+    minibatch size checked."""
     dev = model.device if device is None else backend.device(device)
     model.to(dev)
-    data = DeviceData(dev, X, y, model, loss)
+    data = DeviceData(dev, X, y, model, loss, sample_weight=sample_weight)
     val = DeviceData(dev, validation[0], validation[1], model, loss, "validation X") if validation else None
     return dev, data, val, check_batch_size(batch_size, data.n)
 

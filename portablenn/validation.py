@@ -264,6 +264,30 @@ def check_label_smoothing(label_smoothing):
     return float(label_smoothing)
 
 
+def check_sample_weight(sample_weight, n_samples):
+    """None, or one weight per row (a number: the same for all): finite, >= 0, not all 0 -> host float64
+    ``(n_samples,)`` scaled to average 1, so that their scale changes neither the loss reported nor the step."""
+    if sample_weight is None:
+        return None
+    if not is_array_api_obj(sample_weight):  # a list, a number, anything with __array__
+        try:
+            sample_weight = np.asarray(sample_weight, dtype=np.float64)
+        except (TypeError, ValueError):
+            raise InputError(f"sample_weight must be numbers, one per row, got {sample_weight!r}") from None
+        if sample_weight.ndim == 0:
+            sample_weight = np.full(n_samples, float(sample_weight))
+    w = _target_array(sample_weight, n_samples, "sample_weight").astype(np.float64)
+    if w.ndim != 1:
+        raise InputError(f"sample_weight must be 1-D, one weight per row, got shape {w.shape}")
+    if (w < 0).any():
+        raise InputError(f"sample_weight must be >= 0; it holds {int(np.sum(w < 0))} negative value(s)")
+    top = float(w.max()) if n_samples else 0.0
+    if not top > 0:
+        raise InputError("sample_weight is zero for every row: there is nothing to train on")
+    w = w / top  # before the sum: huge finite weights would overflow it
+    return w * (n_samples / w.sum())
+
+
 AUTO_BATCH = 100  # the minibatch of batch_size="auto", fit's default (CMU 10-714's): fewer rows are one full batch
 
 

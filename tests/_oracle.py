@@ -90,13 +90,16 @@ def _xent(logits, y):
     return np.log(total) - z[np.arange(len(y)), y], e / total[:, None]
 
 
-def loss_and_grads(params, arch, X, y):
+def loss_and_grads(params, arch, X, y, weight=None):
     """Mean softmax cross-entropy of ``(X, y)``, number of wrong arg-maxes, and the gradient of the
-    mean loss with respect to every parameter (keys as the state dict's), by backpropagation."""
+    mean loss with respect to every parameter (keys as the state dict's), by backpropagation. With
+    ``weight`` (one per row) the mean is of each row's loss times its weight, still over the rows."""
     logits, cache = _forward(params, arch, X)
     rows, p = _xent(logits, y)
     onehot = np.zeros_like(p)
     onehot[np.arange(len(y)), y] = 1.0
+    if weight is not None:
+        rows, p, onehot = rows * weight, p * weight[:, None], onehot * weight[:, None]
     delta = (p - onehot) / len(y)  # d mean-loss / d logits
     grads = {}
     for item, saved in reversed(cache):
@@ -225,17 +228,23 @@ def clip(grads, max_norm):
 
 
 def train(initial, arch, X, y, optimizer, *, epochs, batch=None, l2=0.0, orders=None, validation=None,
-          dtype="float64", clip_norm=None):
+          dtype="float64", clip_norm=None, sample_weight=None):
     """Minibatch training of ``initial`` (a state dict) on softmax cross-entropy plus ``0.5 l2 sum(W^2)``.
 
     ``batch`` None is full batch; the last minibatch of an epoch holds the remaining rows and its
     gradient is the mean over those rows. ``orders[e]`` is the row order of epoch ``e`` (default: in
     order). ``optimizer`` is an ``SGD`` or ``Adam`` here, its ``weight_decay`` the same ``l2``. With
-    ``clip_norm`` every step's gradients are clipped to that global 2-norm first (``clip``).
+    ``clip_norm`` every step's gradients are clipped to that global 2-norm first (``clip``). With
+    ``sample_weight`` each row's loss counts times its weight, the weights first scaled to average 1 over
+    the rows (``fit``'s documented rule); the minibatch mean is still over its rows.
     """
     params = _cast(initial, dtype)
     X, y = np.asarray(X, dtype), np.asarray(y)
     n = len(y)
+    weight = None
+    if sample_weight is not None:
+        weight = np.asarray(sample_weight, np.float64)
+        weight = (weight * (n / weight.sum())).astype(dtype)
     batch = batch or n
     out = Result()
     for epoch in range(epochs):
@@ -243,7 +252,8 @@ def train(initial, arch, X, y, optimizer, *, epochs, batch=None, l2=0.0, orders=
         loss_sum, wrong = 0.0, 0
         for start in range(0, n, batch):
             rows = order[start:start + batch]
-            loss, step_wrong, grads = loss_and_grads(params, arch, X[rows], y[rows])
+            loss, step_wrong, grads = loss_and_grads(params, arch, X[rows], y[rows],
+                                                     None if weight is None else weight[rows])
             if clip_norm is not None:
                 grads = clip(grads, clip_norm)
             loss_sum += (loss + penalty(params, l2)) * len(rows)

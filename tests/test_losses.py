@@ -154,6 +154,23 @@ def test_a_stacks_outputs_give_each_members_sums_on_every_device(device, dtype, 
         assert_close(m[i], metric, dtype, factor=10, err_msg=f"member {i}'s metric sum")
 
 
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_sample_weights_weigh_each_rows_loss_and_gradient_on_every_device(device, dtype, name):
+    """``fit``'s sample weights, a last target ``(batch, 1)``: the gradient and loss sum are the oracle's row by
+    row times the row's weight; the metric sum stays unweighted."""
+    require_dtype(device, dtype)
+    loss, k, p, y, checked = _case(name, dtype=dtype)
+    w = np.random.default_rng(5).uniform(0.0, 3.0, len(p)).astype(dtype).astype(np.float64)
+    assert loss.takes_row_weights()
+    targets = (*loss.encode(device, checked, k, dtype), device.asarray(w.reshape(-1, 1), dtype=dtype))
+    g, value, m = (host(device, a) for a in loss.value_and_grad(device.xp, device.asarray(p, dtype=dtype), targets,
+                                                                  0.25))
+    rows = [_oracle(name, p[i:i + 1], checked[i:i + 1]) for i in range(len(p))]
+    assert_close(g, 0.25 * np.concatenate([w[i] * row[0] for i, row in enumerate(rows)]), dtype, factor=10)
+    assert_close(value, sum(w[i] * row[1] for i, row in enumerate(rows)), dtype, factor=10)
+    assert_close(m, sum(row[2] for row in rows), dtype, factor=10)
+
+
 class TwoDimensional(MeanSquaredError):
     """A user's loss whose ``value_and_grad`` is written for ``(batch, out)`` alone."""
 
@@ -168,6 +185,7 @@ def test_a_loss_that_rewrites_value_and_grad_runs_member_by_member_in_a_stack():
     from portablenn.stack_fit import _stacked_loss
 
     assert Smoothed().takes_members() and not TwoDimensional().takes_members() and not Loss().takes_members()
+    assert Smoothed().takes_row_weights() and not TwoDimensional().takes_row_weights()
     dev = pn.device("numpy")
     for shared in (True, False):
         _, p, outputs, targets, _ = _stacked_case(dev, "mse", "float64", shared)
