@@ -37,13 +37,24 @@ KINDS = {  # kind -> what portablenn's own file of that kind is, for the message
     "onnx": "an ONNX model exported by portablenn",
     "animation": "an animation portablenn wrote",
 }
+_WHY_NOT = {  # kind -> how portablenn tells its own file of that kind, where a user may think a file is its own
+    "png": " (portablenn marks the PNGs it writes in their Software field; plots written by older versions of "
+           "portablenn have no mark)",
+}
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 # .<target name>.portablenn-<host hash>-<pid>-<mkstemp's 8 characters>.tmp
 _TEMPORARY = re.compile(r"^\..*\.portablenn-([0-9a-f]{8})-(\d+)-[A-Za-z0-9_]+\.tmp$")
 
 
+_ESCAPES = {i: repr(chr(i))[1:-1] for i in (*range(32), 127)}  # "\n" -> "\\n", "\x1b" -> "\\x1b"
+
+
 class OutputError(ValueError):
-    """An output path portablenn refuses to write; the message names the flag, the path and why."""
+    """An output path portablenn refuses to write; the message names the flag, the path and why, on one line (a
+    control character of a name, a newline one, is shown escaped)."""
+
+    def __init__(self, message):
+        super().__init__(str(message).translate(_ESCAPES))
 
 
 # -- is this file ours? -------------------------------------------------------------------------------
@@ -64,9 +75,14 @@ def _is_checkpoint(path):
         (length,) = struct.unpack("<Q", fh.read(8))
         if not 2 <= length <= 100_000_000:  # safetensors' own limit on the header
             return False
+        if length > os.fstat(fh.fileno()).st_size - 8:  # the number is the file's: it must not size the read buffer
+            return False  # (a 10-byte file claiming a 99 MB header)
         header = json.loads(fh.read(length))
     meta = header.get("__metadata__") if isinstance(header, dict) else None
     return isinstance(meta, dict) and all(key in meta for key in ("format_version", "architecture", "dtype"))
+
+
+_LOG_LINE = 1 << 20  # characters: a line of a log is read up to this many (an epoch record is far shorter)
 
 
 def _is_log(path):
@@ -74,7 +90,9 @@ def _is_log(path):
     kill (no newline at its end) is forgiven."""
     records = 0
     with open(path, encoding="utf-8") as fh:
-        for line in fh:
+        for line in iter(lambda: fh.readline(_LOG_LINE), ""):
+            if len(line) >= _LOG_LINE and not line.endswith("\n"):  # no epoch record is that long: a user's file
+                return False
             if not line.strip():
                 continue
             try:
@@ -195,6 +213,7 @@ def check(path, kind, *, flag, overwrite=False, inputs=()):
         ``path`` is an input, a directory, not a regular file, or a file that is not portablenn's
         ``kind`` (without ``overwrite``); or a component of its folder is not a directory.
     """
+    _refuse_empty(path, flag)
     if os.fspath(path).endswith(("/", os.sep)):  # Path() would drop it, and write a file named as the folder
         raise OutputError(f"{flag} {os.fspath(path)} ends with a path separator, so it names a folder; name a "
                           "file in it")
@@ -211,8 +230,14 @@ def check(path, kind, *, flag, overwrite=False, inputs=()):
                           "files (not even with --overwrite)")
     if overwrite or st.st_size == 0 or is_ours(path, kind):
         return path
-    raise OutputError(f"{flag} {path} exists and is not {KINDS[kind]}; portablenn replaces only its own files: "
-                      "choose another name, or pass --overwrite to replace it")
+    raise OutputError(f"{flag} {path} exists and is not {KINDS[kind]}{_WHY_NOT.get(kind, '')}; portablenn replaces "
+                      "only its own files: choose another name, or pass --overwrite to replace it")
+
+
+def _refuse_empty(path, flag, what="a file"):
+    """An empty path (``--save "$OUT"`` with OUT unset) names nothing: Path("") would be the working directory."""
+    if os.fspath(path) == "":
+        raise OutputError(f"{flag} is empty: name {what} (an unset shell variable?)")
 
 
 def _inspect(path, flag, inputs, advice):
@@ -234,6 +259,7 @@ def _inspect(path, flag, inputs, advice):
 def check_directory(path, *, flag, inputs=(), contents="PNG files"):
     """Refuse a ``--plot``-style output folder (for ``contents``) that exists and is not a directory (or is an
     input)."""
+    _refuse_empty(path, flag, "a directory")
     path = Path(path)
     st = _inspect(path, flag, inputs, "choose another directory")
     if st is None:
@@ -250,7 +276,8 @@ def check_distinct(named):
     for flag, path in named:
         if path is None:
             continue
-        resolved = Path(os.path.abspath(path))
+        # realpath: a symlink (dangling too: the file is made later) or a '..' after a linked folder leads there
+        resolved = Path(os.path.realpath(path))
         for other_flag, other in seen:
             if resolved == other or _same(resolved, other):
                 raise OutputError(f"{other_flag} and {flag} both name {path}; give each output its own file")
@@ -351,6 +378,15 @@ def file_mode(path):
         return 0o666 & ~umask
 
 
+def _shortened(name, limit=100):
+    """``name`` cut to at most ``limit`` bytes as the file system encodes it, at a whole character: the temporary
+    file's name beside it must fit the 255 bytes of a name, however many bytes a character takes."""
+    name = name[:limit]
+    while len(os.fsencode(name)) > limit:
+        name = name[:-1]
+    return name
+
+
 def atomic_write(path, data, what="file"):
     """Replace ``path`` by ``data`` through a fsynced temporary file in the same directory and a rename.
 
@@ -366,7 +402,8 @@ def atomic_write(path, data, what="file"):
     tmp = None
     try:
         mode = file_mode(path)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name[:120]}.portablenn-{_HOST}-{os.getpid()}-", suffix=".tmp",
+        prefix = f".{_shortened(path.name)}.portablenn-{_HOST}-{os.getpid()}-"  # fits 255 bytes, whatever the name
+        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp",
                                    dir=directory)
         with os.fdopen(fd, "wb") as fh:
             if hasattr(os, "fchmod"):  # mkstemp creates 0600; give the file the mode open() would

@@ -452,3 +452,178 @@ def test_api_is_ours_knows_every_predictions_format_portablenn_predict_writes(tm
         outputs.check(tmp_path / "n.csv", "predictions-csv", flag="--output")
     for path in ours["predictions-csv"]:
         assert outputs.check(path, "predictions-csv", flag="--output") == path
+
+
+# -- a hostile review: names, links, empty paths, headers, interrupted exports -----------------------------------
+def test_atomic_write_fits_the_temporary_name_to_any_name_the_file_system_takes(tmp_path):
+    """A name of 255 bytes in multibyte characters is a valid file name; its temporary file must be one too, or
+    the save fails after the training (the path check before it passed)."""
+    for name in ("é" * 120 + ".safetensors", "😀" * 60 + ".st", "a" * 255):
+        assert len(name.encode()) <= 255
+        path = outputs.atomic_write(tmp_path / name, b"data")
+        assert path.read_bytes() == b"data"
+    checkpoint.save(pn.mlp([2, 3, 2]), tmp_path / ("é" * 120 + ".safetensors"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["é" * 120 + ".safetensors", "😀" * 60 + ".st",
+                                                                  "a" * 255])
+
+
+def test_cli_a_long_multibyte_name_is_saved(tmp_path):
+    name = "😀" * 60 + ".safetensors"  # 252 bytes
+    result = run("train", "--epochs", "1", "--quiet", "--save", name, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    checkpoint.load_checkpoint(tmp_path / name)
+
+
+def test_check_distinct_sees_through_links_and_dot_dot_to_files_not_made_yet(tmp_path):
+    """Two outputs are one file when a (dangling) symlink or a '..' after a linked folder leads there, though
+    the file does not exist yet: the second write would replace the first's output."""
+    (tmp_path / "other" / "deep").mkdir(parents=True)
+    (tmp_path / "sub").symlink_to(tmp_path / "other" / "deep")
+    (tmp_path / "lnk").symlink_to("x.safetensors")  # dangling: x.safetensors is made by the run
+    (tmp_path / "h.safetensors").write_text("")
+    os.link(tmp_path / "h.safetensors", tmp_path / "hard")
+    for a, b in (("x.safetensors", "lnk"), ("sub/../m", "other/m"), ("h.safetensors", "hard")):
+        with pytest.raises(outputs.OutputError, match="both name"):
+            outputs.check_distinct([("--save", tmp_path / a), ("--log", tmp_path / b)])
+    outputs.check_distinct([("--save", tmp_path / "sub" / "m"), ("--log", tmp_path / "other" / "m")])
+
+
+def test_cli_refuses_two_outputs_that_a_dangling_link_makes_one(tmp_path):
+    (tmp_path / "lnk").symlink_to("x.safetensors")
+    refused(run("train", "--epochs", "1", "--quiet", "--save", "x.safetensors", "--log", "lnk", cwd=tmp_path),
+            "both name")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lnk"]
+
+
+def test_is_ours_never_allocates_what_a_checkpoint_header_claims(tmp_path):
+    """The header length of a safetensors file is a number in the file: a 10-byte file claiming a 99 MB header
+    must not make a 99 MB read buffer."""
+    import struct
+    import tracemalloc
+
+    path = _write(tmp_path / "fake.safetensors", struct.pack("<Q", 99_000_000) + b"{}")
+    tracemalloc.start()
+    try:
+        assert not outputs.is_ours(path, "checkpoint")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20, f"{peak} bytes allocated to recognise a 10-byte file"
+
+
+@pytest.mark.parametrize("args, words", [
+    (["train", "--epochs", "1", "--quiet", "--save", ""], ["--save", "empty"]),
+    (["train", "--epochs", "1", "--quiet", "--log", ""], ["--log", "empty"]),
+    (["train", "--epochs", "1", "--quiet", "--plot", ""], ["--plot", "empty"]),
+    (["train", "--epochs", "1", "--quiet", "--animate", ""], ["--animate", "empty"]),
+    (["predict", "--checkpoint", "ours.safetensors", "--input", "x.npy", "--output", ""], ["--output", "empty"]),
+    (["export", "ours.safetensors", "--onnx", ""], ["--onnx", "empty"]),
+    (["sweep", "--epochs", "1", "--lr", "0.1,1", "--save", ""], ["--save", "empty"]),
+    (["sweep", "--epochs", "1", "--lr", "0.1,1", "--save-all", ""], ["--save-all", "empty"]),
+    (["sweep", "--epochs", "1", "--lr", "0.1,1", "--log", ""], ["--log", "empty"]),
+], ids=["save", "log", "plot", "animate", "predict", "export", "sweep save", "sweep save-all", "sweep log"])
+def test_cli_an_empty_output_path_is_refused_not_ignored(files, args, words):
+    """`--save "$OUT"` with OUT unset: refused before training, not a run that silently saves nothing (or, for
+    predict, writes where the user did not say)."""
+    if args[0] == "export":
+        pytest.importorskip("ndonnx")
+    before = sorted(p.name for p in files.iterdir())
+    refused(run(*args, cwd=files), *words)
+    assert sorted(p.name for p in files.iterdir()) == before
+
+
+def test_export_is_atomic_an_interrupted_export_leaves_the_old_file(tmp_path, monkeypatch, trained):
+    """A kill (here: an error) while the ONNX file is written leaves the earlier export whole, and nothing else."""
+    pytest.importorskip("ndonnx")
+    import onnx
+
+    from portablenn.cli import main
+
+    (tmp_path / "ours.safetensors").write_bytes(trained)
+    monkeypatch.chdir(tmp_path)
+    assert main(["export", "ours.safetensors", "--onnx", "m.onnx"]) == 0
+    before = (tmp_path / "m.onnx").read_bytes()
+
+    def half(proto, f, *args, **kwargs):
+        with open(f, "wb") as fh:
+            fh.write(proto.SerializeToString()[:100])
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(onnx, "save", half)
+    monkeypatch.setattr(onnx, "save_model", half)
+    with pytest.raises(KeyboardInterrupt):
+        from portablenn.cli import export
+
+        export.run(type("A", (), {"checkpoint": "ours.safetensors", "onnx": "m.onnx", "overwrite": False})())
+    assert (tmp_path / "m.onnx").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx", "ours.safetensors"]
+
+
+def test_a_plot_of_an_older_portablenn_is_refused_with_a_message_that_says_why_and_what_to_do(tmp_path):
+    """PNGs written before plots were marked are refused without --overwrite: the message says portablenn marks
+    its PNGs (Software), so an unmarked one is not known to be its, and names --overwrite."""
+    _write(tmp_path / "history.png", _png())
+    with pytest.raises(outputs.OutputError) as info:
+        outputs.check(tmp_path / "history.png", "png", flag="--plot")
+    message = str(info.value)
+    assert "\n" not in message
+    for words in ("not a PNG image portablenn wrote", "Software", "older", "--overwrite"):
+        assert words in message, (words, message)
+
+
+def test_is_ours_reads_a_log_line_by_line_in_bounded_memory(tmp_path):
+    """Recognising a log reads a line at a time, and a line no epoch record could be (megabytes without a newline:
+    a user's data file) only up to a bound, not whole into memory."""
+    import tracemalloc
+
+    record = json.dumps({"epoch": 1, "loss": 0.5, "error": 0.1, "seconds": 0.01, "device": "numpy"})
+    for tail in ("x" * 30_000_000 + "\n", "x" * 30_000_000):
+        path = _write(tmp_path / "run.jsonl", record + "\n" + tail)
+        tracemalloc.start()
+        try:
+            assert not outputs.is_ours(path, "log")
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 8 << 20, f"{peak} bytes to read a log's lines"
+    # a long record is still one (a sweep's settings): well under the bound
+    long = json.dumps({"epoch": 1, "loss": 0.5, "name": "y" * 100_000})
+    assert outputs.is_ours(_write(tmp_path / "long.jsonl", long + "\n" + long[:50]), "log")
+
+
+@pytest.mark.parametrize("error", [ImportError("plotting needs matplotlib: pip install 'portablenn[plot]'"),
+                                   OSError(28, "No space left on device")])
+def test_cli_a_plot_that_fails_after_training_loses_neither_checkpoint_nor_log(tmp_path, monkeypatch, capsys, error):
+    """matplotlib gone (or the disk full) by the time the plots are drawn: the checkpoint and the log of the
+    finished training are on disk already, and the error is one line."""
+    pytest.importorskip("matplotlib")
+    from portablenn import plots
+    from portablenn.cli import main
+
+    def fail(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(plots, "plot_history", fail)
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "--epochs", "2", "--quiet", "--save", "m.safetensors", "--log", "l.jsonl", "--plot", "p"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1 and err[0].startswith("portablenn: error:"), err
+    assert checkpoint.load_checkpoint(tmp_path / "m.safetensors").metadata["epoch"] == "2"
+    assert [r["epoch"] for r in _log_lines(tmp_path / "l.jsonl")] == [1, 2]
+    assert not [p.name for p in tmp_path.rglob(".*.tmp")]
+
+
+def test_a_refusal_is_one_line_whatever_the_name_holds(tmp_path):
+    """A name with a newline (legal on POSIX) is shown escaped: the one-line error keeps its reason and names the
+    file unambiguously, instead of being cut at the newline."""
+    if os.name != "posix":
+        pytest.skip("newlines in names are POSIX's")
+    name = "a\nb.safetensors"
+    (tmp_path / name).write_text("notes\n")
+    refused(run("train", "--epochs", "1", "--quiet", "--save", name, cwd=tmp_path),
+            r"--save a\nb.safetensors exists and is not a portablenn checkpoint", "--overwrite")
+    assert (tmp_path / name).read_text() == "notes\n"
+    with pytest.raises(outputs.OutputError, match=r"a\\tb\\x1b\[0m is a directory") as info:
+        (tmp_path / "a\tb\x1b[0m").mkdir()
+        outputs.check(tmp_path / "a\tb\x1b[0m", "checkpoint", flag="--save")
+    assert str(info.value).isprintable()

@@ -35,7 +35,9 @@ def run(args):
     path = Path(args.input)
     if not path.is_file():
         raise CLIError(f"input file {path} does not exist")
-    out = args.output or str(path) + ".predictions.npz"
+    if args.output == "":  # --output "$OUT" with OUT unset: not the default name, which the user did not give
+        raise CLIError("--output is empty: name a .npz or .csv file, or '-' for CSV on standard output")
+    out = args.output if args.output is not None else str(path) + ".predictions.npz"
     if out != "-":
         kind = {".npz": "predictions-npz", ".csv": "predictions-csv"}.get(Path(out).suffix.lower())
         if kind is None:

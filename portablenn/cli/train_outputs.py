@@ -116,6 +116,7 @@ def check_outputs(args, plot_files=(), prepare=False):
     """Every output of a training run may be written (principle: never a file that is not portablenn's, an
     input, a directory or a non-regular file), and what it needs is installed; ``prepare``: make their
     folders (mkdir -p) and prove them writable. Raises OutputError, ImportError."""
+    refuse_empty(args, ("save", "log", "plot", "animate"))
     inputs, named = _train_inputs(args), []
     if args.save:
         from .. import checkpoint
@@ -144,9 +145,19 @@ def check_outputs(args, plot_files=(), prepare=False):
             outputs.prepare(args.plot, flag="--plot", directory=True)
 
 
+def refuse_empty(args, names):
+    """An output flag given an empty path (``--save "$OUT"`` with OUT unset) is refused, not taken for a flag left
+    out: a run that silently saves nothing loses the training."""
+    for name in names:
+        if getattr(args, name, None) == "":
+            what = "a directory" if name in ("plot", "save_all") else "a file"
+            raise outputs.OutputError(f"--{name.replace('_', '-')} is empty: name {what} (an unset shell variable?)")
+
+
 def check_log_and_plots(args, inputs, plot_files, named):
     """The checks of ``--log FILE`` and ``--plot DIR`` (the PNGs ``plot_files`` in it), shared by train and sweep;
-    appends each ``(flag, path)`` to ``named``."""
+    appends each ``(flag, path)`` to ``named``; an empty --save or --save-all (sweep's) is refused here too."""
+    refuse_empty(args, ("save", "save_all", "log", "plot"))
     if args.log:
         outputs.check(args.log, "log", flag="--log", overwrite=args.overwrite, inputs=inputs)
         named.append(("--log", args.log))
