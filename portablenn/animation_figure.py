@@ -286,12 +286,15 @@ def _ffmpeg_writer(figure, fps):
         def grab_frame(self, **savefig_kwargs):
             self._proc.stdin.write(figure.pixels())
 
-    return Writer(fps=fps, metadata={"comment": MARK})
+    return Writer(fps=fps, metadata={"comment": MARK}, extra_args=["-f", "mp4"])  # the file's name ends in .tmp
 
 
 def _temporary(path):
-    """A fresh name beside ``path`` to write it under before the rename (its suffix: ffmpeg reads it)."""
-    fd, name = tempfile.mkstemp(prefix=f".{path.name[:120]}.portablenn-", suffix=path.suffix, dir=path.parent)
+    """A fresh name beside ``path`` to write it under before the rename, named as ``outputs.atomic_write`` names
+    its own: the next write into the folder removes it when a kill left it behind."""
+    from .outputs import temporary_prefix
+
+    fd, name = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp", dir=path.parent)
     os.close(fd)
     return Path(name)
 

@@ -1,6 +1,7 @@
 """ONNX export: run a model's own Array API forward pass on ndonnx, which records it as an ONNX graph."""
 import copy
 import os
+import tempfile
 
 import numpy as np
 
@@ -74,8 +75,22 @@ def export_onnx(model, path, *, opset=None, loss=None):
     proto = ndx.build({INPUT: x}, outputs)
     if opset is not None:
         proto = _convert(onnx, proto, opset)
-    onnx.save(proto, os.fspath(path))
+    _save(onnx, proto, path)
     return proto
+
+
+def _save(onnx, proto, path):
+    """``onnx.save`` (which reads the format from the suffix) into a temporary folder, then the bytes through
+    ``outputs.atomic_write``: a kill mid-export leaves the earlier file whole, never a partial one, and a symlink at
+    ``path`` is replaced, not written through."""
+    from .outputs import atomic_write
+
+    with tempfile.TemporaryDirectory(prefix="portablenn-export-") as folder:
+        staged = os.path.join(folder, "model" + os.path.splitext(os.fspath(path))[1][:16])
+        onnx.save(proto, staged)
+        with open(staged, "rb") as fh:
+            data = fh.read()
+    atomic_write(path, data, "the ONNX model")
 
 
 def _gives_probabilities(loss):

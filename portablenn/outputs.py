@@ -22,7 +22,7 @@ from pathlib import Path
 from ._fileio import fsync_directory
 
 __all__ = ["OutputError", "KINDS", "check", "check_directory", "check_distinct", "prepare", "is_ours",
-           "atomic_write", "refuse_special", "sweep_temporaries", "STALE_SECONDS"]
+           "atomic_write", "refuse_special", "sweep_temporaries", "temporary_prefix", "STALE_SECONDS"]
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PNG_SOFTWARE = "portablenn"  # the start of the Software text chunk of every PNG portablenn writes (plots._save)
@@ -378,6 +378,13 @@ def file_mode(path):
         return 0o666 & ~umask
 
 
+def temporary_prefix(path):
+    """The start of a temporary file's name beside ``path`` (``mkstemp`` adds 8 characters, then ``.tmp``): this
+    host and process in it, so that `sweep_temporaries` removes it when a kill left it behind; under 255 bytes,
+    whatever the name."""
+    return f".{_shortened(Path(path).name)}.portablenn-{_HOST}-{os.getpid()}-"
+
+
 def _shortened(name, limit=100):
     """``name`` cut to at most ``limit`` bytes as the file system encodes it, at a whole character: the temporary
     file's name beside it must fit the 255 bytes of a name, however many bytes a character takes."""
@@ -402,8 +409,7 @@ def atomic_write(path, data, what="file"):
     tmp = None
     try:
         mode = file_mode(path)
-        prefix = f".{_shortened(path.name)}.portablenn-{_HOST}-{os.getpid()}-"  # fits 255 bytes, whatever the name
-        fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp",
+        fd, tmp = tempfile.mkstemp(prefix=temporary_prefix(path), suffix=".tmp",
                                    dir=directory)
         with os.fdopen(fd, "wb") as fh:
             if hasattr(os, "fchmod"):  # mkstemp creates 0600; give the file the mode open() would

@@ -339,3 +339,19 @@ def test_cli_writes_an_mp4_with_ffmpeg(tmp_path, capsys):
     assert code == 0, err
     assert path.stat().st_size > 1000 and animation.is_animation(path)
     assert [p.name for p in tmp_path.iterdir()] == ["lines.mp4"]  # no temporary file left
+
+
+def test_an_mp4s_temporary_file_is_named_as_atomic_writes_are(tmp_path):
+    """ffmpeg renders into a temporary file beside the target, named as ``outputs.atomic_write`` names its own
+    (this host and process, ending in .tmp): the next write into the folder removes one a kill left behind; and the
+    name fits 255 bytes however many bytes the target's characters take."""
+    import os
+
+    from portablenn import outputs
+    from portablenn.animation_figure import _temporary
+
+    for name in ("run.mp4", "\N{GRINNING FACE}" * 60 + ".mp4"):
+        temporary = _temporary(tmp_path / name)
+        assert outputs._TEMPORARY.match(temporary.name), temporary.name
+        assert len(os.fsencode(temporary.name)) <= 255 and temporary.parent == tmp_path
+        temporary.unlink()

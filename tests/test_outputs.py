@@ -627,3 +627,33 @@ def test_a_refusal_is_one_line_whatever_the_name_holds(tmp_path):
         (tmp_path / "a\tb\x1b[0m").mkdir()
         outputs.check(tmp_path / "a\tb\x1b[0m", "checkpoint", flag="--save")
     assert str(info.value).isprintable()
+
+
+def test_export_onnx_in_python_is_atomic_too(tmp_path, monkeypatch):
+    """``portablenn.onnx.export_onnx`` (the command's and the Python API's) writes the file whole through a
+    temporary one: an error mid-save leaves the earlier export, and a symlink there is replaced, not written
+    through."""
+    pytest.importorskip("ndonnx")
+    import onnx
+
+    from portablenn.onnx import export_onnx
+
+    model = pn.mlp([3, 4, 2], seed=1)
+    export_onnx(model, tmp_path / "m.onnx")
+    before = (tmp_path / "m.onnx").read_bytes()
+    assert onnx.load(tmp_path / "m.onnx").graph.input[0].name == "input"
+
+    def half(proto, f, *args, **kwargs):
+        with open(f, "wb") as fh:
+            fh.write(proto.SerializeToString()[:100])
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as mp:
+        mp.setattr(onnx, "save", half)
+        with pytest.raises(KeyboardInterrupt):
+            export_onnx(model, tmp_path / "m.onnx")
+    assert (tmp_path / "m.onnx").read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    (tmp_path / "theirs.txt").write_text("a user's file")
+    (tmp_path / "link.onnx").symlink_to(tmp_path / "theirs.txt")
+    export_onnx(model, tmp_path / "link.onnx")
+    assert (tmp_path / "theirs.txt").read_text() == "a user's file" and not (tmp_path / "link.onnx").is_symlink()

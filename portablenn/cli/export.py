@@ -1,7 +1,4 @@
 """portablenn export: a saved model as ONNX, with the outputs of the task it was trained for."""
-import os
-import tempfile
-
 from .. import outputs
 from .errors import CLIError
 from .model import load_saved, saved_loss
@@ -27,14 +24,7 @@ def run(args):
     outputs.prepare(args.onnx, flag="--onnx")
     model, meta = load_saved(args.checkpoint, "cpu")
     loss = saved_loss(None, meta, args.checkpoint)  # the recorded --loss; softmax cross-entropy in older files
-    # written whole beside the target and renamed over it: a kill mid-export leaves the earlier file, never a
-    # partial one (export_onnx itself writes in place)
-    with tempfile.TemporaryDirectory(prefix="portablenn-export-") as folder:
-        staged = os.path.join(folder, "model" + os.path.splitext(args.onnx)[1][:16])  # onnx.save reads the suffix
-        proto = export_onnx(model, staged, loss=loss)
-        with open(staged, "rb") as fh:
-            data = fh.read()
-    outputs.atomic_write(args.onnx, data, "the ONNX model")
+    proto = export_onnx(model, args.onnx, loss=loss)  # replaces the file atomically
     names = ", ".join(output.name for output in proto.graph.output)
     print(f"wrote {args.onnx}: input (N, {model.in_features}) {model.dtype} -> {names} (N, {model.out_features})")
     return 0
