@@ -8,6 +8,7 @@ command is reading (a dataset, a checkpoint, an input), a directory, or somethin
 file (a FIFO, a device, a socket), not even with ``--overwrite``.
 """
 import hashlib
+import io
 import json
 import os
 import re
@@ -152,13 +153,65 @@ def _is_predictions_csv(path):
 
 
 def _is_onnx(path):
-    import onnx
+    """A model ``export_onnx`` wrote: its graph's inputs ``[INPUT]``, its outputs ``[LOGITS, PROBABILITIES]`` or
+    ``[OUTPUTS]`` (a regression model's). The protobuf is walked field by field, each read bounded and a weight
+    skipped by seeking, so a user's multi-GB file is never loaded whole to find out it is not ours."""
+    from .onnx import INPUT, LOGITS, OUTPUTS, PROBABILITIES
 
-    from .onnx import INPUT, LOGITS, PROBABILITIES
+    with open(path, "rb") as fh:
+        end = os.fstat(fh.fileno()).st_size
+        graphs = [(at, length) for number, at, length in _protobuf_fields(fh, 0, end) if number == 7]  # .graph
+        if len(graphs) != 1:
+            return False
+        names = {11: [], 12: []}  # GraphProto.input, .output: ValueInfoProto, whose field 1 is the name
+        for number, at, length in _protobuf_fields(fh, graphs[0][0], graphs[0][0] + graphs[0][1]):
+            if number in names:
+                if length > 1 << 16:  # a name and a shape: never this long
+                    return False
+                fh.seek(at)
+                info = io.BytesIO(fh.read(length))
+                names[number] += [info.getvalue()[a:a + n].decode() for k, a, n in _protobuf_fields(info, 0, length)
+                                  if k == 1]
+    return names[11] == [INPUT] and names[12] in ([LOGITS, PROBABILITIES], [OUTPUTS])
 
-    graph = onnx.load(os.fspath(path), load_external_data=False).graph
-    return ([i.name for i in graph.input] == [INPUT]
-            and [o.name for o in graph.output] == [LOGITS, PROBABILITIES])
+
+def _varint(fh):
+    value = 0
+    for shift in range(0, 70, 7):
+        byte = fh.read(1)
+        if not byte:
+            raise ValueError("a protobuf varint cut short")
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+    raise ValueError("a protobuf varint of more than 10 bytes")
+
+
+def _protobuf_fields(fh, start, end, most=100_000):
+    """``(field number, offset, length)`` of each length-delimited field of the protobuf message at bytes
+    ``start..end`` of ``fh``, the others skipped; ValueError where the bytes are not one (at most ``most`` fields)."""
+    fh.seek(start)
+    for _ in range(most):
+        if fh.tell() >= end:
+            if fh.tell() > end:
+                raise ValueError("a protobuf field past its message")
+            return
+        key = _varint(fh)
+        wire = key & 7
+        if wire == 0:
+            _varint(fh)
+        elif wire in (1, 5):
+            fh.seek(8 if wire == 1 else 4, os.SEEK_CUR)
+        elif wire == 2:
+            length = _varint(fh)
+            at = fh.tell()
+            if at + length > end:
+                raise ValueError("a protobuf field past its message")
+            yield key >> 3, at, length
+            fh.seek(at + length)
+        else:
+            raise ValueError("not a protobuf")
+    raise ValueError("more protobuf fields than a model's")
 
 
 def _is_animation(path):

@@ -657,3 +657,52 @@ def test_export_onnx_in_python_is_atomic_too(tmp_path, monkeypatch):
     (tmp_path / "link.onnx").symlink_to(tmp_path / "theirs.txt")
     export_onnx(model, tmp_path / "link.onnx")
     assert (tmp_path / "theirs.txt").read_text() == "a user's file" and not (tmp_path / "link.onnx").is_symlink()
+
+
+def test_an_onnx_file_is_recognised_by_its_graphs_names_in_bounded_memory(tmp_path):
+    """portablenn's exports (a classifier's logits and probabilities, a regression model's outputs) are its own; a
+    model with other names, a truncated file or any other bytes are not; and deciding reads a few KB, however
+    large the file's weights (skipped by seeking) or the file."""
+    pytest.importorskip("ndonnx")
+    import tracemalloc
+
+    import onnx
+
+    from portablenn.onnx import export_onnx
+
+    ours = export_onnx(pn.mlp([3, 4, 2], seed=1), tmp_path / "c.onnx")
+    export_onnx(pn.mlp([3, 4, 1], seed=1), tmp_path / "r.onnx", loss="mse")
+    heavy = onnx.ModelProto()
+    heavy.CopyFrom(ours)
+    heavy.graph.initializer.append(onnx.numpy_helper.from_array(np.zeros(5_000_000, np.float32), "big"))
+    _write(tmp_path / "heavy.onnx", heavy.SerializeToString())  # 20 MB of weights before the graph's names
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(ours)
+    renamed.graph.input[0].name = "x"
+    _write(tmp_path / "renamed.onnx", renamed.SerializeToString())
+    _write(tmp_path / "cut.onnx", (tmp_path / "c.onnx").read_bytes()[:-30])
+    _write(tmp_path / "noise.onnx", np.random.default_rng(0).bytes(30_000_000))
+    for name, expected in [("c", True), ("r", True), ("heavy", True), ("renamed", False), ("cut", False),
+                           ("noise", False)]:
+        tracemalloc.start()
+        try:
+            assert outputs.is_ours(tmp_path / f"{name}.onnx", "onnx") is expected, name
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < 1_000_000, (name, peak)
+
+
+def test_a_regression_models_export_may_be_replaced_by_the_next_export(tmp_path, capsys):
+    """``export`` twice to one file: the second replaces the first without --overwrite, whatever the task."""
+    pytest.importorskip("ndonnx")
+    from _support import cli_run
+
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "data.npz", X=rng.standard_normal((30, 3)), y=rng.standard_normal(30))
+    code, out, err = cli_run(capsys, "train", "--dataset", f"npz:{tmp_path / 'data.npz'}", "--loss", "mse",
+                             "--epochs", "1", "--save", str(tmp_path / "r.safetensors"))
+    assert code == 0, err
+    for _ in range(2):
+        code, out, err = cli_run(capsys, "export", str(tmp_path / "r.safetensors"), "--onnx", str(tmp_path / "r.onnx"))
+        assert code == 0, err
