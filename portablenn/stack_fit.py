@@ -21,7 +21,7 @@ from .pure_step import PureStep
 from .stack import Stacked
 from .stack_history import StackHistory, _Stops
 from .stack_optim import StackedOptimizer, _clip, _listed, _penalty, _strength
-from .train import check_clip_norm, check_coupled, check_monitors, check_readers, place
+from .train import check_clip_norm, check_coupled, check_monitors, check_readers, check_row_weights, place
 from .validation import InputError, check_epochs
 
 __all__ = ["fit_stack", "evaluate_stack", "predict_stack", "predict_proba_stack", "EVAL_ROWS"]
@@ -30,14 +30,14 @@ EVAL_ROWS = 8192  # rows times members per evaluation forward pass, to bound act
 
 
 # -- the loss, per member -------------------------------------------------------------------------------
-def _stacked_loss(loss, members, per_member_targets, kernels=None):
+def _stacked_loss(loss, members, per_member_targets, kernels=None, weighted=False):
     """``value_and_grad(xp, outputs (M, batch, out), targets, scale) -> (grad, loss sums (M,), metric sums (M,))``.
 
-    The kernels' stacked twin of the loss where they offer one (NumPy's ``stacked_softmax_xent``); else the
-    loss's own ``value_and_grad``, which takes the member axis where the loss says so (``takes_members``), or
-    member by member.
+    The kernels' stacked twin of the loss where they offer one (NumPy's and CuPy's ``stacked_softmax_xent``) and
+    the targets do not end with sample weights (``weighted``); else the loss's own ``value_and_grad``, which takes
+    the member axis where the loss says so (``takes_members``), or member by member.
     """
-    fast = kernels.fused_loss(loss, stacked=True) if kernels is not None else None
+    fast = kernels.fused_loss(loss, stacked=True) if kernels is not None and not weighted else None
     if fast is not None:
         return fast
     if loss.takes_members():
@@ -54,7 +54,7 @@ def _stacked_loss(loss, members, per_member_targets, kernels=None):
 def fit_stack(stacked, X, y, *, optimizer=None, lr=None, l2=0.0, momentum=None, weight_decay=None, loss=None,
               epochs=1, batch_size="auto", shuffle=True, seed=0, member_seeds=None, device=None, validation=None,
               log_every=1, callback=None, names=None, on_read=None, schedule=None, early_stopping=None,
-              clip_norm=None):
+              clip_norm=None, sample_weight=None):
     """Train every member of ``stacked`` in place, each as ``fit`` would train it alone.
 
     Parameters
@@ -97,6 +97,8 @@ def fit_stack(stacked, X, y, *, optimizer=None, lr=None, l2=0.0, momentum=None, 
         (``StackedOptimizer.member``).
     clip_norm : float, optional
         As ``fit``'s: each member's gradients scaled to at most this global 2-norm, the member's own.
+    sample_weight : array of shape (n_samples,), optional
+        As ``fit``'s, the same for every member (each member's minibatch rows bring their own weights).
 
     Returns
     -------
@@ -130,15 +132,17 @@ def fit_stack(stacked, X, y, *, optimizer=None, lr=None, l2=0.0, momentum=None, 
         schedule = opt.template.schedule
     check_readers(early_stopping, schedule, log_every)
     loss = get_loss(loss)
+    if sample_weight is not None:
+        check_row_weights(loss)
     check_monitors(loss, validation is not None, early_stopping, schedule)
-    dev, data, val, batch = place(stacked, X, y, validation, loss, device, batch_size)
+    dev, data, val, batch = place(stacked, X, y, validation, loss, device, batch_size, sample_weight)
     check_coupled(stacked.layers, batch, data.n)
     opt.bind(stacked)
     opt.set_schedule(schedule, len(range(0, data.n, batch)), epochs, data.n)
     dev.backend.reserve_heap(dev)  # a stack's temporaries are M times one model's: NumPy keeps freed heap
     shuffled = bool(shuffle) and batch < data.n
     own_orders = shuffled and member_seeds is not None
-    value = _stacked_loss(loss, M, own_orders, dev.kernels)
+    value = _stacked_loss(loss, M, own_orders, dev.kernels, weighted=sample_weight is not None)
     value_eval = _stacked_loss(loss, M, False, dev.kernels)
     l2_on = any(opt.l2)
     fused = opt.fuses_sgd and clip_norm is None

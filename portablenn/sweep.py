@@ -394,7 +394,7 @@ class SweepResult:
 def sweep(X, y, members, *, outputs=None, activation="relu", bias=True, init="auto", dtype="float32", optimizer="sgd",
           nesterov=False, loss=None, epochs=1, batch_size="auto", shuffle=True, seed=0, shuffle_per_member=False,
           device=None, validation=None, log_every=1, callback=None, chunk=False, on_group=None, on_read=None,
-          schedule=None, early_stopping=None, clip_norm=None, norm=None):
+          schedule=None, early_stopping=None, clip_norm=None, norm=None, sample_weight=None):
     """Train every member of ``members`` (``grid(...)``'s or ``sample(...)``'s dicts), one stack per architecture.
 
     Parameters
@@ -424,6 +424,8 @@ def sweep(X, y, members, *, outputs=None, activation="relu", bias=True, init="au
         Called after each read of a stack's metrics (``fit_stack``'s ``on_read``), with its members' indices.
     schedule, early_stopping, clip_norm : optional
         As ``fit_stack``'s: each member has its own schedule and early stopping.
+    sample_weight : array of shape (n_samples,), optional
+        As ``fit``'s, the same for every member.
 
     Returns
     -------
@@ -493,7 +495,7 @@ def sweep(X, y, members, *, outputs=None, activation="relu", bias=True, init="au
                                 member_seeds=[m["seed"] for m in ms] if shuffle_per_member else None,
                                 device=dev, validation=validation, log_every=log_every, callback=forward,
                                 names=[names[i] for i in part], schedule=schedule, early_stopping=early_stopping,
-                                clip_norm=clip_norm,
+                                clip_norm=clip_norm, sample_weight=sample_weight,
                                 on_read=None if on_read is None else (lambda e, h, part=part: on_read(e, part, h)))
             for k, i in enumerate(part):
                 result.histories[i] = history.histories[k]

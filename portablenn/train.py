@@ -141,9 +141,7 @@ def fit(model, X, y, *, optimizer, loss=None, epochs=1, batch_size="auto", shuff
     optimizer.schedule = schedule  # before the checks below: a scheduled lr cannot be replayed by a graph
     loss = get_loss(loss)
     if sample_weight is not None:
-        if not loss.takes_row_weights():
-            raise InputError(f"{type(loss).__name__} does not take sample_weight (its value_and_grad does not say "
-                             "row_weights = True): train without them, or weight the rows in the loss")
+        check_row_weights(loss)
         if graph:
             raise InputError("graph=True records the unweighted step: train with sample_weight without graph")
         sample_weight = check_sample_weight(sample_weight, check_features(X))
@@ -297,6 +295,13 @@ def place(model, X, y, validation, loss, device, batch_size, sample_weight=None)
     data = DeviceData(dev, X, y, model, loss, sample_weight=sample_weight)
     val = DeviceData(dev, validation[0], validation[1], model, loss, "validation X") if validation else None
     return dev, data, val, check_batch_size(batch_size, data.n)
+
+
+def check_row_weights(loss):
+    """InputError unless ``loss`` takes sample weights (``Loss.takes_row_weights``)."""
+    if not loss.takes_row_weights():
+        raise InputError(f"{type(loss).__name__} does not take sample_weight (its value_and_grad does not say "
+                         "row_weights = True): train without them, or weight the rows in the loss")
 
 
 def check_clip_norm(clip_norm):

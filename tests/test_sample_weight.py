@@ -156,3 +156,40 @@ def test_a_number_weighs_every_row_alike():
         pn.fit(model, X, y, optimizer=pn.SGD(0.1), epochs=2, batch_size=6, sample_weight=weight)
         states.append(model.state_dict())
     assert_state_close(states[0], states[1], "float64", factor=1)
+
+
+@pytest.mark.parametrize("loss", ["softmax_cross_entropy", "mse"])
+@pytest.mark.parametrize("own_orders", [False, True], ids=["shared-order", "own-orders"])
+def test_every_member_of_a_weighted_stack_trains_as_its_own_weighted_fit(device, loss, own_orders):
+    """``fit_stack(sample_weight=...)`` (and so ``sweep``'s): each member equals ``fit`` of that member alone with
+    the same weights, float64, each shuffling by the shared seed or its own (its rows bring their own weights)."""
+    require_dtype(device, "float64")
+    from portablenn.sweep import fit_stack, stack_mlp
+
+    X, y, outputs, _ = _problem(loss, n=36, seed=2)
+    w = np.random.default_rng(3).uniform(0.0, 4.0, 36)
+    seeds, lrs, orders = [0, 1, 2], [0.05, 0.1, 0.2], [5, 6, 7]
+    stacked = stack_mlp([4, 6, outputs], seeds, dtype="float64")
+    history = fit_stack(stacked, X, y, lr=lrs, l2=1e-3, loss=loss, epochs=3, batch_size=8, seed=9, device=device,
+                        member_seeds=orders if own_orders else None, sample_weight=w, validation=(X[:6], y[:6]))
+    for i in range(3):
+        solo = pn.mlp([4, 6, outputs], seed=seeds[i], dtype="float64")
+        expected = pn.fit(solo, X, y, optimizer=pn.SGD(lrs[i]), l2=1e-3, loss=loss, epochs=3, batch_size=8,
+                          seed=orders[i] if own_orders else 9, device=device, sample_weight=w,
+                          validation=(X[:6], y[:6]))
+        assert_state_close(stacked.member(i).state_dict(), solo.state_dict(), "float64", factor=10,
+                           err_msg=f"member {i}")
+        for field in ("loss", "val_loss"):
+            assert_close(history[i][field], expected[field], "float64", factor=10, err_msg=f"member {i} {field}")
+
+
+def test_a_sweep_passes_the_weights_to_every_member():
+    from portablenn.sweep import grid, sweep
+
+    X, y = classification_data(n=30, features=4, classes=3, seed=2)
+    w = np.random.default_rng(1).uniform(0.0, 4.0, 30)
+    result = sweep(X, y, grid(lr=[0.1, 0.3], hidden=[(6,)]), dtype="float64", epochs=2, batch_size=8,
+                   sample_weight=w)
+    solo = pn.mlp([4, 6, 3], seed=0, dtype="float64")
+    expected = pn.fit(solo, X, y, optimizer=pn.SGD(0.3), epochs=2, batch_size=8, sample_weight=w)
+    assert_close(result.histories[1]["loss"], expected["loss"], "float64", factor=10)
