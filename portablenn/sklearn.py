@@ -236,9 +236,9 @@ class _BaseMLP(BaseEstimator):
             y = self._host_targets(backend._host(y))
             check_consistent_length(X, y)
             dev = backend.device(spec)
-        targets = self._targets(y, first, incremental)
-        if sample_weight is not None:
+        if sample_weight is not None:  # before _targets sets classes_: refused weights leave the estimator as it was
             sample_weight = check_sample_weight(sample_weight, X.shape[0])
+        targets = self._targets(y, first, incremental)
         rng = check_random_state(self.random_state)
         init_seed, shuffle_seed = (int(s) for s in rng.randint(np.iinfo(np.int32).max, size=2))
         if first:
@@ -489,8 +489,9 @@ class MLPClassifier(ClassifierMixin, _BaseMLP):
         sample_weight : array of shape (n_samples,), optional
             Each row's loss times its weight (``portablenn.fit``'s ``sample_weight``: scaled to average 1, each
             minibatch's mean over its rows; scikit-learn divides by the minibatch's summed weight instead, the
-            same in full-batch training). The early-stopping split keeps the training rows' weights; its
-            validation score is unweighted.
+            same in full-batch training where the weights sum to the rows: scikit-learn divides its ``alpha``
+            term by their sum too, so its L2 strength, unlike ours, changes with their scale). The
+            early-stopping split keeps the training rows' weights; its validation score is unweighted.
 
         Returns
         -------
@@ -645,8 +646,9 @@ class MLPRegressor(RegressorMixin, _BaseMLP):
         sample_weight : array of shape (n_samples,), optional
             Each row's loss times its weight (``portablenn.fit``'s ``sample_weight``: scaled to average 1, each
             minibatch's mean over its rows; scikit-learn divides by the minibatch's summed weight instead, the
-            same in full-batch training). The early-stopping split keeps the training rows' weights; its
-            validation score is unweighted.
+            same in full-batch training where the weights sum to the rows: scikit-learn divides its ``alpha``
+            term by their sum too, so its L2 strength, unlike ours, changes with their scale). The
+            early-stopping split keeps the training rows' weights; its validation score is unweighted.
 
         Returns
         -------

@@ -274,11 +274,13 @@ def check_sample_weight(sample_weight, n_samples):
             sample_weight = np.asarray(sample_weight, dtype=np.float64)
         except (TypeError, ValueError):
             raise InputError(f"sample_weight must be numbers, one per row, got {sample_weight!r}") from None
-        if sample_weight.ndim == 0:
-            sample_weight = np.full(n_samples, float(sample_weight))
+    shape = tuple(sample_weight.shape)
+    if not shape:  # a number: Python's, NumPy's (np.float64(2), w.mean()) or any library's 0-d array
+        number = _host(sample_weight)
+        sample_weight = np.full(n_samples, number, dtype=number.dtype)
+    elif len(shape) != 1:
+        raise InputError(f"sample_weight must be 1-D, one weight per row, got shape {shape}")
     w = _target_array(sample_weight, n_samples, "sample_weight").astype(np.float64)
-    if w.ndim != 1:
-        raise InputError(f"sample_weight must be 1-D, one weight per row, got shape {w.shape}")
     if (w < 0).any():
         raise InputError(f"sample_weight must be >= 0; it holds {int(np.sum(w < 0))} negative value(s)")
     top = float(w.max()) if n_samples else 0.0

@@ -193,3 +193,79 @@ def test_a_sweep_passes_the_weights_to_every_member():
     solo = pn.mlp([4, 6, 3], seed=0, dtype="float64")
     expected = pn.fit(solo, X, y, optimizer=pn.SGD(0.3), epochs=2, batch_size=8, sample_weight=w)
     assert_close(result.histories[1]["loss"], expected["loss"], "float64", factor=10)
+
+
+def _zero_d(name, value):
+    """``value`` as a 0-d array of the library ``name`` (skipped where it is missing)."""
+    if name == "numpy":
+        return np.asarray(value)
+    if name == "numpy-scalar":
+        return np.float32(value)
+    library = pytest.importorskip(name)
+    return library.asarray(value) if name != "jax" else library.numpy.asarray(value)
+
+
+@pytest.mark.parametrize("library", ["numpy", "numpy-scalar", "array_api_strict", "torch", "jax"])
+def test_a_number_of_any_library_weighs_every_row_alike(library):
+    """A NumPy scalar (``w.mean()``, ``np.float64(2)``, a float subclass) or any library's 0-d array is a number,
+    as a Python float is: every row weighs the same, the same training as without weights."""
+    X, y = classification_data(n=20, features=4, classes=3, seed=1)
+    states = []
+    for weight in (None, _zero_d(library, 3.5), np.float64(0.25), np.int64(3)):
+        model = pn.mlp([4, 5, 3], seed=1, dtype="float64")
+        pn.fit(model, X, y, optimizer=pn.SGD(0.1), epochs=2, batch_size=6, sample_weight=weight)
+        states.append(model.state_dict())
+    for state in states[1:]:
+        assert_state_close(state, states[0], "float64", factor=1)
+
+
+@pytest.mark.parametrize("weight, message", [
+    (np.asarray(-2.0), "must be >= 0"),
+    (np.asarray(0.0), "zero for every row"),
+    (np.asarray(np.nan), "NaN or infinite"),
+    (np.asarray(1 + 2j), "real numbers"),
+    (np.ones((12, 1, 1)), "must be 1-D, one weight per row, got shape \\(12, 1, 1\\)"),
+])
+def test_a_bad_number_or_shape_is_named_as_a_weight(weight, message):
+    X, y = classification_data(n=12, features=4, classes=2, seed=1)
+    with pytest.raises(InputError, match=message):
+        pn.fit(pn.mlp([4, 5, 2], seed=1), X, y, optimizer=pn.SGD(0.1), sample_weight=weight)
+
+
+@pytest.mark.parametrize("incremental", [False, True], ids=["fit", "partial_fit"])
+def test_refused_weights_leave_a_fitted_estimator_as_it_was(incremental):
+    """Bad weights are refused before the estimator changes: its classes, outputs and network still agree (a
+    classifier fitted on 3 classes refitted on 2 with negative weights still predicts its 3)."""
+    pytest.importorskip("sklearn")
+    from portablenn.sklearn import MLPClassifier
+
+    X, y = classification_data(n=30, features=4, classes=3, seed=1)
+    clf = MLPClassifier(hidden_layer_sizes=(5,), max_iter=3, random_state=0)
+    with pytest.warns(Warning):
+        clf.fit(X, y)
+    before = clf.predict_proba(X)
+    with pytest.raises(ValueError, match="must be >= 0"):
+        if incremental:
+            clf.partial_fit(X, y, sample_weight=-np.ones(30))
+        else:
+            clf.fit(X, y % 2, sample_weight=-np.ones(30))
+    assert list(clf.classes_) == [0, 1, 2] and clf.n_outputs_ == 3
+    assert np.array_equal(clf.predict_proba(X), before) and set(clf.predict(X)) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1e-2])
+def test_full_batch_matches_scikit_learn_at_any_weight_scale_only_without_alpha(alpha):
+    """The sklearn estimators' docstrings: in full batch our weighted training is scikit-learn's where the weights
+    sum to the rows; at another scale only without L2, scikit-learn dividing its alpha term by their sum too."""
+    pytest.importorskip("sklearn")
+    from test_sklearn import CONTROL, MLPClassifier, _assert_same_training, _capture, _problem, _sklearn_from
+
+    X, y = _problem()
+    w = np.random.default_rng(4).uniform(0.0, 3.0, len(X)) * 5  # summing to about 5 times the rows
+    ours = MLPClassifier(**{**CONTROL, "alpha": alpha, "batch_size": len(X), "momentum": 0.9, "max_iter": 5})
+    _, (initial,) = _capture(lambda: ours.fit(X, y, sample_weight=w))
+    theirs = _sklearn_from(ours, initial).fit(X, y, sample_weight=w)
+    if alpha:
+        assert not np.allclose(ours.coefs_[0], theirs.coefs_[0], rtol=1e-6, atol=0)
+    else:
+        _assert_same_training(ours, theirs)
