@@ -249,6 +249,17 @@ def test_api_save_refuses_a_directory_and_a_fifo_and_leaves_no_temporary(tmp_pat
     assert checkpoint.load_checkpoint(tmp_path / "notes.txt").architecture["sizes"] == [2, 3, 2]
 
 
+def _peak_memory(run):
+    """``(run(), the most bytes Python allocated meanwhile)``."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        return run(), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
 def _write(path, content):
     path.write_bytes(content if isinstance(content, bytes) else content.encode())
     return path
@@ -499,15 +510,10 @@ def test_is_ours_never_allocates_what_a_checkpoint_header_claims(tmp_path):
     """The header length of a safetensors file is a number in the file: a 10-byte file claiming a 99 MB header
     must not make a 99 MB read buffer."""
     import struct
-    import tracemalloc
 
     path = _write(tmp_path / "fake.safetensors", struct.pack("<Q", 99_000_000) + b"{}")
-    tracemalloc.start()
-    try:
-        assert not outputs.is_ours(path, "checkpoint")
-        peak = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
+    ours, peak = _peak_memory(lambda: outputs.is_ours(path, "checkpoint"))
+    assert not ours
     assert peak < 1 << 20, f"{peak} bytes allocated to recognise a 10-byte file"
 
 
@@ -574,17 +580,12 @@ def test_a_plot_of_an_older_portablenn_is_refused_with_a_message_that_says_why_a
 def test_is_ours_reads_a_log_line_by_line_in_bounded_memory(tmp_path):
     """Recognising a log reads a line at a time, and a line no epoch record could be (megabytes without a newline:
     a user's data file) only up to a bound, not whole into memory."""
-    import tracemalloc
 
     record = json.dumps({"epoch": 1, "loss": 0.5, "error": 0.1, "seconds": 0.01, "device": "numpy"})
     for tail in ("x" * 30_000_000 + "\n", "x" * 30_000_000):
         path = _write(tmp_path / "run.jsonl", record + "\n" + tail)
-        tracemalloc.start()
-        try:
-            assert not outputs.is_ours(path, "log")
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        ours, peak = _peak_memory(lambda: outputs.is_ours(path, "log"))
+        assert not ours
         assert peak < 8 << 20, f"{peak} bytes to read a log's lines"
     # a long record is still one (a sweep's settings): well under the bound
     long = json.dumps({"epoch": 1, "loss": 0.5, "name": "y" * 100_000})
@@ -664,7 +665,6 @@ def test_an_onnx_file_is_recognised_by_its_graphs_names_in_bounded_memory(tmp_pa
     model with other names, a truncated file or any other bytes are not; and deciding reads a few KB, however
     large the file's weights (skipped by seeking) or the file."""
     pytest.importorskip("ndonnx")
-    import tracemalloc
 
     import onnx
 
@@ -684,12 +684,8 @@ def test_an_onnx_file_is_recognised_by_its_graphs_names_in_bounded_memory(tmp_pa
     _write(tmp_path / "noise.onnx", np.random.default_rng(0).bytes(30_000_000))
     for name, expected in [("c", True), ("r", True), ("heavy", True), ("renamed", False), ("cut", False),
                            ("noise", False)]:
-        tracemalloc.start()
-        try:
-            assert outputs.is_ours(tmp_path / f"{name}.onnx", "onnx") is expected, name
-            peak = tracemalloc.get_traced_memory()[1]
-        finally:
-            tracemalloc.stop()
+        ours, peak = _peak_memory(lambda: outputs.is_ours(tmp_path / f"{name}.onnx", "onnx"))
+        assert ours is expected, name
         assert peak < 1_000_000, (name, peak)
 
 
